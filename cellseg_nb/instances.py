@@ -270,6 +270,27 @@ class Instances:
         return out.select(out.areas >= min_area) if min_area > 0 else out
 
 # %% ../nbs/00_instances.ipynb 17
+def _runs_by_start(x):
+    "Runs of `x` sorted by start: `(start, end, owner)`, int64 (R,) each."
+    s = x.starts.astype(np.int64); e = s + x.lengths; o = x.run_owner
+    if len(s) > 1 and (s[1:] < s[:-1]).any():
+        order = np.argsort(s); s, e, o = s[order], e[order], o[order]
+    return s, e, o
+
+# %% ../nbs/00_instances.ipynb 18
+def _pairs_by_runs(a, b, budget):
+    "Overlapping run pairs: `(ia, ib, overlap)` int64, unaggregated; None when more than `budget` candidates."
+    sa, ea, oa = _runs_by_start(a); sb, eb, ob = _runs_by_start(b)
+    lo = np.searchsorted(np.maximum.accumulate(ea), sb, 'right')   # a-runs before lo end at or before sb
+    hi = np.searchsorted(sa, eb, 'left')                             # a-runs from hi on start at or after eb
+    cnt = np.maximum(hi - lo, 0)
+    if int(cnt.sum()) > budget: return None
+    ja, jb = _ranges(lo, lo + cnt), np.repeat(np.arange(len(sb)), cnt)
+    ov = np.minimum(ea[ja], eb[jb]) - np.maximum(sa[ja], sb[jb])
+    keep = ov > 0
+    return oa[ja[keep]], ob[jb[keep]], ov[keep]
+
+# %% ../nbs/00_instances.ipynb 19
 def _layers(pix, own):
     "Split (pixel, owner) pairs into layers in which every pixel occurs once."
     order = np.argsort(pix, kind='stable'); sp = pix[order]
@@ -278,13 +299,9 @@ def _layers(pix, own):
     rank = np.arange(len(sp)) - np.flatnonzero(new)[grp]
     return [(pix[order[rank == k]], own[order[rank == k]]) for k in range(int(rank.max()) + 1)]
 
-# %% ../nbs/00_instances.ipynb 18
-def intersections(a: Instances, b: Instances):
-    """Pixel counts of every intersecting pair: `(ia, ib, count)`, int64 arrays (K,), sorted by (ia, ib).
-    Exact with overlapping masks in either set."""
-    if a.shape != b.shape: raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    z = np.zeros(0, np.int64)
-    if len(a) == 0 or len(b) == 0: return z, z, z
+# %% ../nbs/00_instances.ipynb 20
+def _pairs_by_pixels(a, b):
+    "Pixel path: `(ia, ib, count)` int64, unaggregated (runs of equal pairs along `b`'s pixels collapsed)."
     pa, oa = a.pixels(), a.pixel_owner()
     pb, ob = b.pixels(), b.pixel_owner()
     owner = np.full(a.shape[0] * a.shape[1], -1, np.int64)
@@ -292,30 +309,44 @@ def intersections(a: Instances, b: Instances):
     overlapping = not (owner[pa] == oa).all()
     layers = _layers(pa, oa) if overlapping else [(pa, oa)]
     m = len(b)
-    keys, weights = [], []
+    keys, weights = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for lp, lo in layers:
         if overlapping: owner[pa] = -1; owner[lp] = lo
         hit = owner[pb]
         sel = hit >= 0
         key = hit[sel] * m + ob[sel]
         if len(key) == 0: continue
-        chg = np.flatnonzero(key[1:] != key[:-1]) + 1          # collapse runs of equal keys
-        first = np.concatenate([[0], chg])
+        first = np.concatenate([[0], np.flatnonzero(key[1:] != key[:-1]) + 1])   # collapse runs of equal keys
         keys.append(key[first]); weights.append(np.diff(np.concatenate([first, [len(key)]])))
-    if not keys: return z, z, z
-    key, wt = np.concatenate(keys), np.concatenate(weights)
-    order = np.argsort(key, kind='stable'); key, wt = key[order], wt[order]
-    first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-    ukey, cnt = key[first], np.add.reduceat(wt, first)
-    return ukey // m, ukey % m, cnt
+    key = np.concatenate(keys)
+    return key // m, key % m, np.concatenate(weights)
 
-# %% ../nbs/00_instances.ipynb 19
+# %% ../nbs/00_instances.ipynb 21
+def intersections(a: Instances, b: Instances, budget=None):
+    """Pixel counts of every intersecting pair: `(ia, ib, count)`, int64 arrays (K,), sorted by (ia, ib).
+    Exact with overlapping masks in either set. `budget`: most candidate run pairs before the pixel path is
+    used (default `8 * (runs of a + runs of b) + 4096`; 0 forces the pixel path)."""
+    if a.shape != b.shape: raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    z = np.zeros(0, np.int64)
+    if len(a) == 0 or len(b) == 0: return z, z, z
+    if budget is None: budget = 8 * (len(a.starts) + len(b.starts)) + 4096
+    pairs = _pairs_by_runs(a, b, budget) if budget > 0 else None
+    ia, ib, w = pairs if pairs is not None else _pairs_by_pixels(a, b)
+    if len(ia) == 0: return z, z, z
+    m = len(b)
+    key = ia * m + ib
+    order = np.argsort(key); key, w = key[order], w[order]
+    first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    ukey = key[first]
+    return ukey // m, ukey % m, np.add.reduceat(w, first)
+
+# %% ../nbs/00_instances.ipynb 22
 def pairwise_iou(a: Instances, b: Instances):
     "IoU of every intersecting pair: `(ia, ib, iou)` with iou float64 (K,); pairs not listed have IoU 0."
     ia, ib, inter = intersections(a, b)
     return ia, ib, inter / (a.areas[ia] + b.areas[ib] - inter)
 
-# %% ../nbs/00_instances.ipynb 20
+# %% ../nbs/00_instances.ipynb 23
 def iou_matrix(a: Instances, b: Instances) -> np.ndarray:
     "Dense IoU matrix float64 (len(a), len(b)); built from the sparse pairs."
     ia, ib, v = pairwise_iou(a, b)
