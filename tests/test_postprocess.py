@@ -1,0 +1,138 @@
+"Post-processing against independent dense loop references on random overlapping candidates."
+import numpy as np
+import pytest
+from scipy.ndimage import binary_fill_holes
+from cellseg_nb.instances import Instances
+from cellseg_nb.postprocess import (random_candidates, score_order, filter_scores, min_area, mask_nms, remove_overlaps,
+                                    fill_holes, image_cell_type, postprocess, PostprocessConfig, PostprocessConfigs)
+
+
+def dense_remove_overlaps(masks, scores, min_kept, min_area_):
+    "Public-notebook loop on a dense (N, H, W) stack: returns kept indices and kept masks."
+    order = np.argsort(-np.asarray(scores, np.float64), kind='stable') if scores is not None else np.arange(len(masks))
+    used = np.zeros(masks.shape[1:], int)
+    kept, out = [], []
+    for i in order:
+        area = int(masks[i].sum())
+        m = masks[i] * (1 - used)
+        k = int(m.sum())
+        if k >= max(min_area_, 1) and k >= min_kept * area:
+            used += m; kept.append(i); out.append(m.astype(bool))
+    return np.array(kept, np.int64), (np.stack(out) if out else np.zeros((0,) + masks.shape[1:], bool))
+
+
+def dense_nms(masks, scores, thr):
+    order = np.argsort(-np.asarray(scores, np.float64), kind='stable')
+    kept = []
+    for i in order:
+        if all(np.logical_and(masks[i], masks[j]).sum() / np.logical_or(masks[i], masks[j]).sum() <= thr for j in kept):
+            kept.append(i)
+    return np.array(kept, np.int64)
+
+
+def random_set(seed, n=50, shape=(48, 64)):
+    rng = np.random.default_rng(seed)
+    c = random_candidates(n, shape, seed=seed, area=(10, 300), dup_frac=0.5)
+    if seed % 3 == 0:   # ties in scores
+        c = c.with_(scores=np.round(c.scores * 4) / 4)
+    return c
+
+
+@pytest.mark.parametrize('seed', range(12))
+def test_remove_overlaps_equals_loop(seed):
+    c = random_set(seed)
+    masks = c.to_masks()
+    for mk, ma in [(0.0, 0), (0.5, 0), (0.0, 30), (0.25, 15), (0.75, 60), (1.0, 0)]:
+        out, idx = remove_overlaps(c, mk, ma, return_index=True)
+        ref_idx, ref_masks = dense_remove_overlaps(masks, c.scores, mk, ma)
+        assert np.array_equal(idx, ref_idx), (seed, mk, ma)
+        assert np.array_equal(out.to_masks(), ref_masks)
+        assert out.overlap_count().max(initial=0) <= 1
+        assert np.array_equal(out.scores, c.scores[idx]) and np.array_equal(out.labels, c.labels[idx])
+
+
+def test_remove_overlaps_edge_cases():
+    e = Instances.empty((10, 12), scores=True)
+    assert len(remove_overlaps(e)) == 0
+    # no scores: index order; identical duplicates: only the first survives; an empty mask never survives
+    m = np.zeros((4, 10, 12), bool); m[0, 2:5, 2:6] = True; m[1] = m[0]; m[3, 0, :] = True
+    x = Instances.from_masks(m)
+    out, idx = remove_overlaps(x, 0.0, 0, return_index=True)
+    assert idx.tolist() == [0, 3]
+    ref_idx, ref_masks = dense_remove_overlaps(m, None, 0.0, 0)
+    assert np.array_equal(idx, ref_idx) and np.array_equal(out.to_masks(), ref_masks)
+    # a chain: dropping the middle cell frees pixels for the last one
+    m = np.zeros((3, 1, 10), bool); m[0, 0, 0:5] = True; m[1, 0, 2:8] = True; m[2, 0, 5:10] = True
+    x = Instances.from_masks(m, scores=[0.9, 0.8, 0.7])
+    out, idx = remove_overlaps(x, 0.0, 5, return_index=True)
+    assert idx.tolist() == [0, 2] and out.to_rles() == ['1 5', '6 5']
+
+
+@pytest.mark.parametrize('seed', range(8))
+def test_mask_nms_equals_loop(seed):
+    c = random_set(seed, n=35)
+    masks = c.to_masks()
+    for thr in (0.0, 0.2, 0.5, 0.7, 0.95):
+        out, idx = mask_nms(c, thr, return_index=True)
+        assert np.array_equal(idx, dense_nms(masks, c.scores, thr)), (seed, thr)
+        assert np.array_equal(out.to_masks(), masks[idx])
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_fill_holes_equals_dense(seed):
+    rng = np.random.default_rng(seed)
+    m = rng.random((10, 25, 33)) < rng.uniform(0.4, 0.8)
+    x = Instances.from_masks(m, scores=rng.random(10))
+    f = fill_holes(x)
+    assert np.array_equal(f.to_masks(), np.stack([binary_fill_holes(k) for k in m]))
+    assert np.array_equal(f.scores, x.scores)
+    solid = Instances.from_masks(np.stack([binary_fill_holes(k) for k in m]))
+    assert fill_holes(solid).to_rles() == solid.to_rles()
+
+
+def test_filters_and_vote():
+    c = random_set(5)
+    assert np.array_equal(filter_scores(c, 0.4).scores, c.scores[c.scores >= np.float32(0.4)])
+    assert np.array_equal(min_area(c, 50).areas, c.areas[c.areas >= 50])
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        lab, sc = rng.integers(1, 4, 20), rng.random(20)
+        x = Instances.from_masks(np.ones((20, 2, 2), bool), scores=sc, labels=lab)
+        votes = {k: sc[lab == k].astype(np.float32).astype(np.float64).sum() for k in (1, 2, 3)}
+        assert image_cell_type(x) == {1: 'shsy5y', 2: 'astro', 3: 'cort'}[max(votes, key=votes.get)]
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_postprocess_equals_reference_chain(seed):
+    c = random_set(seed, n=60)
+    cfg = PostprocessConfig(score_threshold=0.3, min_area=20, nms_iou=0.4, min_kept=0.4, fill_holes=True)
+    out, idx = postprocess(c, config=cfg, return_index=True)
+    sel = np.flatnonzero(c.scores >= np.float32(0.3))
+    masks = np.stack([binary_fill_holes(k) for k in c.to_masks()[sel]]) if len(sel) else np.zeros((0,) + c.shape, bool)
+    nms_idx = dense_nms(masks, c.scores[sel], 0.4)
+    ro_idx, ro_masks = dense_remove_overlaps(masks[nms_idx], c.scores[sel][nms_idx], 0.4, 20)
+    assert np.array_equal(idx, sel[nms_idx][ro_idx])
+    assert np.array_equal(out.to_masks(), ro_masks)
+
+
+def test_config_yaml_roundtrip_and_errors(tmp_path):
+    cfgs = PostprocessConfigs()
+    assert (cfgs['shsy5y'].score_threshold, cfgs['astro'].score_threshold, cfgs['cort'].score_threshold) == (0.15, 0.35, 0.55)
+    assert (cfgs['shsy5y'].min_area, cfgs['astro'].min_area, cfgs['cort'].min_area) == (75, 150, 75)
+    c2 = cfgs.replace('astro', nms_iou=None, min_kept=0.25, fill_holes=True)
+    p = c2.save(tmp_path / 'pp.yaml')
+    assert PostprocessConfigs.load(p) == c2 and PostprocessConfigs.load(p) != cfgs
+    assert list(tmp_path.iterdir()) == [p]          # no temp file left
+    for text, msg in [("cort:\n  scor_threshold: 0.3\n", "unknown key(s) ['scor_threshold']"),
+                      ("huh7:\n  min_area: 3\n", "unknown cell type 'huh7'"),
+                      ("cort:\n  min_area: -1\n", "min_area=-1"),
+                      ("cort:\n  min_area: 2.5\n", "min_area=2.5"),
+                      ("cort: [1, 2]\n", "must be a mapping"),
+                      ("- 1\n", "expected a mapping"),
+                      ("cort: {fill_holes: 3}\n", "fill_holes=3")]:
+        p.write_text(text)
+        with pytest.raises(ValueError, match=None) as e: PostprocessConfigs.load(p)
+        assert msg in str(e.value) and str(p) in str(e.value), str(e.value)
+    with pytest.raises(ValueError, match='no such config file'): PostprocessConfigs.load(tmp_path / 'nope.yaml')
+    p.write_text("huh7: {min_area: 3}\n")
+    assert PostprocessConfigs.load(p, cell_types=None)['huh7'].min_area == 3
