@@ -270,17 +270,17 @@ class Instances:
         return out.select(out.areas >= min_area) if min_area > 0 else out
 
 # %% ../nbs/00_instances.ipynb 17
-def _runs_by_start(x):
-    "Runs of `x` sorted by start: `(start, end, owner)`, int64 (R,) each."
-    s = x.starts.astype(np.int64); e = s + x.lengths; o = x.run_owner
-    if len(s) > 1 and (s[1:] < s[:-1]).any():
+def _run_ends(x, by_start=False):
+    "Runs of `x` as `(start, end, owner)` (int32, int32, int64; (R,) each), sorted by start when `by_start`."
+    s = x.starts; e = s + x.lengths; o = x.run_owner
+    if by_start and len(s) > 1 and (s[1:] < s[:-1]).any():
         order = np.argsort(s); s, e, o = s[order], e[order], o[order]
     return s, e, o
 
 # %% ../nbs/00_instances.ipynb 18
 def _pairs_by_runs(a, b, budget):
     "Overlapping run pairs: `(ia, ib, overlap)` int64, unaggregated; None when more than `budget` candidates."
-    sa, ea, oa = _runs_by_start(a); sb, eb, ob = _runs_by_start(b)
+    sa, ea, oa = _run_ends(a, by_start=True); sb, eb, ob = _run_ends(b)
     lo = np.searchsorted(np.maximum.accumulate(ea), sb, 'right')   # a-runs before lo end at or before sb
     hi = np.searchsorted(sa, eb, 'left')                             # a-runs from hi on start at or after eb
     cnt = np.maximum(hi - lo, 0)
@@ -288,7 +288,7 @@ def _pairs_by_runs(a, b, budget):
     ja, jb = _ranges(lo, lo + cnt), np.repeat(np.arange(len(sb)), cnt)
     ov = np.minimum(ea[ja], eb[jb]) - np.maximum(sa[ja], sb[jb])
     keep = ov > 0
-    return oa[ja[keep]], ob[jb[keep]], ov[keep]
+    return oa[ja[keep]], ob[jb[keep]], ov[keep].astype(np.int64)
 
 # %% ../nbs/00_instances.ipynb 19
 def _layers(pix, own):
@@ -335,6 +335,8 @@ def intersections(a: Instances, b: Instances, budget=None):
     if len(ia) == 0: return z, z, z
     m = len(b)
     key = ia * m + ib
+    first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))   # merge neighbours of one pair first
+    key, w = key[first], np.add.reduceat(w, first)
     order = np.argsort(key); key, w = key[order], w[order]
     first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
     ukey = key[first]

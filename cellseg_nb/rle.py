@@ -37,7 +37,7 @@ def _check_runs(starts, lengths, counts, npix, ids):
     prev_end = np.concatenate([[0], ends[:-1]])
     checks = [(starts < 1, lambda k: f"start {starts[k]} < 1 (starts are 1-indexed)"),
               (lengths < 1, lambda k: f"length {lengths[k]} < 1 at start {starts[k]}"),
-              (ends - 1 > npix, lambda k: f"run {starts[k]} {lengths[k]} runs past the image end ({npix} pixels)"),
+              ((starts > npix) | (lengths > npix) | (ends - 1 > npix), lambda k: f"run {starts[k]} {lengths[k]} runs past the image end ({npix} pixels)"),
               (~first & (starts < prev_end),
                lambda k: f"runs not ascending or overlapping: run {starts[k]} {lengths[k]} after a run ending at {prev_end[k]-1}")]
     bad_any = np.zeros(len(starts), bool)
@@ -153,9 +153,21 @@ def rle_encode(mask) -> str:
 
 # %% ../nbs/01_rle.ipynb 15
 def rle_decode(rle: str, shape=(520, 704)) -> np.ndarray:
-    "Decode one Sartorius RLE string into a bool mask of `shape` (H, W)."
-    s, l, _ = parse_rles([rle], shape)
-    flat = np.zeros(shape[0] * shape[1], bool)
+    """Decode one Sartorius RLE string into a bool mask of `shape` (H, W). Same checks and errors as `parse_rles`
+    (a lean path for one valid string; `parse_rles` names the fault otherwise)."""
+    npix = int(shape[0]) * int(shape[1])
+    flat = np.zeros(npix, bool)
+    toks = rle.split() if isinstance(rle, str) else None
+    try: v = np.array(toks, np.int64).reshape(-1, 2) if toks and not len(toks) % 2 else None
+    except (ValueError, TypeError, OverflowError): v = None
+    if v is None or not toks:
+        s, l, _ = parse_rles([rle], shape)            # empty string, or a fault to report
+    else:
+        s, l = v[:, 0] - 1, v[:, 1]
+        e = s + l
+        if not ((s >= 0).all() and (l >= 1).all() and (s < npix).all() and (l <= npix).all() and e[-1] <= npix
+                and (s[1:] >= e[:-1]).all()):
+            s, l, _ = parse_rles([rle], shape)        # raises with the fault named
     flat[runs_to_pixels(s, l)] = True
     return flat.reshape(shape)
 

@@ -1,0 +1,79 @@
+"Shared benchmark inputs: 520 x 704 images with elliptical cells at shsy5y density (~225 px each)."
+import numpy as np
+from cellseg_nb.instances import Instances
+
+SHAPE = (520, 704)
+
+
+def _paint(lab, cy, cx, a, b, theta, value):
+    "Paint one filled ellipse (semi-axes a, b, angle theta) into label image `lab` where it is still 0."
+    h, w = lab.shape
+    r = int(np.ceil(max(a, b))) + 1
+    y0, y1, x0, x1 = max(0, int(cy) - r), min(h, int(cy) + r + 1), max(0, int(cx) - r), min(w, int(cx) + r + 1)
+    if y0 >= y1 or x0 >= x1: return
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    dy, dx = yy - cy, xx - cx
+    u = dx * np.cos(theta) + dy * np.sin(theta); v = -dx * np.sin(theta) + dy * np.cos(theta)
+    inside = (u / a) ** 2 + (v / b) ** 2 <= 1
+    win = lab[y0:y1, x0:x1]
+    win[inside & (win == 0)] = value
+
+
+def ellipse_params(n, rng, shape=SHAPE, area=225.0):
+    "Random ellipses (cy, cx, a, b, theta), float64 (n, 5), mean area about `area` px."
+    h, w = shape
+    a = rng.uniform(7, 11, n); b = area / np.pi / a * rng.uniform(0.9, 1.1, n)
+    return np.stack([rng.uniform(0, h, n), rng.uniform(0, w, n), a, b, rng.uniform(0, np.pi, n)], 1)
+
+
+def label_image(params, shape=SHAPE, ids=None):
+    "Non-overlapping label image (H, W) int32 of ellipses; earlier ones win; ids 1..n unless given."
+    lab = np.zeros(shape, np.int32)
+    ids = np.arange(1, len(params) + 1) if ids is None else ids
+    for p, i in zip(params, ids): _paint(lab, *p, i)
+    return lab
+
+
+def relabel(lab):
+    "Relabel a label image to consecutive ids 1..N (cellpose and the histogram metric need them)."
+    u, inv = np.unique(lab, return_inverse=True)
+    out = inv.reshape(lab.shape).astype(np.int32)
+    return out if u[0] == 0 else out + 1
+
+
+def make_pair(n, seed=0, shape=SHAPE):
+    """Ground truth and a plausible prediction, both as consecutive label images (H, W) int32:
+    prediction = cells shifted up to 2 px, axes scaled 0.85..1.15, 10% missed, 10% extra."""
+    rng = np.random.default_rng(seed)
+    gp = ellipse_params(n, rng, shape)
+    gt = relabel(label_image(gp, shape))
+    pp = gp.copy()
+    pp[:, :2] += rng.uniform(-2, 2, (n, 2)); pp[:, 2:4] *= rng.uniform(0.85, 1.15, (n, 2))
+    pp = pp[rng.random(n) > 0.1]
+    pp = np.concatenate([pp, ellipse_params(n // 10, rng, shape)])
+    pr = relabel(label_image(pp[rng.permutation(len(pp))], shape))
+    return gt, pr
+
+
+def make_instances(n, seed=0, shape=SHAPE):
+    "`make_pair` as two `Instances`."
+    gt, pr = make_pair(n, seed, shape)
+    return Instances.from_label_image(gt), Instances.from_label_image(pr)
+
+
+def race(funcs: dict, rounds=7, min_time=0.02):
+    """Best seconds per call of each function in `funcs` (name -> callable), timed interleaved: every round
+    times each function once (repeating it until `min_time` has passed), so that load from other processes on a
+    shared machine hits all of them alike. Returns {name: seconds}."""
+    import time
+    number = {}
+    for k, f in funcs.items():          # warm up and choose the repeat count
+        t = time.perf_counter(); f(); dt = time.perf_counter() - t
+        number[k] = max(1, int(min_time / max(dt, 1e-7)))
+    best = {k: float('inf') for k in funcs}
+    for _ in range(rounds):
+        for k, f in funcs.items():
+            t = time.perf_counter()
+            for _ in range(number[k]): f()
+            best[k] = min(best[k], (time.perf_counter() - t) / number[k])
+    return best

@@ -1,0 +1,97 @@
+"""Benchmark: Sartorius RLE decode / encode, cellseg_nb vs the public-notebook codec.
+
+Run: `python bench/bench_rle.py`. Inputs: 520 x 704 images with 300 and 800 elliptical cells (shsy5y density).
+Peers (written here from their description): the decoder copied through public notebooks builds a full-size
+mask per cell with a Python loop over runs; its encoder pads the flattened full mask with zeros and diffs it.
+Our batch paths: `Instances.from_rles` (text -> runs) and `Instances.to_rles` (runs -> text). Every output is
+checked equal to the peer's before timing is reported.
+"""
+import sys, time
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).parent))
+import numpy as np
+import pandas as pd
+from _inputs import make_instances, SHAPE
+from cellseg_nb.instances import Instances
+from cellseg_nb.rle import rle_decode, rle_encode
+
+
+def public_rle_decode(mask_rle, shape=SHAPE):
+    "The public-notebook decoder: a full-size uint8 mask, one slice assignment per run."
+    s = mask_rle.split()
+    starts, lengths = [np.asarray(x, dtype=int) for x in (s[0:][::2], s[1:][::2])]
+    starts -= 1
+    ends = starts + lengths
+    img = np.zeros(shape[0] * shape[1], dtype=np.uint8)
+    for lo, hi in zip(starts, ends):
+        img[lo:hi] = 1
+    return img.reshape(shape)
+
+
+def public_rle_encode(img):
+    "The public-notebook encoder: pad the flattened full mask with zeros, diff, runs as text."
+    pixels = img.flatten()
+    pixels = np.concatenate([[0], pixels, [0]])
+    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
+    runs[1::2] -= runs[::2]
+    return ' '.join(str(x) for x in runs)
+
+
+def best_time(f, repeat=5, number=1):
+    "Best wall time of `number` calls over `repeat` rounds, in seconds per call."
+    f()
+    best = np.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for _ in range(number): f()
+        best = min(best, (time.perf_counter() - t) / number)
+    return best
+
+
+def bench(n_cells, seed=0, chunk=50):
+    gt, _ = make_instances(n_cells, seed)
+    n = len(gt)
+    rles = gt.to_rles()
+    # --- decode: check equality, then time
+    ours = Instances.from_rles(rles, SHAPE)
+    pix = ours.pixels(); off = np.concatenate([[0], np.cumsum(ours.areas)])
+    for i, r in enumerate(rles):
+        assert np.array_equal(np.flatnonzero(public_rle_decode(r)), pix[off[i]:off[i + 1]]), i
+        assert np.array_equal(rle_decode(r, SHAPE), public_rle_decode(r).astype(bool)), i
+    t_dec_peer = best_time(lambda: [public_rle_decode(r) for r in rles], repeat=3)
+    t_dec_ours = best_time(lambda: Instances.from_rles(rles, SHAPE), repeat=7, number=10)
+    t_dec_single = best_time(lambda: [rle_decode(r, SHAPE) for r in rles], repeat=3)
+    # --- encode: the peer needs a full mask per cell; build them in chunks outside the timed region
+    t_enc_peer = t_enc_single = 0.0
+    for c0 in range(0, n, chunk):
+        masks = gt.select(np.arange(c0, min(n, c0 + chunk))).to_masks().astype(np.uint8)
+        peer = [public_rle_encode(m) for m in masks]
+        assert peer == rles[c0:c0 + chunk] == [rle_encode(m) for m in masks]
+        t_enc_peer += best_time(lambda: [public_rle_encode(m) for m in masks], repeat=3)
+        t_enc_single += best_time(lambda: [rle_encode(m) for m in masks], repeat=3)
+    assert ours.to_rles() == rles
+    t_enc_ours = best_time(lambda: gt.to_rles(), repeat=7, number=10)
+    us = lambda t: t / n * 1e6
+    rows = [
+        dict(cells=n, op='decode', impl='public notebook (full mask per cell)', us_per_cell=us(t_dec_peer)),
+        dict(cells=n, op='decode', impl='cellseg_nb rle_decode (full mask per cell)', us_per_cell=us(t_dec_single)),
+        dict(cells=n, op='decode', impl='cellseg_nb Instances.from_rles (batch)', us_per_cell=us(t_dec_ours)),
+        dict(cells=n, op='encode', impl='public notebook (full mask per cell)', us_per_cell=us(t_enc_peer)),
+        dict(cells=n, op='encode', impl='cellseg_nb rle_encode (full mask per cell)', us_per_cell=us(t_enc_single)),
+        dict(cells=n, op='encode', impl='cellseg_nb Instances.to_rles (batch)', us_per_cell=us(t_enc_ours)),
+    ]
+    df = pd.DataFrame(rows)
+    peer = df.groupby('op')['us_per_cell'].transform('first')
+    df['speedup_vs_public'] = peer / df['us_per_cell']
+    return df
+
+
+if __name__ == '__main__':
+    pd.set_option('display.width', 140)
+    df = pd.concat([bench(300, seed=0), bench(800, seed=1)], ignore_index=True)
+    print(df.to_string(index=False, float_format=lambda x: f"{x:9.2f}"))
+    batch = df[df.impl.str.contains('batch')]
+    for _, r in batch.iterrows():
+        target = 30
+        print(f"{r.op} {r.cells} cells: {r.speedup_vs_public:.1f}x faster than the public notebook "
+              f"(target >= {target}x, goal 50x for decode): {'OK' if r.speedup_vs_public >= target else 'MISSED'}")
