@@ -133,6 +133,8 @@ class SartoriusData:
         meta = df.iloc[first][['id', 'cell_type', 'sample_id', 'plate_time', 'sample_date', 'elapsed_timedelta']]
         meta = meta.assign(n_cells=n_cells, height=heights[first], width=widths[first]).set_index('id')
         self.meta = meta[META_COLUMNS]
+        self._ct = meta['cell_type'].tolist()                       # plain per-image arrays: fast instances()
+        self._hw = np.stack([heights[first], widths[first]], 1).tolist() if len(first) else []
         self.ids = list(uniq)
         self._index = {x: k for k, x in enumerate(self.ids)}
         shapes = list(zip(heights[first].tolist(), widths[first].tolist()))
@@ -162,15 +164,14 @@ class SartoriusData:
         c0, c1 = self._cell_offsets[k], self._cell_offsets[k + 1]
         ro = self._run_offsets[c0:c1 + 1]
         r0, r1 = ro[0], ro[-1]
-        m = self.meta.iloc[k]
-        return Instances(self._starts[r0:r1], self._lengths[r0:r1], ro - r0, (int(m.height), int(m.width)),
-                         labels=np.full(c1 - c0, class_id(m.cell_type), np.int64),
-                         meta={'id': id, 'cell_type': m.cell_type}, canonical=True)
+        ct = self._ct[k]
+        return Instances(self._starts[r0:r1], self._lengths[r0:r1], ro - r0, self._hw[k],
+                         labels=np.full(c1 - c0, class_id(ct), np.int64), meta={'id': id, 'cell_type': ct},
+                         canonical=True)
 
     def image(self, id) -> np.ndarray:
         "Train image `id`: uint8 (H, W); ValueError naming file and id when missing, unreadable or of the wrong size."
-        m = self.meta.iloc[self._k(id)]
-        return read_image(self.root / 'train' / f'{id}.png', (int(m.height), int(m.width)), f" (image id {id!r})")
+        return read_image(self.root / 'train' / f'{id}.png', tuple(self._hw[self._k(id)]), f" (image id {id!r})")
 
     def __getitem__(self, key):
         "`(image, instances, meta dict)` of an image id or an index into `ids`."

@@ -40,7 +40,8 @@ class CellStyle:
     body: tuple = (-30., -12.)     # body contrast range in grey levels (negative: darker than background)
     halo: float = 25.              # bright halo amplitude just outside cells
     halo_width: float = 2.0        # halo decay length
-    rim: float = -10.              # line at the cell edge and between touching cells
+    rim: float = -10.              # line at the cell edge
+    seam: float = 14.              # line between touching cells (bright in phase contrast)
     texture: float = 6.            # grainy texture amplitude inside cells
     debris: float = 30.            # debris particles per full-size image
     noise: tuple = (3., 6.)        # Gaussian noise sigma range
@@ -57,7 +58,7 @@ STYLES = {
                        texture=5.),
     # small round, sparse, bright bodies with a dark rim (real: 34 cells, 240 px)
     'cort': CellStyle(n_mean=34, n_sigma=0.4, n_range=(10, 100), area=215, area_sigma=0.25, aspect=(1.0, 1.35),
-                      irregular=0.06, body=(28., 48.), halo=14., halo_width=2.0, rim=-22., texture=4.),
+                      irregular=0.06, body=(28., 48.), halo=14., halo_width=2.0, rim=-22., seam=-20., texture=4.),
 }
 LIVECELL_STYLES = {
     'A172':    CellStyle(n_mean=160, n_sigma=0.4, n_range=(30, 600), area=600, aspect=(1.5, 3.0), irregular=0.18,
@@ -188,12 +189,15 @@ def _smooth_field(rng, shape, cells=(3, 4)):
     h, w = shape
     return cv2.resize(rng.normal(0, 1, cells).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
 
-def _inter_cell_edges(lab):
-    "Bool (H, W): pixels of a cell whose 4-neighbour belongs to another cell or to the background."
-    e = np.zeros(lab.shape, bool)
-    d = lab[1:] != lab[:-1]; e[1:] |= d; e[:-1] |= d
-    d = lab[:, 1:] != lab[:, :-1]; e[:, 1:] |= d; e[:, :-1] |= d
-    return e & (lab > 0)
+def _cell_edges(lab):
+    """Two bool (H, W) maps of cell pixels: `outer` (a 4-neighbour is background) and `seam` (a 4-neighbour is
+    another cell: the line between touching cells)."""
+    outer = np.zeros(lab.shape, bool); seam = np.zeros(lab.shape, bool)
+    for a, b, sa, sb in ((lab[1:], lab[:-1], np.s_[1:], np.s_[:-1]), (lab[:, 1:], lab[:, :-1], np.s_[:, 1:], np.s_[:, :-1])):
+        diff = a != b
+        seam[sa] |= diff & (a > 0) & (b > 0); seam[sb] |= diff & (a > 0) & (b > 0)
+        outer[sa] |= diff & (a > 0) & (b == 0); outer[sb] |= diff & (b > 0) & (a == 0)
+    return outer, seam
 
 def render(inst: Instances, rng, style: CellStyle, background=128., illumination=10.) -> np.ndarray:
     """Phase-contrast-like uint8 image (H, W) of the cells in `inst`: cell bodies darker or brighter than the
@@ -207,15 +211,15 @@ def render(inst: Instances, rng, style: CellStyle, background=128., illumination
     body = np.bincount(pix, weights=contrast[own], minlength=h * w).reshape(h, w).astype(np.float32)
     cover = np.bincount(pix, minlength=h * w).reshape(h, w) > 0
     lab = inst.to_label_image()
-    edge = _inter_cell_edges(lab)
-    d_in = cv2.distanceTransform((cover & ~edge).astype(np.uint8), cv2.DIST_L2, 3)
+    outer, seam = _cell_edges(lab)
+    d_in = cv2.distanceTransform((cover & ~outer & ~seam).astype(np.uint8), cv2.DIST_L2, 3)
     d_out = cv2.distanceTransform((~cover).astype(np.uint8), cv2.DIST_L2, 3)
     dome = 1 - np.exp(-d_in / 3.0)
     tex = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 1.2) * 2.5
     img = np.full((h, w), background, np.float32)
     img += illumination * (_smooth_field(rng, (h, w)) + np.linspace(-1, 1, w, dtype=np.float32)[None] * rng.uniform(-1, 1))
     img += body * (0.45 + 0.55 * dome) + cover * tex * style.texture
-    img += style.rim * edge
+    img += style.rim * outer + style.seam * seam
     img += style.halo * np.exp(-d_out / style.halo_width) * ~cover
     # debris: unlabelled specks and blobs, dark or bright
     for size, frac in ((1.0, 0.8), (1.8, 0.2)):
