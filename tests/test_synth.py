@@ -186,3 +186,10 @@ def test_livecell_layout(tmp_path):
 def test_competition_with_livecell(tmp_path):
     root = make_competition(tmp_path, n_images=3, seed=0, image_shape=(64, 80), n_test=1, n_semi=1, livecell=8)
     assert (root / 'LIVECell_dataset_2021' / 'annotations' / 'LIVECell' / 'livecell_coco_train.json').is_file()
+
+
+def test_livecell_deterministic(tmp_path):
+    a, b = (make_livecell(tmp_path / n, n_images=8, seed=4, image_shape=(48, 64)) for n in 'ab')
+    files = sorted(p.relative_to(a) for p in a.rglob('*') if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob('*') if p.is_file()) and len(files) == 11
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
