@@ -395,8 +395,8 @@ def make_livecell(root, n_images=16, seed=0, image_shape=FULL_SHAPE, split_fract
     """Write a synthetic LIVECell folder (`LIVECell_dataset_2021` layout) at `root`:
     `annotations/LIVECell/livecell_coco_{train,val,test}.json` (COCO, polygon segmentations, one category 'cell')
     and 8-bit TIF images `images/livecell_{train_val,test}_images/{cell type}/{A172_Phase_C7_1_00d00h00m_1}.tif`.
-    `n_images`: a total spread evenly over the 8 cell types, or a dict per type; each type's images are split by
-    `split_fractions` (train first). The ground truth is the polygons as pycocotools rasterizes them; the image is
+    `n_images`: a total spread evenly over the 8 cell types, or a dict per type; images are dealt to the splits in
+    the proportions `split_fractions`, the types interleaved (so 3 images already give train, val and test). The ground truth is the polygons as pycocotools rasterizes them; the image is
     drawn from exactly that. Deterministic by `seed`. Returns `Path(root)`."""
     from tqdm.auto import tqdm
     root = Path(root); shape = tuple(int(x) for x in image_shape); h, w = shape
@@ -409,12 +409,14 @@ def make_livecell(root, n_images=16, seed=0, image_shape=FULL_SHAPE, split_fract
     for ti, t in enumerate(LIVECELL_TYPES):
         n = counts[t]
         if n == 0: continue
-        split = np.repeat(np.arange(3), list(_split_counts(n, ['train', 'val', 'test'], split_fractions).values())) \
-            if n >= 3 else np.zeros(n, int)
         well = f"{'ABCDEFGH'[rng.integers(0, 8)]}{rng.integers(1, 13)}"
         for i in range(n):
-            name = livecell_file_name(t, well, 1 + i // 64 % 4, 4 * (i // 4 % 16), 1 + i % 4)
-            jobs.append((t, ti, i, LIVECELL_SPLITS[split[i]], name))
+            jobs.append((i, ti, t, livecell_file_name(t, well, 1 + i // 64 % 4, 4 * (i // 4 % 16), 1 + i % 4)))
+    jobs.sort()                                  # interleave the types, then deal the splits in proportion
+    frac, dealt = np.asarray(split_fractions, float), np.zeros(3)
+    for k, (i, ti, t, name) in enumerate(jobs):
+        s = int(np.argmax(frac * (k + 1) - dealt)); dealt[s] += 1
+        jobs[k] = (t, ti, i, LIVECELL_SPLITS[s], name)
     show = progress if progress is not None else len(jobs) > 50
     ann_id = 1
     for img_id, (t, ti, i, split, name) in enumerate(tqdm(jobs, disable=not show, desc='LIVECell images'), 1):
