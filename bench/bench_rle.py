@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import numpy as np
 import pandas as pd
-from _inputs import make_instances, SHAPE
+from _inputs import make_instances, SHAPE, race
 from cellseg_nb.instances import Instances
 from cellseg_nb.rle import rle_decode, rle_encode
 
@@ -37,17 +37,6 @@ def public_rle_encode(img):
     return ' '.join(str(x) for x in runs)
 
 
-def best_time(f, repeat=5, number=1):
-    "Best wall time of `number` calls over `repeat` rounds, in seconds per call."
-    f()
-    best = np.inf
-    for _ in range(repeat):
-        t = time.perf_counter()
-        for _ in range(number): f()
-        best = min(best, (time.perf_counter() - t) / number)
-    return best
-
-
 def bench(n_cells, seed=0, chunk=50):
     gt, _ = make_instances(n_cells, seed)
     n = len(gt)
@@ -58,19 +47,23 @@ def bench(n_cells, seed=0, chunk=50):
     for i, r in enumerate(rles):
         assert np.array_equal(np.flatnonzero(public_rle_decode(r)), pix[off[i]:off[i + 1]]), i
         assert np.array_equal(rle_decode(r, SHAPE), public_rle_decode(r).astype(bool)), i
-    t_dec_peer = best_time(lambda: [public_rle_decode(r) for r in rles], repeat=3)
-    t_dec_ours = best_time(lambda: Instances.from_rles(rles, SHAPE), repeat=7, number=10)
-    t_dec_single = best_time(lambda: [rle_decode(r, SHAPE) for r in rles], repeat=3)
+    t = race({'dec_peer': lambda: [public_rle_decode(r) for r in rles],
+              'dec_ours': lambda: Instances.from_rles(rles, SHAPE),
+              'dec_single': lambda: [rle_decode(r, SHAPE) for r in rles]}, rounds=5)
     # --- encode: the peer needs a full mask per cell; build them in chunks outside the timed region
-    t_enc_peer = t_enc_single = 0.0
+    t.update(enc_peer=0.0, enc_single=0.0)
     for c0 in range(0, n, chunk):
         masks = gt.select(np.arange(c0, min(n, c0 + chunk))).to_masks().astype(np.uint8)
         peer = [public_rle_encode(m) for m in masks]
         assert peer == rles[c0:c0 + chunk] == [rle_encode(m) for m in masks]
-        t_enc_peer += best_time(lambda: [public_rle_encode(m) for m in masks], repeat=3)
-        t_enc_single += best_time(lambda: [rle_encode(m) for m in masks], repeat=3)
+        tc = race({'enc_peer': lambda: [public_rle_encode(m) for m in masks],
+                   'enc_single': lambda: [rle_encode(m) for m in masks]}, rounds=3)
+        t['enc_peer'] += tc['enc_peer']; t['enc_single'] += tc['enc_single']
     assert ours.to_rles() == rles
-    t_enc_ours = best_time(lambda: gt.to_rles(), repeat=7, number=10)
+    t['enc_ours'] = race({'enc_ours': lambda: gt.to_rles(),
+                          'enc_peer_chunk': lambda: [public_rle_encode(m) for m in masks]}, rounds=5)['enc_ours']
+    t_dec_peer, t_dec_ours, t_dec_single = t['dec_peer'], t['dec_ours'], t['dec_single']
+    t_enc_peer, t_enc_ours, t_enc_single = t['enc_peer'], t['enc_ours'], t['enc_single']
     us = lambda t: t / n * 1e6
     rows = [
         dict(cells=n, op='decode', impl='public notebook (full mask per cell)', us_per_cell=us(t_dec_peer)),

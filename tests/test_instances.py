@@ -3,7 +3,7 @@ overlapping masks; label-image, box and area views against independent computati
 import numpy as np
 import pytest
 from pycocotools import mask as mask_util
-from cellseg_nb.instances import Instances, intersections, pairwise_iou, iou_matrix
+from cellseg_nb.instances import Instances, intersections, pairwise_iou, iou_matrix, _pairs_by_runs
 
 
 def coco(masks):
@@ -64,8 +64,9 @@ def test_pairwise_iou_equals_pycocotools():
 def test_huge_mask_falls_back_to_pixel_path_exactly():
     shape = (60, 80)
     rng = np.random.default_rng(3)
-    m = np.concatenate([np.ones((1, *shape), bool), blobs(rng, 200, shape)])
+    m = np.concatenate([np.ones((1, *shape), bool), blobs(rng, 80, shape)])
     A, B = Instances.from_masks(m), Instances.from_masks(m[:, ::-1].copy())
+    assert _pairs_by_runs(A, B, 8 * (len(A.starts) + len(B.starts)) + 4096) is None     # over the default budget
     ref = dense_intersections(m, m[:, ::-1])
     for g, r in zip(intersections(A, B), ref): assert np.array_equal(g, r)
     for g, r in zip(intersections(B, A), dense_intersections(m[:, ::-1], m)): assert np.array_equal(g, r)
@@ -99,3 +100,16 @@ def test_views_against_pycocotools_and_dense():
         assert np.array_equal(back.meta['label_ids'], vis * 5 + 3)
         assert np.array_equal(back.to_masks(), np.array([lab == v for v in vis]).reshape(-1, *shape))
         assert np.array_equal(inst.overlap_count(), m.sum(0))
+
+
+def test_from_label_image_any_ids_and_dtypes():
+    rng = np.random.default_rng(6)
+    for _ in range(100):
+        shape = (int(rng.integers(1, 25)), int(rng.integers(1, 25)))
+        lab = rng.integers(0, rng.integers(1, 9), shape) * int(rng.choice([1, 7, -3, 1000]))
+        if rng.random() < 0.3 and lab.min() >= 0 and lab.max() < 256: lab = lab.astype(np.uint8)
+        inst = Instances.from_label_image(lab)
+        ids = np.unique(lab[lab != 0])
+        assert np.array_equal(inst.meta['label_ids'], ids) and inst.meta['label_ids'].dtype == lab.dtype
+        assert np.array_equal(inst.to_masks(), np.array([lab == i for i in ids], bool).reshape(-1, *shape))
+        assert inst.to_rles() == Instances.from_masks(inst.to_masks()).to_rles()     # canonical runs
