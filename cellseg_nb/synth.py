@@ -48,7 +48,7 @@ class CellStyle:
 
 STYLES = {
     # small elongated, dense, clustered, many touching (real: 337 cells/image, mean area 225 px)
-    'shsy5y': CellStyle(n_mean=420, n_sigma=0.35, n_range=(100, 800), area=205, area_sigma=0.35, aspect=(1.6, 3.8),
+    'shsy5y': CellStyle(n_mean=480, n_sigma=0.45, n_range=(130, 1000), area=225, area_sigma=0.35, aspect=(1.6, 3.8),
                         bend=0.15, irregular=0.10, cluster_size=30, fill=0.75, processes=(0, 1), process_len=(6, 16),
                         body=(-42., -20.), halo=40., halo_width=2.0, rim=-10., texture=7.),
     # large, irregular, thin processes, overlapping labels, a few hollow masks (real: 80 cells, 906 px)
