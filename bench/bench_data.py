@@ -13,6 +13,7 @@ from cellseg_nb.data import SartoriusData
 
 SHAPE = (520, 704)
 REAL = {'cort': (320, 10_777), 'shsy5y': (155, 52_286), 'astro': (131, 10_522)}   # images, cells (FACTS.md)
+MAX_CELLS = {'cort': 108, 'shsy5y': 790, 'astro': 594}                           # per image (FACTS.md)
 
 
 def make_real_size_csv(root, seed=0):
@@ -26,7 +27,12 @@ def make_real_size_csv(root, seed=0):
         pool = sum((synth_instances(t, [seed, k], SHAPE).to_rles() for k in range(6)), [])
         w = rng.lognormal(0, 0.5, n_img)
         q = w / w.sum() * n_cells
-        counts = np.floor(q).astype(int); counts[np.argsort(q - counts)[::-1][:n_cells - counts.sum()]] += 1
+        counts = np.minimum(np.floor(q).astype(int), MAX_CELLS[t])
+        room = MAX_CELLS[t] - counts                                   # hand the rest to images below the maximum
+        extra = room / room.sum() * (n_cells - counts.sum())
+        counts += np.floor(extra).astype(int)
+        counts[np.argsort(extra - np.floor(extra))[::-1][:n_cells - counts.sum()]] += 1
+        assert counts.sum() == n_cells and counts.max() <= MAX_CELLS[t]
         for k, n in enumerate(counts):
             id = f'{t[:2]}{k:010x}'
             sid = f'{t}_sample_{k // 3}'
