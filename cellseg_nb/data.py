@@ -136,6 +136,7 @@ class SartoriusData:
         self._ct = meta['cell_type'].tolist()                       # plain per-image arrays: fast instances()
         self._hw = np.stack([heights[first], widths[first]], 1).tolist() if len(first) else []
         self.ids = list(uniq)
+        self._first_row = first
         self._index = {x: k for k, x in enumerate(self.ids)}
         shapes = list(zip(heights[first].tolist(), widths[first].tolist()))
         self.image_shape = max(set(shapes), key=shapes.count) if shapes else IMAGE_SHAPE
@@ -171,7 +172,9 @@ class SartoriusData:
 
     def image(self, id) -> np.ndarray:
         "Train image `id`: uint8 (H, W); ValueError naming file and id when missing, unreadable or of the wrong size."
-        return read_image(self.root / 'train' / f'{id}.png', tuple(self._hw[self._k(id)]), f" (image id {id!r})")
+        k = self._k(id)
+        return read_image(self.root / 'train' / f'{id}.png', tuple(self._hw[k]),
+                          f" (image id {id!r}, first in {self.csv.name} row {self._first_row[k] + 2})")
 
     def __getitem__(self, key):
         "`(image, instances, meta dict)` of an image id or an index into `ids`."

@@ -125,9 +125,11 @@ def test_bad_files(comp, tmp_path):
         SartoriusData(dst)
     write_image(dst / 'train' / f'{ids[2]}.png', np.zeros((SHAPE[0] + 1, SHAPE[1]), np.uint8))
     d = SartoriusData(dst)
-    with pytest.raises(ValueError, match=rf"\(image id '{ids[2]}'\): image is 97 x 128, expected 96 x 128"): d.image(ids[2])
+    with pytest.raises(ValueError, match=rf"\(image id '{ids[2]}', first in train.csv row \d+\): image is 97 x 128, expected 96 x 128"):
+        d.image(ids[2])
     (dst / 'train' / f'{ids[2]}.png').write_bytes(b'\x89PNG broken')
-    with pytest.raises(ValueError, match=rf"{ids[2]}.png \(image id '{ids[2]}'\): unreadable image"): d.image(ids[2])
+    with pytest.raises(ValueError, match=rf"{ids[2]}.png \(image id '{ids[2]}', first in train.csv row \d+\): unreadable image"):
+        d.image(ids[2])
     with pytest.raises(ValueError, match='unreadable image'): d.validate()
     cv2.imwrite(str(dst / 'test' / f'{d.test_ids[0]}.png'), np.zeros(SHAPE, np.uint16))
     with pytest.raises(ValueError, match='uint16, expected 8-bit'): d.test_image(d.test_ids[0])
