@@ -87,10 +87,11 @@ def bench(n_cells, seed):
         'pycocotools mask.iou + matching': lambda: pycocotools_score(gr, pr),
         'cellpose average_precision': lambda: cellpose_score(gl, pl, THRESHOLDS + 1e-9),
         'public histogram2d': lambda: histogram2d_score(gl, pl),
-    }, rounds=5)
+    }, rounds=5, clock='both')
     ref = times['pycocotools mask.iou + matching']
-    return pd.DataFrame([dict(cells=len(G), preds=len(P), impl=k, ms_per_image=v * 1e3,
-                              pycocotools_over_this=ref / v, score=ours, iou_on_threshold=on_t) for k, v in times.items()])
+    return pd.DataFrame([dict(cells=len(G), preds=len(P), impl=k, ms_wall=w * 1e3, ms_cpu=c * 1e3,
+                              pyco_over_this_wall=ref[0] / w, pyco_over_this_cpu=ref[1] / c, score=ours,
+                              iou_on_threshold=on_t) for k, (w, c) in times.items()])
 
 
 if __name__ == '__main__':
@@ -98,5 +99,6 @@ if __name__ == '__main__':
     df = pd.concat([bench(300, 0), bench(800, 1)], ignore_index=True)
     print(df.to_string(index=False, float_format=lambda x: f"{x:9.4f}"))
     for _, r in df[df.impl == 'cellseg_nb score_image (Instances)'].iterrows():
-        print(f"{r.cells} cells: scoring {r.pycocotools_over_this:.1f}x faster than pycocotools mask.iou + matching "
-              f"(target >= 3x, goal 5x): {'OK' if r.pycocotools_over_this >= 3 else 'MISSED'}; all peers agree")
+        ok = 'OK' if min(r.pyco_over_this_wall, r.pyco_over_this_cpu) >= 3 else 'MISSED'
+        print(f"{r.cells} cells: scoring {r.pyco_over_this_wall:.1f}x (wall) / {r.pyco_over_this_cpu:.1f}x (CPU time) "
+              f"faster than pycocotools mask.iou + matching (target >= 3x, goal 5x): {ok}; all peers agree")

@@ -284,11 +284,23 @@ def _run_ends(x, by_start=False):
     return s, e, o
 
 # %% ../nbs/00_instances.ipynb 18
-def _pairs_by_runs(a, b, budget):
+def _pairs_by_runs(a, b, budget, max_walk=8):
     "Overlapping run pairs: `(ia, ib, overlap)` int64, unaggregated; None when more than `budget` candidates."
     sa, ea, oa = _run_ends(a, by_start=True); sb, eb, ob = _run_ends(b)
-    lo = np.searchsorted(np.maximum.accumulate(ea), sb, 'right')   # a-runs before lo end at or before sb
-    hi = np.searchsorted(sa, eb, 'left')                             # a-runs from hi on start at or after eb
+    if len(sa) == 0 or len(sb) == 0: z = np.zeros(0, np.int64); return z, z, z
+    if len(sa) > 1 and (sa[1:] < ea[:-1]).any():                   # runs of `a` overlap: general ranges
+        lo = np.searchsorted(np.maximum.accumulate(ea), sb, 'right')   # a-runs before lo end at or before sb
+        hi = np.searchsorted(sa, eb, 'left')                             # a-runs from hi on start at or after eb
+    else:                                    # disjoint runs: one binary search, then a short walk forward
+        q = np.searchsorted(sa, sb, 'right')                         # a-runs starting at or before sb
+        lo = q - ((q > 0) & (ea[np.maximum(q - 1, 0)] > sb))         # ... the last of them may reach past sb
+        hi, act = q.copy(), np.arange(len(sb))
+        sa_end = np.append(sa, np.iinfo(sa.dtype).max)
+        for _ in range(max_walk):                                    # count a-runs starting inside the b-run
+            act = act[sa_end[hi[act]] < eb[act]]
+            if len(act) == 0: break
+            hi[act] += 1
+        else: hi[act] = np.searchsorted(sa, eb[act], 'left')        # long b-runs: finish by binary search
     cnt = np.maximum(hi - lo, 0)
     if int(cnt.sum()) > budget: return None
     ja, jb = _ranges(lo, lo + cnt), np.repeat(np.arange(len(sb)), cnt)
