@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np, pandas as pd, cv2
 from cellseg_nb.synth import synth_instances
 from cellseg_nb.data import SartoriusData
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_rle import public_rle_decode   # the same peer decoder in both benchmarks
 
 SHAPE = (520, 704)
 REAL = {'cort': (320, 10_777), 'shsy5y': (155, 52_286), 'astro': (131, 10_522)}   # images, cells (FACTS.md)
@@ -49,18 +51,6 @@ def ours(root):
     data = SartoriusData(root)
     gt = {id: data.instances(id) for id in data.ids}
     return data, gt
-
-
-def public_rle_decode(mask_rle, shape=SHAPE):
-    "The decoder of the public notebooks: a full-size mask per cell, a Python loop over runs."
-    s = mask_rle.split()
-    starts, lengths = [np.asarray(x, dtype=int) for x in (s[0:][::2], s[1:][::2])]
-    starts -= 1
-    ends = starts + lengths
-    img = np.zeros(shape[0] * shape[1], dtype=np.uint8)
-    for lo, hi in zip(starts, ends):
-        img[lo:hi] = 1
-    return img.reshape(shape)
 
 
 def public(csv, keep=False):
