@@ -1,0 +1,114 @@
+"""cellseg_nb.ensemble: matching and weighted pixel-vote merging against dense computations, non-overlapping output,
+and the per cell type choice on out-of-fold predictions."""
+import numpy as np
+import pytest
+from cellseg_nb.instances import Instances, iou_matrix
+from cellseg_nb.postprocess import random_candidates
+from cellseg_nb.tune import simulate_predictions
+from cellseg_nb.ensemble import (match_groups, merge_models, ensemble, tune_ensemble, compare_models, EnsembleSettings,
+                                 image_type)
+
+
+def _scored(inst, seed, label=1):
+    rng = np.random.default_rng(seed)
+    return inst.with_(scores=rng.uniform(0.05, 1, len(inst)).astype(np.float32), labels=np.full(len(inst), label))
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_match_groups_properties(seed):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(2, 4))
+    base = random_candidates(30, (48, 64), seed=seed)
+    preds = [_scored(Instances.concat([random_candidates(20, (48, 64), seed=100 * seed + j),
+                                       base.select(rng.permutation(len(base))[:15])]), seed + j) for j in range(k)]
+    w = rng.uniform(0.5, 2, k)
+    allc, src, group = match_groups(preds, w, 0.5)
+    iou = iou_matrix(allc, allc)
+    ws = allc.scores * w[src]
+    for g in range(group.max() + 1):
+        mem = np.flatnonzero(group == g)
+        assert len(set(src[mem])) == len(mem)                            # one cell per model
+        lead = mem[np.argmax(ws[mem])]
+        assert all(iou[lead, j] > 0.5 for j in mem if j != lead)
+    assert (group >= 0).all()
+
+
+@pytest.mark.parametrize('vote', [0.3, 0.5, 0.8])
+def test_merge_models_matches_dense_vote(vote):
+    p = [_scored(random_candidates(25, (40, 56), seed=s), s) for s in (1, 2)]
+    p.append(_scored(Instances.concat([p[0].select(np.arange(0, 25, 2)), p[1].select(np.arange(1, 25, 3))]), 9))
+    w = np.array([0.5, 0.3, 0.2])
+    allc, src, group = match_groups(p, w, 0.5)
+    m = merge_models(p, w, 0.5, vote)
+    dense = allc.to_masks()
+    exp, scores = [], []
+    for g in range(group.max() + 1):
+        mem = np.flatnonzero(group == g)
+        cover = np.tensordot(w[src[mem]], dense[mem], 1)
+        km = cover >= vote * w[src[mem]].sum() - 1e-9
+        if km.any(): exp.append(km); scores.append((w[src[mem]] * allc.scores[mem]).sum())
+    assert np.array_equal(m.to_masks(), np.stack(exp))
+    np.testing.assert_allclose(m.scores, scores, rtol=1e-5)
+
+
+def test_ensemble_is_non_overlapping_and_votes_type():
+    g = random_candidates(60, (96, 128), seed=4, dup_frac=0)
+    a = simulate_predictions(g, label=2, seed=1); b = simulate_predictions(g, label=2, seed=2)
+    b = b.with_(labels=np.where(np.arange(len(b)) % 5 == 0, 3, 2))
+    s = EnsembleSettings(['cellpose', 'maskrcnn'], {'shsy5y': 'both', 'astro': 'both', 'cort': 'maskrcnn'})
+    assert image_type({'cellpose': a, 'maskrcnn': b}) == 'astro'
+    out = ensemble({'cellpose': a, 'maskrcnn': b}, s)
+    assert out.meta['cell_type'] == 'astro' and out.meta['source'] == 'both'
+    assert out.overlap_count().max() <= 1 and len(out) > 0
+    assert np.all(np.diff(out.scores) <= 0)
+
+
+def _dataset(n=4, shape=(96, 128)):
+    gt, types = {}, {}
+    from cellseg_nb.postprocess import remove_overlaps
+    for j, (ct, area) in enumerate((('shsy5y', (120, 300)), ('astro', (300, 900)))):
+        for i in range(n):
+            k = f'{ct}{i}'
+            g = random_candidates(40 if ct == 'shsy5y' else 12, shape, seed=100 * j + i, area=area, dup_frac=0)
+            gt[k] = remove_overlaps(g, 0, 20).with_(scores=None, labels=None)
+            types[k] = ct
+    return gt, types
+
+
+def test_tune_ensemble_picks_the_right_source():
+    gt, types = _dataset()
+    lab = {'shsy5y': 1, 'astro': 2}
+    perfect = lambda k: gt[k].with_(scores=np.full(len(gt[k]), 0.9, np.float32), labels=np.full(len(gt[k]), lab[types[k]]))
+    junk = lambda k, s: random_candidates(len(gt[k]), gt[k].shape, seed=s, dup_frac=0).with_(labels=np.full(len(gt[k]), lab[types[k]]))
+    preds = {'cellpose': {k: perfect(k) if types[k] == 'shsy5y' else junk(k, i) for i, k in enumerate(gt)},
+             'maskrcnn': {k: perfect(k) if types[k] == 'astro' else junk(k, 50 + i) for i, k in enumerate(gt)}}
+    r = tune_ensemble(preds, gt, types, weights=(0.5,), min_areas=(0, 50), score_thresholds=(0.05, 0.55))
+    assert r.settings.choice == {'shsy5y': 'cellpose', 'astro': 'maskrcnn'}
+    assert r.summary.loc['shsy5y', 'ensemble'] == pytest.approx(1.0) and r.summary.loc['astro', 'ensemble'] == pytest.approx(1.0)
+
+
+def test_tune_ensemble_prefers_both_for_complementary_models():
+    "Each model misses a different half of the cells: only the merge finds them all."
+    gt, types = _dataset()
+    preds = {'cellpose': {}, 'maskrcnn': {}}
+    for k, g in gt.items():
+        half = np.arange(len(g)) % 2 == 0
+        preds['cellpose'][k] = g.select(half).with_(scores=np.full(half.sum(), 0.8, np.float32), labels=np.ones(half.sum(), int))
+        preds['maskrcnn'][k] = g.select(~half).with_(scores=np.full((~half).sum(), 0.8, np.float32), labels=np.ones((~half).sum(), int))
+    r = tune_ensemble(preds, gt, types, weights=(0.5,), min_areas=(0,), score_thresholds=(0.05,))
+    assert set(r.settings.choice.values()) == {'both'}
+    table = compare_models(preds, gt, types, r.settings)
+    ens = table.xs('ensemble')['mAP']['overall']
+    assert ens == pytest.approx(1.0) and ens > table.xs('cellpose')['mAP']['overall'] + 0.3
+    assert list(table.columns) == ['n_images', 'AP@0.5', 'AP@0.75', 'AP@0.9', 'mAP']    # the metric's summary layout
+
+
+def test_settings_roundtrip_and_errors(tmp_path):
+    s = EnsembleSettings(['cellpose', 'maskrcnn'], {'shsy5y': 'both'}, {'shsy5y': {'cellpose': 0.7, 'maskrcnn': 0.3}},
+                         {'shsy5y': 0.5})
+    p = s.save(tmp_path / 'e.json')
+    assert EnsembleSettings.load(p).to_dict() == s.to_dict()
+    with pytest.raises(ValueError, match='no such ensemble settings'): EnsembleSettings.load(tmp_path / 'nope.json')
+    g = random_candidates(5, (32, 32), seed=0)
+    with pytest.raises(ValueError, match="no predictions of model"): ensemble({'cellpose': g}, s, 'shsy5y')
+    with pytest.raises(ValueError, match='expected 2'): merge_models([g, g], weights=[1, 2, 3])
