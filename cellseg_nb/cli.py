@@ -11,8 +11,9 @@ import pandas as pd
 from fastcore.script import anno_parser
 
 # %% auto 0
-__all__ = ['COMMANDS', 'KAGGLE_PACKAGES', 'command', 'print_table', 'main', 'project_root', 'build_wheels_bundle',
-           'kaggle_bundle', 'validate_submission_cmd']
+__all__ = ['COMMANDS', 'KAGGLE_PACKAGES', 'QUICK_DEMO', 'command', 'print_table', 'main', 'project_root', 'build_wheels_bundle',
+           'kaggle_bundle', 'validate_submission_cmd', 'data_root', 'read_any_predictions', 'evaluate_cmd',
+           'predict_cmd', 'tune_cmd', 'train_maskrcnn_cmd', 'train_cellpose_cmd', 'demo_cmd']
 
 # %% ../nbs/90_cli.ipynb 6
 COMMANDS = {}
@@ -78,11 +79,12 @@ KAGGLE_PACKAGES = 'cellpose==3.1.1.3 fastremap fill_voids roifile natsort fastco
 
 def project_root(start=None) -> Path:
     "The cellseg_nb source folder (holding `settings.ini` and `setup.py`), found upwards from `start`."
-    if start is None: start = Path(__file__).parent if '__file__' in globals() else Path.cwd()
-    here = Path(start).resolve()
-    for p in [here, *here.parents]:
-        if (p / 'settings.ini').is_file() and (p / 'setup.py').is_file(): return p
-    raise FileNotFoundError(f"no cellseg_nb project folder (settings.ini + setup.py) above {here}; pass --project")
+    starts = [Path(start)] if start is not None else \
+        ([Path(__file__).parent] if '__file__' in globals() else []) + [Path.cwd()]
+    for here in starts:
+        for p in [here.resolve(), *here.resolve().parents]:
+            if (p / 'settings.ini').is_file() and (p / 'setup.py').is_file(): return p
+    raise FileNotFoundError(f"no cellseg_nb project folder (settings.ini + setup.py) above {starts[0]}; pass --project")
 
 def _pip_wheel(specs, dest, extra=(), cwd=None):
     cmd = [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--disable-pip-version-check', '-q', '-w', str(dest),
@@ -164,3 +166,214 @@ def validate_submission_cmd(path: str,  # the submission CSV to check
     report = validate_submission(path, expected, shape=shape or (height, width))
     print(report)
     return 0 if report.ok else 1
+
+# %% ../nbs/90_cli.ipynb 14
+def data_root(data: str | None) -> Path:
+    "The competition folder: `data`, else `$CELLSEG_DATA`; error when neither is set or it does not exist."
+    data = data or os.environ.get('CELLSEG_DATA')
+    if not data: raise ValueError("no data folder: pass --data or set CELLSEG_DATA to the competition folder")
+    if not Path(data).is_dir(): raise FileNotFoundError(f"data folder not found: {data}")
+    return Path(data)
+
+def read_any_predictions(path, shape) -> tuple:
+    "A submission CSV or a raw predictions CSV (`save_predictions`) -> (`{id: Instances}`, is_raw)."
+    from cellseg_nb.inference import load_predictions
+    from cellseg_nb.submission import read_submission
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"predictions file not found: {path}")
+    with open(path) as f: header = f.readline().strip().split(',')
+    if 'score' in header: return load_predictions(path), True
+    return read_submission(path, shape=shape), False
+
+@command('evaluate')
+def evaluate_cmd(pred: str,  # a submission CSV or raw predictions (cellseg predict --raw) of train images
+                 data: str = None,  # competition folder with train.csv (default: $CELLSEG_DATA)
+                 config: str = None,  # post-processing YAML applied to raw predictions first (default: library defaults)
+                 no_postprocess: bool = False,  # score raw predictions as they are
+                 out: str = None):  # also write the per-image table to this CSV
+    "Score predictions of train images with the competition metric: AP@0.5/0.75/0.9 and mAP, per cell type."
+    from cellseg_nb.data import SartoriusData
+    from cellseg_nb.metric import evaluate
+    from cellseg_nb.inference import postprocess_all
+    ds = SartoriusData(data_root(data))
+    preds, raw = read_any_predictions(pred, ds.image_shape)
+    known = set(ds.ids)
+    unknown = [i for i in preds if i not in known]
+    if unknown: raise ValueError(f"{pred}: {len(unknown)} image id(s) not in {ds.csv}, e.g. {unknown[:3]}")
+    types = ds.meta.cell_type.to_dict()
+    if raw and not no_postprocess:
+        from cellseg_nb.postprocess import PostprocessConfigs
+        cfg = PostprocessConfigs.load(config) if config else PostprocessConfigs()
+        preds = postprocess_all(preds, cfg, {i: types[i] for i in preds})
+    gt = {i: ds.instances(i) for i in preds}
+    ev = evaluate(gt, preds, {i: types[i] for i in preds}, progress=True)
+    print_table(ev.summary, f"{pred}: {len(gt)} images" + (" (raw, post-processed)" if raw and not no_postprocess else ''))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True); ev.per_image.to_csv(out, index=False)
+        print(f"\nper-image table: {out}")
+    return ev.summary
+
+# %% ../nbs/90_cli.ipynb 16
+@command('predict')
+def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cellseg train maskrcnn`
+                cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`
+                images: str = None,  # folder of images to predict (default: the test/ folder of --data)
+                data: str = None,  # competition folder (default: $CELLSEG_DATA)
+                fold: int = None,  # predict the train images of this fold instead (out-of-fold predictions)
+                n_folds: int = 5,  # number of folds (with --fold)
+                config: str = None,  # post-processing YAML from `cellseg tune` (default: library defaults)
+                tta: bool = False,  # flip test-time augmentation (3 passes)
+                out: str = 'submission.csv',  # the submission CSV to write ('' to skip)
+                raw: str = None,  # also write raw predictions (scores, classes) to this CSV
+                device: str = 'auto'):  # cpu, cuda or auto
+    "Predict cells with trained models, post-process per cell type, write a validated submission."
+    from cellseg_nb.pipeline import load_predictor
+    from cellseg_nb.inference import predict_images, save_predictions, make_submission, list_images
+    from cellseg_nb.postprocess import PostprocessConfigs
+    if not (maskrcnn or cellpose): raise ValueError("give --maskrcnn and/or --cellpose (trained model files)")
+    cfg = PostprocessConfigs.load(config) if config else PostprocessConfigs()
+    predictor = load_predictor(maskrcnn=maskrcnn, cellpose=cellpose, device=device)
+    cell_types = None
+    if fold is not None:
+        from cellseg_nb.data import SartoriusData
+        ds = SartoriusData(data_root(data))
+        f = ds.folds(n_folds)
+        ids = f.index[f.fold == fold].tolist()
+        if not ids: raise ValueError(f"fold {fold} holds no images (folds 0..{n_folds - 1})")
+        items = {i: ds.root / 'train' / f'{i}.png' for i in ids}
+        cell_types = ds.meta.cell_type.to_dict()
+    else:
+        items = list_images(images or data_root(data) / 'test')
+    print(f"{predictor} on {len(items)} images" + (' with flip TTA' if tta else ''))
+    if out:
+        res = make_submission(predictor, items, out, cfg, tta=tta)
+        raw_preds = res.raw
+        print_table(res.table.set_index('id'), f"wrote {out} (validated)")
+    else: raw_preds = predict_images(predictor, items, tta=tta)
+    if raw:
+        save_predictions(raw_preds, raw); print(f"raw predictions: {raw}")
+
+@command('tune')
+def tune_cmd(raw: str,  # raw out-of-fold predictions of train images (`cellseg predict --fold K --raw FILE`)
+             data: str = None,  # competition folder (default: $CELLSEG_DATA)
+             out: str = 'postprocess.yaml',  # where to write the tuned settings (YAML)
+             n_jobs: int = 1):  # parallel workers over images
+    "Search per cell type the score threshold and minimum area that maximize the metric on OOF predictions."
+    from cellseg_nb.data import SartoriusData
+    from cellseg_nb.inference import load_predictions
+    from cellseg_nb.tune import tune
+    ds = SartoriusData(data_root(data))
+    preds = load_predictions(raw)
+    known = set(ds.ids)
+    unknown = [i for i in preds if i not in known]
+    if unknown: raise ValueError(f"{raw}: {len(unknown)} image id(s) not in {ds.csv}, e.g. {unknown[:3]}")
+    gt = {i: ds.instances(i) for i in preds}
+    res = tune(preds, gt, ds.meta.cell_type.to_dict(), n_jobs=n_jobs)
+    res.best.save(out)
+    print_table(res.summary, f"tuned on {len(gt)} images: mean score before -> after, per cell type")
+    print(f"\nsettings: {out}")
+    return res.summary
+
+# %% ../nbs/90_cli.ipynb 18
+@command('train maskrcnn')
+def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSEG_DATA)
+                       out: str = 'runs/maskrcnn',  # run folder: checkpoint.pt, log.csv
+                       fold: int = 0,  # validation fold (grouped by sample); -1: train on all images
+                       n_folds: int = 5,  # number of folds
+                       livecell: str = None,  # LIVECell folder: pretrain on it first, then fine-tune (transfer)
+                       livecell_iters: int = 2000,  # LIVECell pretraining iterations (with --livecell)
+                       backbone: str = 'resnet50',  # resnet18 / resnet34 / resnet50 / resnet101 FPN
+                       weights: str = None,  # local initial weights (torchvision COCO Mask R-CNN, ImageNet ResNet, ours)
+                       iters: int = 1000,  # training iterations
+                       batch_size: int = 2,  # images per iteration (per process under torchrun)
+                       lr: float = 0.02,  # peak learning rate
+                       optimizer: str = 'sgd',  # sgd or adamw
+                       val_every: int = 500,  # validate (competition metric on the fold) every N iterations
+                       checkpoint_every: int = 500,  # write checkpoint.pt every N iterations
+                       resume: bool = False,  # continue the run in --out from its last checkpoint
+                       device: str = 'auto'):  # cpu, cuda or auto (torchrun sets the GPU per process)
+    "Train Mask R-CNN on the competition data (optionally LIVECell first); runs under torchrun as DDP."
+    from cellseg_nb.maskrcnn_train import train, transfer
+    from cellseg_nb.pipeline import resolve_device
+    root = data_root(data)
+    opts = dict(iterations=iters, batch_size=batch_size, lr=lr, optimizer=optimizer, val_every=val_every,
+                checkpoint_every=checkpoint_every, fold=None if fold < 0 else fold, n_folds=n_folds)
+    dev = None if os.environ.get('LOCAL_RANK') else resolve_device(device)
+    if livecell:
+        lc = Path(livecell)
+        if not lc.exists(): raise FileNotFoundError(f"LIVECell folder not found: {lc}")
+        r = transfer(root, out, lc, backbone=backbone, weights=weights, resume=resume, device=dev,
+                     pretrain={**opts, 'iterations': livecell_iters, 'fold': 0}, finetune=opts)
+        log = r['competition']['log']
+    else:
+        r = train(root, out, backbone=backbone, weights=weights, resume=resume, device=dev, **opts)
+        log = r['log']
+    if len(log): print_table(log.tail(5).set_index('iteration'), 'last log rows')
+    print(f"\ncheckpoint: {r['checkpoint']}")
+
+@command('train cellpose')
+def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSEG_DATA)
+                       out: str = 'runs/cellpose',  # folder for the model file (+ SizeModel, type files)
+                       fold: int = 0,  # held-out fold (grouped by sample); -1: train on all images
+                       n_folds: int = 5,  # number of folds
+                       livecell: str = None,  # LIVECell folder: train on it first, then on the competition data
+                       livecell_epochs: int = 50,  # LIVECell epochs (with --livecell)
+                       pretrained: str = None,  # a local cellpose-3 model file to start from (default: from scratch)
+                       epochs: int = 100,  # training epochs
+                       lr: float = 0.01,  # learning rate
+                       bsize: int = 224,  # training crop size
+                       size_model: bool = True,  # also train the SizeModel (diameter per image)
+                       device: str = 'auto'):  # cpu, cuda or auto
+    "Train a Cellpose 3 U-Net (from scratch or a local model) and its SizeModel on the competition data."
+    from cellseg_nb import cpose
+    from cellseg_nb.data import SartoriusData
+    from cellseg_nb.pipeline import resolve_device
+    ds = SartoriusData(data_root(data))
+    ids = ds.ids if fold < 0 else ds.folds(n_folds).query('fold != @fold').index.tolist()
+    lcd = None
+    if livecell:
+        from cellseg_nb.data import LiveCellData
+        if not Path(livecell).exists(): raise FileNotFoundError(f"LIVECell folder not found: {livecell}")
+        lcd = LiveCellData(livecell, 'train')
+    gpu = resolve_device(device).startswith('cuda')
+    path = cpose.train_cellpose(ds, out, ids=ids, livecell=lcd, pretrained_model=pretrained, n_epochs=epochs,
+                                livecell_epochs=livecell_epochs, learning_rate=lr, bsize=bsize, gpu=gpu)
+    print(f"model: {path}")
+    if size_model:
+        sp = cpose.train_size_model(path, ds, ids=ids, bsize=bsize, gpu=gpu)
+        print(f"size model: {sp}")
+        if fold >= 0:
+            held = ds.folds(n_folds).query('fold == @fold').index.tolist()
+            print_table(cpose.diameter_summary(cpose.compare_diameters(path, ds, held)), f"diameters on fold {fold}")
+
+# %% ../nbs/90_cli.ipynb 20
+QUICK_DEMO = dict(n_images=12, image_shape=(96, 96), n_folds=3, maskrcnn_iters=2, cellpose_epochs=1)
+
+@command('demo')
+def demo_cmd(out: str = 'cellseg_out/demo',  # output folder (data, models, predictions, submission, report)
+             n_images: int = None,  # synthetic train images (default: DEMO_SETTINGS)
+             size: int = None,  # synthetic image side in pixels (default: DEMO_SETTINGS)
+             maskrcnn_iters: int = None,  # Mask R-CNN iterations (default: DEMO_SETTINGS)
+             cellpose_epochs: int = None,  # Cellpose epochs (default: DEMO_SETTINGS)
+             tta: bool = False,  # flip TTA for the submission
+             seed: int = 0,  # data and training seed
+             device: str = 'auto',  # cpu, cuda or auto
+             quick: bool = False):  # a smoke run in about a minute (tiny images, a few iterations; scores meaningless)
+    "The whole path on synthetic data: generate, train both models, predict, tune, evaluate, submit, report."
+    from cellseg_nb.pipeline import run_demo, DEMO_SETTINGS
+    s = {**DEMO_SETTINGS, **(QUICK_DEMO if quick else {})}
+    if n_images: s['n_images'] = n_images
+    if size: s['image_shape'] = (size, size)
+    if maskrcnn_iters: s['maskrcnn_iters'] = maskrcnn_iters
+    if cellpose_epochs: s['cellpose_epochs'] = cellpose_epochs
+    s.update(tta=tta, seed=seed)
+    res = run_demo(out, device=device, **s)
+    print_table(res['summary'], "Held-out test fold (SYNTHETIC images): competition metric")
+    print_table(res['per_type'], "mAP per cell type")
+    print("\nfigures:"); [print(f"  {p}") for p in res['figures'].values()]
+    print(f"\nsubmission: {res['submission'].path} (validated)\nreport:     {res['report']}")
+    print(f"\nDemo finished in {res['times']['total'] / 60:.1f} min. Everything is in {Path(out).resolve()}")
+    return res['summary']
+
+# %% ../nbs/90_cli.ipynb 22
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())
