@@ -306,6 +306,7 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     if threads: torch.set_num_threads(int(threads))
     cfg = {**TRAIN_DEFAULTS, **options, 'dataset': dataset if not isinstance(root, tuple) else 'arrays',
            'backbone': backbone, 'model_options': dict(model_options or {}), 'world_size': world}
+    cfg = json.loads(json.dumps(cfg))         # plain JSON values (tuples -> lists), so a resumed run compares equal
     num_workers = cfg.pop('num_workers')
     state = None
     if ckpt_path.exists():
@@ -328,7 +329,10 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     # model and optimizer
     torch.manual_seed(cfg['seed'])
     mo = dict(cfg['model_options']); nc = mo.pop('num_classes', len(class_names)); mo.setdefault('class_names', class_names[:nc] if len(class_names) >= nc else None)
-    model = build_model(nc, backbone, weights=None if state else weights, **mo).to(device)
+    if state:      # the checkpoint's own resolved config (e.g. norm chosen by 'auto' from the first run's weights)
+        mc = dict(state['config']); model = build_model(mc.pop('num_classes'), mc.pop('backbone'), **mc)
+    else: model = build_model(nc, backbone, weights=weights, **mo)
+    model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg['optimizer'] == 'sgd': opt = torch.optim.SGD(params, cfg['lr'], momentum=cfg['momentum'], weight_decay=cfg['weight_decay'])
     elif cfg['optimizer'] == 'adamw': opt = torch.optim.AdamW(params, cfg['lr'], weight_decay=cfg['weight_decay'])
