@@ -31,9 +31,11 @@ def test_training_raises_the_metric(shsy5y_root, tmp_path):
     r = train(shsy5y_root, tmp_path / 'run', fold=None, iterations=80, batch_size=2, optimizer='adamw', lr=3e-3,
               warmup=10, checkpoint_every=1000, log_every=10, augment=dict(scale_range=(0.9, 1.1)), **FAST)
     after = validate(r['model'], src, src.ids)
-    print(f"score before {before:.4f}, after 80 iterations {after:.4f}; "
+    after_tta = validate(r['model'], src, src.ids, tta=True)
+    print(f"score before {before:.4f}, after 80 iterations {after:.4f} (flip TTA {after_tta:.4f}); "
           f"{r['log'].sec_per_iter.mean():.2f} s/iteration")
     assert after >= before + 0.05, (before, after)
+    assert after_tta >= before + 0.05, (before, after_tta)
     assert r['log'].loss.iloc[-1] < 0.7 * r['log'].loss.iloc[0]
     # the checkpoint rebuilds the same model, and predict gives scores and labels
     m = load_model(r['checkpoint'])
