@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_maskrcnn.ipynb 3
 from __future__ import annotations
-import math, warnings
+import math, re, warnings
 from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -187,6 +187,11 @@ def build_model(num_classes: int = 3, backbone: str = 'resnet50', weights=None, 
 _REINIT = ('roi_heads.box_predictor.', 'roi_heads.mask_predictor.mask_fcn_logits.', 'rpn.head.cls_logits.',
            'rpn.head.bbox_pred.')
 
+# key names of torchvision < 0.13 checkpoints (e.g. maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth) -> current names
+_OLD_NAMES = [(r'^roi_heads\.mask_head\.mask_fcn(\d+)\.', lambda m: f'roi_heads.mask_head.{int(m[1]) - 1}.0.'),
+              (r'^rpn\.head\.conv\.(weight|bias)$', r'rpn.head.conv.0.0.\1'),
+              (r'^backbone\.fpn\.(inner|layer)_blocks\.(\d+)\.(weight|bias)$', r'backbone.fpn.\1_blocks.\2.0.\3')]
+
 def read_checkpoint(path) -> dict:
     "Load a local file with `torch.load(weights_only=True)` on CPU; FileNotFoundError / ValueError with the path."
     path = Path(path)
@@ -206,9 +211,7 @@ def _state_dict_of(obj, path):
     sd = {}
     for k, v in obj.items():
         k = k[7:] if k.startswith('module.') else k
-        if k.startswith('roi_heads.mask_head.mask_fcn'):      # torchvision < 0.13 naming
-            i, rest = k[len('roi_heads.mask_head.mask_fcn'):].split('.', 1)
-            k = f'roi_heads.mask_head.{int(i) - 1}.0.{rest}'
+        for pat, rep in _OLD_NAMES: k = re.sub(pat, rep, k)
         sd[k] = v
     return sd, config
 
