@@ -39,13 +39,15 @@ def test_sigkill_then_resume_equals_uninterrupted(root, tmp_path):
     ref = train(root, tmp_path / 'ref', **RUN)
     driver = tmp_path / 'driver.py'; driver.write_text(DRIVER)
     out = tmp_path / 'killed'
+    err = open(tmp_path / 'stderr.txt', 'w+')            # a file, not a pipe: a full pipe would block the child
     p = subprocess.Popen([sys.executable, str(driver), str(root), str(out), json.dumps(RUN)], env=_env(),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                         stdout=subprocess.DEVNULL, stderr=err)
     ckpt = out / 'checkpoint.pt'
     t0 = time.time()
     while not ckpt.exists() and p.poll() is None and time.time() - t0 < 300: time.sleep(0.02)
     p.send_signal(signal.SIGKILL); p.wait()
-    assert p.returncode == -signal.SIGKILL, p.stderr.read().decode()[-2000:]
+    err.seek(0)
+    assert p.returncode == -signal.SIGKILL, err.read()[-2000:]
     killed_at = read_checkpoint(ckpt)['iteration']
     assert 4 <= killed_at < RUN['iterations'], killed_at
     assert (out / 'log.csv').exists()
