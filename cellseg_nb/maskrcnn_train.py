@@ -220,7 +220,7 @@ def save_checkpoint(path, state: dict):
     return path
 
 # %% ../nbs/11_maskrcnn_train.ipynb 21
-def validate(model, source, ids, postprocess='default', classes=None, tta=False) -> float:
+def validate(model, source, ids, postprocess='default', tta=False) -> float:
     """Competition score (`cellseg_nb.metric.evaluate`, mean over images) of `model` on `ids` of `source`, after
     post-processing: 'default' (per-type defaults with the voted cell type when the model has the 3 competition
     classes, else one `PostprocessConfig()` for all), None (raw detections) or a config."""
