@@ -1,0 +1,193 @@
+"""cellseg_nb.cpose: cellpose 3 training from scratch learns, the size model measures diameters within 20%, nothing
+touches the network, bad model paths fail before cellpose is involved. One training run per session (session
+fixtures, all under a network block), reused by the other tests. Figures are printed (`pytest -s`)."""
+import json, os, socket, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cellseg_nb.cpose import (train_cellpose, train_size_model, load_model, predict, compare_diameters,
+                              diameter_summary, training_set, label_image, TrainingSet, image_diameter)
+from cellseg_nb.synth import synth_image, make_competition
+from cellseg_nb.data import SartoriusData
+from cellseg_nb.metric import evaluate
+from cellseg_nb.celltypes import class_id
+
+torch.set_num_threads(1)
+TYPES = ['shsy5y', 'astro']                     # two types of clearly different size (about 15 and 31 px)
+EPOCHS = int(os.environ.get('CPOSE_TEST_EPOCHS', 100))
+SETTINGS = dict(bsize=64, batch_size=8, nimg_per_epoch=8, diam_mean=12., learning_rate=0.005)
+
+
+class NetworkBlocked(AssertionError): pass
+
+class _Blocker:
+    "Replace socket creation, connection and name resolution (and urlopen); record every attempt."
+    def __init__(self): self.attempts = []
+    def _fail(self, what):
+        def f(*a, **k):
+            self.attempts.append((what, a[:2]))
+            raise NetworkBlocked(f"network access attempted: {what}{a[:2]}")
+        return f
+    def __enter__(self):
+        self.mp = pytest.MonkeyPatch()
+        for name in ('socket', 'create_connection', 'getaddrinfo', 'gethostbyname'):
+            self.mp.setattr(socket, name, self._fail(name))
+        import urllib.request
+        self.mp.setattr(urllib.request, 'urlopen', self._fail('urlopen'))
+        return self
+    def __exit__(self, *exc): self.mp.undo()
+
+
+def _images(seeds, level=3.0, shape=(192, 192)):
+    "Dense synthetic images: [(cell_type, image, Instances)]."
+    return [(t, *synth_image(t, [s, i], shape, level=level)) for s in seeds for i, t in enumerate(TYPES)]
+
+
+class _Arrays:
+    "The data interface of `SartoriusData` (ids, meta.cell_type, image(id), instances(id)) over in-memory images."
+    def __init__(self, items):
+        self.items, self.ids = items, list(range(len(items)))
+        self.meta = pd.DataFrame({'cell_type': [x[0] for x in items]})
+    def image(self, i): return self.items[i][1]
+    def instances(self, i): return self.items[i][2]
+
+
+@pytest.fixture(scope='session')
+def sets():
+    train, val = _images(range(4)), _images(range(100, 103))
+    ts = TrainingSet.from_arrays([x[1] for x in train], [x[2] for x in train], [x[0] for x in train])
+    return ts, _Arrays(val)
+
+
+@pytest.fixture(scope='session')
+def trained(sets, tmp_path_factory):
+    "Train from scratch (and an untrained twin: 0 epochs) and the size model, all with the network blocked."
+    ts, val = sets
+    out = tmp_path_factory.mktemp('cpose_models')
+    t = {}
+    with _Blocker() as net:
+        c0 = time.process_time()
+        untrained = train_cellpose(ts, out / 'untrained', n_epochs=0, **SETTINGS)
+        t['untrained'] = time.process_time() - c0; c0 = time.process_time()
+        path = train_cellpose(ts, out / 'model', n_epochs=EPOCHS, **SETTINGS)
+        t['train'] = time.process_time() - c0; c0 = time.process_time()
+        size = train_size_model(path, ts, n_epochs=24, bsize=96)
+        t['size_model'] = time.process_time() - c0
+    print(f"\ncpose CPU seconds: " + ', '.join(f'{k} {v:.1f}' for k, v in t.items()))
+    return dict(path=path, untrained=untrained, size=size, attempts=list(net.attempts))
+
+
+def _score(model, val, **kw):
+    preds = predict(model, [val.image(i) for i in val.ids], cell_types=list(val.meta.cell_type), **kw)
+    ev = evaluate({i: val.instances(i) for i in val.ids}, dict(zip(val.ids, preds)), dict(zip(val.ids, val.meta.cell_type)))
+    return ev, preds
+
+
+def test_training_learns(sets, trained):
+    ts, val = sets
+    before, _ = _score(trained['untrained'], val, diameter='cell_type')
+    after, preds = _score(trained['path'], val, diameter='cell_type')
+    b, a = before.summary.loc['overall', 'mAP'], after.summary.loc['overall', 'mAP']
+    b50, a50 = before.summary.loc['overall', 'AP@0.5'], after.summary.loc['overall', 'AP@0.5']
+    print(f"\nlearning ({EPOCHS} epochs from scratch, {len(ts)} train / {len(val.ids)} held-out images): "
+          f"mAP {b:.3f} -> {a:.3f}, AP@0.5 {b50:.3f} -> {a50:.3f}\n{after.summary.round(3)}")
+    assert a >= b + 0.08 and a50 >= b50 + 0.2
+    for p, ct in zip(preds, val.meta.cell_type):
+        assert p.scores.dtype == np.float32 and ((p.scores > 0) & (p.scores <= 1)).all()
+        assert (p.labels == class_id(ct)).all() and p.meta['model'] == 'cellpose' and p.meta['cell_type'] == ct
+    info = json.loads(Path(str(trained['path']) + '.json').read_text())
+    losses = info['stages'][-1]['losses']
+    assert info['stages'][-1]['n_epochs'] == EPOCHS and len(losses) == EPOCHS
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+    assert info['type_diameters'] == pytest.approx(ts.type_diameters())
+
+
+def test_size_model_within_20_percent(sets, trained):
+    ts, val = sets
+    cmp = compare_diameters(trained['path'], val)
+    summ = diameter_summary(cmp)
+    with pd.option_context('display.width', 200, 'display.max_columns', 20):
+        print(f"\nsize model vs GT diameters (held-out images):\n{cmp.round(3)}\n{summ.round(3)}")
+    assert summ.loc['overall', 'mean_abs_rel_error'] < 0.2                     # on average within 20%
+    per_type = cmp.groupby('cell_type')[['gt', 'size_model']].median()
+    assert ((per_type['size_model'] / per_type['gt'] - 1).abs() < 0.2).all()   # each type's typical size within 20%
+    assert (cmp['rel_error'].abs() < 0.35).all()                               # and no image far off
+
+
+def test_no_network_during_training_and_prediction(sets, trained):
+    ts, val = sets
+    assert trained['attempts'] == []                                    # training and size model, in the fixture
+    with _Blocker() as net:
+        bundle = load_model(trained['path'])
+        for mode in (None, 'size_model', 'cell_type', 20.0):
+            preds = predict(bundle, [val.image(0)], diameter=mode)
+            assert len(preds) == 1 and preds[0].shape == val.image(0).shape
+    assert net.attempts == []
+    with _Blocker() as net, pytest.raises(NetworkBlocked):              # the blocker does block
+        socket.create_connection(('www.cellpose.org', 443))
+    assert len(net.attempts) == 1
+
+
+def test_cell_type_from_style(sets, trained):
+    "Without cell_types the image's type comes from the style centroids stored by train_size_model."
+    ts, val = sets
+    preds = predict(trained['path'], [val.image(i) for i in val.ids])
+    got = [p.meta['cell_type'] for p in preds]
+    print('\ncell types from styles:', got, 'true:', list(val.meta.cell_type))
+    assert got == list(val.meta.cell_type)
+    assert all((p.labels == class_id(g)).all() for p, g in zip(preds, got))
+
+
+def test_competition_folder_path(tmp_path):
+    "`train_cellpose` and `training_set` from a competition root path (SartoriusData); 0 epochs (no learning)."
+    root = make_competition(tmp_path / 'comp', n_images={'shsy5y': 2, 'astro': 1, 'cort': 1}, seed=2,
+                            image_shape=(96, 128), n_test=0, n_semi=0)
+    data = SartoriusData(root)
+    ts = training_set(root, min_masks=1)
+    assert len(ts) + len(ts.skipped) == 4
+    for id, lab in zip(ts.ids, ts.labels):
+        assert np.array_equal(lab, label_image(data.instances(id), 'smaller'))
+        assert ts.diameters[ts.ids.index(id)] == pytest.approx(image_diameter(data.instances(id)))
+    path = train_cellpose(str(root), tmp_path / 'm', n_epochs=0, bsize=64, diam_mean=12.)
+    assert sorted(p.name for p in (tmp_path / 'm').iterdir()) == ['cellpose', 'cellpose.json']
+    info = json.loads((tmp_path / 'm' / 'cellpose.json').read_text())
+    assert set(info['type_diameters']) == set(ts.cell_types) and info['train_ids'] == list(ts.ids)
+
+
+def test_bad_model_path_fails_before_cellpose(tmp_path):
+    "In a fresh interpreter: clear errors, and cellpose was never imported."
+    code = f"""
+import sys
+from cellseg_nb import cpose
+for bad in ['cyto3', 'livecell_cp3', {str(tmp_path / 'missing')!r}, {str(tmp_path)!r}, None, '']:
+    for f in (lambda: cpose.load_model(bad), lambda: cpose.predict(bad, []),
+              lambda: cpose.train_cellpose({str(tmp_path / 'nodata')!r}, {str(tmp_path / 'o')!r}, pretrained_model=bad or 'cyto3'),
+              lambda: cpose.train_size_model(bad, None)):
+        try: f(); raise SystemExit('no error for ' + repr(bad))
+        except (FileNotFoundError, ValueError) as e: assert 'model' in str(e), e
+        if bad == 'cyto3':
+            try: f()
+            except Exception as e: assert 'built-in cellpose model name' in str(e), e
+assert 'cellpose' not in sys.modules, 'cellpose was imported'
+print('ok')
+"""
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == 'ok', r.stdout[-1000:] + r.stderr[-2000:]
+    assert not (tmp_path / 'o').exists()
+
+
+def test_label_image_smaller_rule_against_dense():
+    "On shared pixels the smallest owner wins: compared with a dense argmin over the masks."
+    from cellseg_nb.postprocess import random_candidates
+    cand = random_candidates(80, (64, 96), seed=5)
+    lab = label_image(cand, 'smaller')
+    m = cand.to_masks()
+    big = np.iinfo(np.int64).max
+    winner = np.where(m, cand.areas[:, None, None], big).argmin(0)          # ties: lower index, as the stable sort
+    alive = np.zeros(len(cand), bool); alive[np.unique(winner[m.any(0)])] = True
+    new_id = np.cumsum(alive) * alive
+    exp = np.where(m.any(0), new_id[winner], 0)
+    assert np.array_equal(lab, exp)
