@@ -283,6 +283,7 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
                        livecell: str = None,  # LIVECell folder: pretrain on it first, then fine-tune (transfer)
                        livecell_iters: int = 2000,  # LIVECell pretraining iterations (with --livecell)
                        backbone: str = 'resnet50',  # resnet18 / resnet34 / resnet50 / resnet101 FPN
+                       small: bool = False,  # narrow FPN and heads (64 channels) for CPU runs
                        weights: str = None,  # local initial weights (torchvision COCO Mask R-CNN, ImageNet ResNet, ours)
                        iters: int = 1000,  # training iterations
                        batch_size: int = 2,  # images per iteration (per process under torchrun)
@@ -294,19 +295,22 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
                        device: str = 'auto'):  # cpu, cuda or auto (torchrun sets the GPU per process)
     "Train Mask R-CNN on the competition data (optionally LIVECell first); runs under torchrun as DDP."
     from cellseg_nb.maskrcnn_train import train, transfer
-    from cellseg_nb.pipeline import resolve_device
+    from cellseg_nb.pipeline import resolve_device, maskrcnn_demo_options
+    from cellseg_nb.data import SartoriusData
     root = data_root(data)
+    shape = SartoriusData(root).image_shape                 # the model works at the data's native resolution
+    mopts = maskrcnn_demo_options(shape) if small else dict(min_size=min(shape), max_size=max(shape))
     opts = dict(iterations=iters, batch_size=batch_size, lr=lr, optimizer=optimizer, val_every=val_every,
                 checkpoint_every=checkpoint_every, fold=None if fold < 0 else fold, n_folds=n_folds)
     dev = None if os.environ.get('LOCAL_RANK') else resolve_device(device)
     if livecell:
         lc = Path(livecell)
         if not lc.exists(): raise FileNotFoundError(f"LIVECell folder not found: {lc}")
-        r = transfer(root, out, lc, backbone=backbone, weights=weights, resume=resume, device=dev,
+        r = transfer(root, out, lc, backbone=backbone, weights=weights, resume=resume, device=dev, model_options=mopts,
                      pretrain={**opts, 'iterations': livecell_iters, 'fold': 0}, finetune=opts)
         log = r['competition']['log']
     else:
-        r = train(root, out, backbone=backbone, weights=weights, resume=resume, device=dev, **opts)
+        r = train(root, out, backbone=backbone, weights=weights, resume=resume, device=dev, model_options=mopts, **opts)
         log = r['log']
     if len(log): print_table(log.tail(5).set_index('iteration'), 'last log rows')
     print(f"\ncheckpoint: {r['checkpoint']}")
@@ -322,7 +326,7 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
                        epochs: int = 100,  # training epochs
                        lr: float = 0.01,  # learning rate
                        bsize: int = 224,  # training crop size
-                       size_model: bool = True,  # also train the SizeModel (diameter per image)
+                       no_size_model: bool = False,  # skip the SizeModel (diameter per image)
                        device: str = 'auto'):  # cpu, cuda or auto
     "Train a Cellpose 3 U-Net (from scratch or a local model) and its SizeModel on the competition data."
     from cellseg_nb import cpose
@@ -339,7 +343,7 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
     path = cpose.train_cellpose(ds, out, ids=ids, livecell=lcd, pretrained_model=pretrained, n_epochs=epochs,
                                 livecell_epochs=livecell_epochs, learning_rate=lr, bsize=bsize, gpu=gpu)
     print(f"model: {path}")
-    if size_model:
+    if not no_size_model:
         sp = cpose.train_size_model(path, ds, ids=ids, bsize=bsize, gpu=gpu)
         print(f"size model: {sp}")
         if fold >= 0:
@@ -347,7 +351,7 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
             print_table(cpose.diameter_summary(cpose.compare_diameters(path, ds, held)), f"diameters on fold {fold}")
 
 # %% ../nbs/90_cli.ipynb 20
-QUICK_DEMO = dict(n_images=12, image_shape=(96, 96), n_folds=3, maskrcnn_iters=2, cellpose_epochs=1)
+QUICK_DEMO = dict(n_images=12, image_shape=(96, 96), n_folds=3, maskrcnn_iters=2, cellpose_epochs=1, cellpose_size_epochs=1)
 
 @command('demo')
 def demo_cmd(out: str = 'cellseg_out/demo',  # output folder (data, models, predictions, submission, report)

@@ -11,9 +11,9 @@ import pandas as pd
 from .instances import Instances
 
 # %% auto 0
-__all__ = ['DEMO_SETTINGS', 'resolve_device', 'Predictor', 'maskrcnn_predictor', 'markdown_table', 'maskrcnn_demo_options',
-           'train_maskrcnn_demo', 'cellpose_predictor', 'train_cellpose_demo', 'ensemble_predictor', 'load_predictor',
-           'run_demo', 'demo_figures', 'write_report']
+__all__ = ['DEMO_SETTINGS', 'CELLPOSE_DEMO', 'resolve_device', 'Predictor', 'maskrcnn_predictor', 'markdown_table',
+           'maskrcnn_demo_options', 'train_maskrcnn_demo', 'cellpose_predictor', 'train_cellpose_demo',
+           'ensemble_predictor', 'load_predictor', 'run_demo', 'demo_figures', 'write_report']
 
 # %% ../nbs/80_pipeline.ipynb 7
 def resolve_device(device: str = 'auto') -> str:
@@ -69,6 +69,7 @@ DEMO_SETTINGS = dict(
     maskrcnn_iters=150,        # Mask R-CNN training iterations (batch 2)
     maskrcnn_backbone='resnet18',
     cellpose_epochs=40,        # Cellpose training epochs
+    cellpose_size_epochs=5,    # SizeModel epochs
     tta=False,                 # flip TTA for the final evaluation
     seed=0)
 
@@ -76,9 +77,10 @@ def _log(msg, t0=None):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}" + (f"  ({time.time() - t0:.0f} s)" if t0 else ''), flush=True)
 
 def maskrcnn_demo_options(image_shape) -> dict:
-    "Model options of the demo's small Mask R-CNN: ResNet-18 FPN, native resolution, RPN/ROI sizes for CPU."
+    """Model options of the demo's small Mask R-CNN: native resolution, narrow FPN and heads, RPN/ROI sizes for
+    CPU (the backbone's BatchNorm is trainable from scratch, which learned faster than GroupNorm here)."""
     h, w = image_shape
-    return dict(min_size=min(h, w), max_size=max(h, w), norm='gn', fpn_channels=64, mask_head_channels=64,
+    return dict(min_size=min(h, w), max_size=max(h, w), fpn_channels=64, mask_head_channels=64,
                 box_head_dim=256, rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
                 rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=600, box_batch_size_per_image=128)
 
@@ -114,14 +116,26 @@ def cellpose_predictor(model, diameter='auto', device: str = 'auto') -> Predicto
     return Predictor('cellpose', fn, src, model)
 
 # %% ../nbs/80_pipeline.ipynb 16
+CELLPOSE_DEMO = dict(bsize=96, nimg_per_epoch=16, diam_mean=17., learning_rate=0.005, batch_size=8)
+
 def train_cellpose_demo(ds, train_ids, out_dir, epochs, device='cpu', size_epochs: int = 5):
-    "Train the demo's Cellpose (from scratch) and its SizeModel on `train_ids` of `ds`; returns the model path."
+    """Train the demo's Cellpose (from scratch, `CELLPOSE_DEMO`: 96 px crops, 16 crops per epoch, cells seen at
+    17 px) and its SizeModel on `train_ids` of `ds`; returns the model path."""
     from cellseg_nb import cpose
     gpu = resolve_device(device).startswith('cuda')
-    path = cpose.train_cellpose(ds, out_dir, ids=train_ids, n_epochs=epochs, bsize=min(224, *ds.image_shape),
-                                diam_mean=30., gpu=gpu)
-    cpose.train_size_model(path, ds, ids=train_ids, n_epochs=size_epochs, bsize=min(224, *ds.image_shape), gpu=gpu)
+    s = dict(CELLPOSE_DEMO, bsize=min(CELLPOSE_DEMO['bsize'], *ds.image_shape))
+    path = cpose.train_cellpose(ds, out_dir, ids=train_ids, n_epochs=epochs, gpu=gpu, **s)
+    cpose.train_size_model(path, ds, ids=train_ids, n_epochs=size_epochs, bsize=s['bsize'], gpu=gpu)
     return Path(path)
+
+def _train_cellpose_job(root, train_ids, out_dir, epochs, size_epochs, device, threads):
+    "`train_cellpose_demo` in a worker process: returns (model path, seconds)."
+    import torch
+    from cellseg_nb.data import SartoriusData
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    path = train_cellpose_demo(SartoriusData(root), train_ids, out_dir, epochs, device, size_epochs)
+    return path, time.time() - t0
 
 def ensemble_predictor(predictors: list, weights=None, iou_threshold: float = 0.5, vote: float = 0.5) -> Predictor:
     """Several predictors as one: each image goes through every predictor and the cells are matched across
@@ -147,7 +161,8 @@ def run_demo(out='cellseg_out/demo', n_images: int = DEMO_SETTINGS['n_images'],
              image_shape=DEMO_SETTINGS['image_shape'], n_folds: int = DEMO_SETTINGS['n_folds'],
              maskrcnn_iters: int = DEMO_SETTINGS['maskrcnn_iters'],
              maskrcnn_backbone: str = DEMO_SETTINGS['maskrcnn_backbone'],
-             cellpose_epochs: int = DEMO_SETTINGS['cellpose_epochs'], tta: bool = DEMO_SETTINGS['tta'],
+             cellpose_epochs: int = DEMO_SETTINGS['cellpose_epochs'],
+             cellpose_size_epochs: int = DEMO_SETTINGS['cellpose_size_epochs'], tta: bool = DEMO_SETTINGS['tta'],
              seed: int = DEMO_SETTINGS['seed'], device: str = 'auto', models=('maskrcnn', 'cellpose'),
              progress: bool = True) -> dict:
     """The demo (see above). Writes into `out`: `data/`, `models/`, `predictions/`, `postprocess.yaml`,
@@ -178,8 +193,19 @@ def run_demo(out='cellseg_out/demo', n_images: int = DEMO_SETTINGS['n_images'],
     _log(f"data: {len(ds)} synthetic images {tuple(image_shape)}, {int(ds.meta.n_cells.sum())} cells; "
          f"train {len(train_ids)} / tune {len(tune_ids)} / test {len(test_ids)} images (folds by sample)", t0)
 
-    # 2. training
+    # 2. training: on a CPU both models train at once, one process each (small convolutions use one core well,
+    # two threads poorly); on a GPU one after the other
     predictors = {}
+    parallel = device == 'cpu' and 'maskrcnn' in models and 'cellpose' in models and (os.cpu_count() or 1) >= 2
+    job = None
+    if 'cellpose' in models and parallel:
+        import concurrent.futures as cf, multiprocessing as mp
+        pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'))
+        threads = max(1, (os.cpu_count() or 2) // 2)
+        job = pool.submit(_train_cellpose_job, str(out / 'data'), train_ids, str(out / 'models' / 'cellpose'),
+                          cellpose_epochs, cellpose_size_epochs, device, threads)
+        torch.set_num_threads(threads)
+        _log(f"training Mask R-CNN here and Cellpose in a second process ({threads} thread(s) each)")
     if 'maskrcnn' in models:
         t0 = time.time()
         ckpt, _ = train_maskrcnn_demo(ds, train_ids, out / 'models' / 'maskrcnn', maskrcnn_iters, maskrcnn_backbone,
@@ -189,10 +215,16 @@ def run_demo(out='cellseg_out/demo', n_images: int = DEMO_SETTINGS['n_images'],
         _log(f"Mask R-CNN ({maskrcnn_backbone} FPN): {maskrcnn_iters} iterations -> {ckpt}", t0)
     if 'cellpose' in models:
         t0 = time.time()
-        cp = train_cellpose_demo(ds, train_ids, out / 'models' / 'cellpose', cellpose_epochs, device)
+        if job is not None:
+            cp, secs = job.result(); pool.shutdown()
+            if device == 'cpu': torch.set_num_threads(max(1, os.cpu_count() or 1))
+        else:
+            cp = train_cellpose_demo(ds, train_ids, out / 'models' / 'cellpose', cellpose_epochs, device, cellpose_size_epochs)
+            secs = time.time() - t0
         predictors['cellpose'] = cellpose_predictor(cp, device=device)
-        times['train cellpose'] = time.time() - t0
-        _log(f"Cellpose: {cellpose_epochs} epochs + SizeModel -> {cp}", t0)
+        times['train cellpose'] = secs
+        _log(f"Cellpose: {cellpose_epochs} epochs + SizeModel -> {cp}" + (f"  ({secs:.0f} s, in parallel)" if job else ''),
+             None if job else t0)
     if len(predictors) > 1: predictors['ensemble'] = ensemble_predictor(list(predictors.values()))
     predictors['baseline'] = Predictor('baseline', threshold_predictor, 'Otsu + connected components')
 
@@ -255,7 +287,7 @@ def run_demo(out='cellseg_out/demo', n_images: int = DEMO_SETTINGS['n_images'],
                best=best_name, submission=sub, times=times,
                settings=dict(n_images=n_images, image_shape=tuple(image_shape), n_folds=n_folds,
                              maskrcnn_iters=maskrcnn_iters, maskrcnn_backbone=maskrcnn_backbone,
-                             cellpose_epochs=cellpose_epochs, tta=tta, seed=seed, device=device,
+                             cellpose_epochs=cellpose_epochs, cellpose_size_epochs=cellpose_size_epochs, tta=tta, seed=seed, device=device,
                              threads=torch.get_num_threads()))
     times['total'] = time.time() - t_start
     res['report'] = write_report(res)
