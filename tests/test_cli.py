@@ -73,3 +73,9 @@ def test_kaggle_bundle_project_wheel_installs_offline(tmp_path, capsys):
     r = subprocess.run([sys.executable, '-c', code, str(target)], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().startswith(str(target))
+
+
+def test_module_entry_point_for_torchrun():
+    "`python -m cellseg_nb.cli` (how `torchrun -m cellseg_nb.cli train maskrcnn ...` starts it) runs `main`."
+    r = subprocess.run([sys.executable, '-m', 'cellseg_nb.cli', 'train', '--help'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and 'maskrcnn' in r.stdout and 'cellpose' in r.stdout
