@@ -64,11 +64,11 @@ def markdown_table(df: pd.DataFrame, digits: int = 3, index: bool = True) -> str
 # %% ../nbs/80_pipeline.ipynb 14
 DEMO_SETTINGS = dict(
     n_images=40,               # synthetic train images (all folds)
-    image_shape=(256, 256),    # synthetic image size (the real one is 520 x 704)
+    image_shape=(160, 160),    # synthetic image size (the real one is 520 x 704)
     n_folds=5,                 # fold 0: test, fold 1: tuning, the rest: training
-    maskrcnn_iters=150,        # Mask R-CNN training iterations (batch 2)
+    maskrcnn_iters=400,        # Mask R-CNN training iterations (batch 2)
     maskrcnn_backbone='resnet18',
-    cellpose_epochs=40,        # Cellpose training epochs
+    cellpose_epochs=60,        # Cellpose training epochs (16 crops of 96 px each)
     cellpose_size_epochs=5,    # SizeModel epochs
     tta=False,                 # flip TTA for the final evaluation
     seed=0)
@@ -96,7 +96,7 @@ def train_maskrcnn_demo(ds, train_ids, out_dir, iterations, backbone='resnet18',
     from cellseg_nb.maskrcnn_train import train
     src = _Subset(ds, train_ids)
     r = train((src, None), out_dir, backbone=backbone, model_options=maskrcnn_demo_options(ds.image_shape),
-              iterations=iterations, batch_size=2, optimizer='adamw', lr=1e-3, warmup=min(20, iterations // 5),
+              iterations=iterations, batch_size=2, optimizer='adamw', lr=2e-3, warmup=min(20, iterations // 5),
               val_every=10 ** 9, checkpoint_every=10 ** 9, progress=progress, device=device)
     return Path(r['checkpoint']), r['log']
 
