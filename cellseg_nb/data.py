@@ -14,7 +14,7 @@ from .synth import write_json
 
 # %% auto 0
 __all__ = ['TRAIN_COLUMNS', 'META_COLUMNS', 'IMAGE_SHAPE', 'read_image', 'SartoriusData', 'livecell_cell_type', 'LiveCellData',
-           'coco_rles', 'to_coco']
+           'to_coco']
 
 # %% ../nbs/05_data.ipynb 5
 TRAIN_COLUMNS = ['id', 'annotation', 'width', 'height', 'cell_type', 'plate_time', 'sample_date', 'sample_id',
@@ -333,30 +333,6 @@ def _valid_segmentation(seg):
     return isinstance(seg, dict) and 'size' in seg and 'counts' in seg
 
 # %% ../nbs/05_data.ipynb 23
-def coco_rles(inst: Instances) -> list:
-    """COCO compressed RLEs (column-major; equal to `pycocotools.mask.encode`) of every instance, computed for all
-    instances at once (one pycocotools call per image instead of one per cell)."""
-    from pycocotools import mask as mask_util
-    h, w = inst.shape; n = len(inst)
-    if n == 0: return []
-    pix, own = inst.pixels(), inst.pixel_owner()
-    cm = (pix % w) * h + pix // w                          # column-major pixel numbers
-    order = np.lexsort((cm, own)); cm = cm[order]          # `own` is already grouped: only cm is reordered
-    brk = np.ones(len(cm), bool)
-    if len(cm): brk[1:] = (np.diff(cm) != 1) | (own[1:] != own[:-1])
-    first = np.flatnonzero(brk); last = np.concatenate([first[1:], [len(cm)]])
-    starts, lens, rown = cm[first], last - first, own[first]
-    rcount = np.bincount(rown, minlength=n); roff = np.concatenate([[0], np.cumsum(rcount)])
-    ends = starts + lens
-    prev = np.concatenate([[0], ends[:-1]]); prev[roff[:-1][rcount > 0]] = 0
-    pairs = np.stack([starts - prev, lens], 1).ravel().tolist()
-    tail = np.full(n, h * w, np.int64)
-    tail[rcount > 0] = h * w - ends[roff[1:][rcount > 0] - 1]
-    tail = tail.tolist(); ro = (2 * roff).tolist()
-    objs = [{'size': [h, w], 'counts': pairs[ro[i]:ro[i + 1]] + ([tail[i]] if tail[i] else [])} for i in range(n)]
-    return mask_util.frPyObjects(objs, h, w)
-
-# %% ../nbs/05_data.ipynb 25
 def _categories(data):
     return getattr(data, 'categories', None) or [{'id': i + 1, 'name': t, 'supercategory': 'cell'}
                                                  for i, t in enumerate(CELL_TYPES)]
@@ -374,7 +350,7 @@ def to_coco(data, path, ids=None) -> Path:
         images.append({'id': k, 'file_name': fn, 'height': h, 'width': w, 'sartorius_id': str(id),
                        'cell_type': inst.meta.get('cell_type')})
         boxes = inst.boxes.tolist(); areas = inst.areas.tolist(); labels = inst.labels.tolist()
-        for r, a, b, c in zip(coco_rles(inst), areas, boxes, labels):
+        for r, a, b, c in zip(inst.to_coco_rles(), areas, boxes, labels):
             anns.append({'id': len(anns) + 1, 'image_id': k, 'category_id': int(c),
                          'segmentation': {'size': [h, w], 'counts': r['counts'].decode('ascii')},
                          'area': int(a), 'bbox': [b[0], b[1], b[2] - b[0], b[3] - b[1]], 'iscrowd': 0})

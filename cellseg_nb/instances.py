@@ -219,8 +219,21 @@ class Instances:
         return format_rles(self.starts.astype(np.int64), self.lengths, self.run_offsets)
 
     def to_coco_rles(self) -> list:
-        "COCO compressed RLE dicts (column-major), one per instance, as `pycocotools.mask.encode` makes them."
-        return [to_coco_rle(r, self.shape) for r in self.to_rles()]
+        """COCO compressed RLE dicts (column-major), one per instance, equal to `pycocotools.mask.encode`.
+        All instances at once: column-major runs are the row-major runs of the transposed image."""
+        from pycocotools import mask as mask_util
+        h, w = self.shape; n = len(self)
+        if n == 0: return []
+        p = self.pixels()
+        t = Instances.from_pixels((p % w) * h + p // w, np.concatenate([[0], np.cumsum(self.areas)]), (w, h))
+        s = t.starts.astype(np.int64); e = s + t.lengths; ro = t.run_offsets
+        nonempty = np.diff(ro) > 0
+        prev = np.concatenate([[0], e[:-1]]); prev[ro[:-1][nonempty]] = 0       # first run of a mask: gap from 0
+        pairs = np.stack([s - prev, t.lengths.astype(np.int64)], 1).ravel().tolist()
+        tail = np.full(n, h * w, np.int64); tail[nonempty] = h * w - e[ro[1:][nonempty] - 1]
+        tail, ro2 = tail.tolist(), (2 * ro).tolist()
+        objs = [{'size': [h, w], 'counts': pairs[ro2[i]:ro2[i + 1]] + ([tail[i]] if tail[i] else [])} for i in range(n)]
+        return mask_util.frPyObjects(objs, h, w)
 
     def to_masks(self) -> np.ndarray:
         "Bool (N, H, W) stack. Dense: use for small N only."
@@ -275,7 +288,7 @@ class Instances:
         out = self._remap(r * w + c, (h, w), keep=inside)
         return out.select(out.areas >= min_area) if min_area > 0 else out
 
-# %% ../nbs/00_instances.ipynb 17
+# %% ../nbs/00_instances.ipynb 18
 def _run_ends(x, by_start=False):
     "Runs of `x` as `(start, end, owner)` (int32, int32, int64; (R,) each), sorted by start when `by_start`."
     s = x.starts; e = s + x.lengths; o = x.run_owner
@@ -283,7 +296,7 @@ def _run_ends(x, by_start=False):
         order = np.argsort(s); s, e, o = s[order], e[order], o[order]
     return s, e, o
 
-# %% ../nbs/00_instances.ipynb 18
+# %% ../nbs/00_instances.ipynb 19
 def _pairs_by_runs(a, b, budget, max_walk=8):
     "Overlapping run pairs: `(ia, ib, overlap)` int64, unaggregated; None when more than `budget` candidates."
     sa, ea, oa = _run_ends(a, by_start=True); sb, eb, ob = _run_ends(b)
@@ -308,7 +321,7 @@ def _pairs_by_runs(a, b, budget, max_walk=8):
     keep = ov > 0
     return oa[ja[keep]], ob[jb[keep]], ov[keep].astype(np.int64)
 
-# %% ../nbs/00_instances.ipynb 19
+# %% ../nbs/00_instances.ipynb 20
 def _layers(pix, own):
     "Split (pixel, owner) pairs into layers in which every pixel occurs once."
     order = np.argsort(pix, kind='stable'); sp = pix[order]
@@ -317,7 +330,7 @@ def _layers(pix, own):
     rank = np.arange(len(sp)) - np.flatnonzero(new)[grp]
     return [(pix[order[rank == k]], own[order[rank == k]]) for k in range(int(rank.max()) + 1)]
 
-# %% ../nbs/00_instances.ipynb 20
+# %% ../nbs/00_instances.ipynb 21
 def _pairs_by_pixels(a, b):
     "Pixel path: `(ia, ib, count)` int64, unaggregated (runs of equal pairs along `b`'s pixels collapsed)."
     pa, oa = a.pixels(), a.pixel_owner()
@@ -339,7 +352,7 @@ def _pairs_by_pixels(a, b):
     key = np.concatenate(keys)
     return key // m, key % m, np.concatenate(weights)
 
-# %% ../nbs/00_instances.ipynb 21
+# %% ../nbs/00_instances.ipynb 22
 def intersections(a: Instances, b: Instances, budget=None):
     """Pixel counts of every intersecting pair: `(ia, ib, count)`, int64 arrays (K,), sorted by (ia, ib).
     Exact with overlapping masks in either set. `budget`: most candidate run pairs before the pixel path is
@@ -360,13 +373,13 @@ def intersections(a: Instances, b: Instances, budget=None):
     ukey = key[first]
     return ukey // m, ukey % m, np.add.reduceat(w, first)
 
-# %% ../nbs/00_instances.ipynb 22
+# %% ../nbs/00_instances.ipynb 23
 def pairwise_iou(a: Instances, b: Instances):
     "IoU of every intersecting pair: `(ia, ib, iou)` with iou float64 (K,); pairs not listed have IoU 0."
     ia, ib, inter = intersections(a, b)
     return ia, ib, inter / (a.areas[ia] + b.areas[ib] - inter)
 
-# %% ../nbs/00_instances.ipynb 23
+# %% ../nbs/00_instances.ipynb 24
 def iou_matrix(a: Instances, b: Instances) -> np.ndarray:
     "Dense IoU matrix float64 (len(a), len(b)); built from the sparse pairs."
     ia, ib, v = pairwise_iou(a, b)
