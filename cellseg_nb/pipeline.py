@@ -55,7 +55,11 @@ def maskrcnn_predictor(model, device: str = 'auto', mask_threshold: float = 0.5,
 def markdown_table(df: pd.DataFrame, digits: int = 3, index: bool = True) -> str:
     "A DataFrame as a GitHub Markdown table (floats with `digits` decimals); no extra dependency."
     d = df.reset_index() if index else df
-    fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, (float, np.floating)) and np.isfinite(v) else ('' if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    def fmt(v):
+        if v is None or (isinstance(v, (float, np.floating)) and np.isnan(v)): return ''
+        if isinstance(v, (float, np.floating)):
+            return str(int(v)) if float(v).is_integer() and abs(v) >= 2 else f"{v:.{digits}f}"
+        return str(v)
     head = '| ' + ' | '.join(map(str, d.columns)) + ' |'
     sep = '|' + '|'.join('---' for _ in d.columns) + '|'
     rows = ['| ' + ' | '.join(fmt(v) for v in r) + ' |' for r in d.itertuples(index=False)]
@@ -63,10 +67,10 @@ def markdown_table(df: pd.DataFrame, digits: int = 3, index: bool = True) -> str
 
 # %% ../nbs/80_pipeline.ipynb 14
 DEMO_SETTINGS = dict(
-    n_images=40,               # synthetic train images (all folds)
+    n_images=48,               # synthetic train images (all folds)
     image_shape=(160, 160),    # synthetic image size (the real one is 520 x 704)
     n_folds=5,                 # fold 0: test, fold 1: tuning, the rest: training
-    maskrcnn_iters=400,        # Mask R-CNN training iterations (batch 2)
+    maskrcnn_iters=600,        # Mask R-CNN training iterations (batch 2)
     maskrcnn_backbone='resnet18',
     cellpose_epochs=60,        # Cellpose training epochs (16 crops of 96 px each)
     cellpose_size_epochs=5,    # SizeModel epochs
@@ -290,9 +294,13 @@ def run_demo(out='cellseg_out/demo', n_images: int = DEMO_SETTINGS['n_images'],
                              cellpose_epochs=cellpose_epochs, cellpose_size_epochs=cellpose_size_epochs, tta=tta, seed=seed, device=device,
                              threads=torch.get_num_threads()))
     times['total'] = time.time() - t_start
+    import resource
+    ru = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    times['CPU, all processes'] = sum(r.ru_utime + r.ru_stime for r in ru)
     res['report'] = write_report(res)
     times['report'] = time.time() - t0
-    _log(f"done in {times['total'] / 60:.1f} min. Report: {res['report'].resolve()}")
+    _log(f"done in {times['total'] / 60:.1f} min ({times['CPU, all processes'] / 60:.1f} CPU-min). "
+         f"Report: {res['report'].resolve()}")
     return res
 
 # %% ../nbs/80_pipeline.ipynb 18
