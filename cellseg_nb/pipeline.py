@@ -84,9 +84,11 @@ def maskrcnn_demo_options(image_shape) -> dict:
     """Model options of the demo's small Mask R-CNN: native resolution, narrow FPN and heads, RPN/ROI sizes for
     CPU (the backbone's BatchNorm is trainable from scratch, which learned faster than GroupNorm here)."""
     h, w = image_shape
+    area = h * w                                          # proposals at test time scale with the image area
     return dict(min_size=min(h, w), max_size=max(h, w), fpn_channels=64, mask_head_channels=64,
                 box_head_dim=256, rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
-                rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=600, box_batch_size_per_image=128)
+                rpn_pre_nms_top_n_test=min(1000, max(300, area // 15)),
+                rpn_post_nms_top_n_test=min(600, max(200, area // 40)), box_batch_size_per_image=128)
 
 class _Subset:
     "A `SartoriusData` restricted to some ids (the source protocol of the model trainers: ids, image, instances)."
@@ -341,7 +343,7 @@ def write_report(res: dict) -> Path:
          "**Synthetic data.** These numbers come from the built-in synthetic generator, not from the competition images: "
          "they show that the pipeline learns and what each step adds, nothing about the leaderboard.", "",
          "## Settings", "",
-         markdown_table(pd.DataFrame({'value': {k: str(v) for k, v in st.items()}}), index=True), "",
+         markdown_table(pd.DataFrame({'value': {k: str(v) for k, v in st.items()}}).rename_axis('setting')), "",
          f"Images: {len(res['train_ids'])} train, {len(res['tune_ids'])} tuning, {len(res['test_ids'])} test "
          f"(folds grouped by sample). Post-processing tuned per cell type on the tuning fold; scores on the test fold.", "",
          "## Results on the held-out test fold", "",
@@ -364,7 +366,7 @@ def write_report(res: dict) -> Path:
           f"`submission.csv`: {int(sub.table.n_cells.sum())} cells in {len(sub.table)} test images, predicted by "
           f"**{res['best']}** with its tuned settings (`postprocess.yaml`); validated: {sub.report}", "",
           markdown_table(sub.table, index=False), "",
-          "## Time", "", markdown_table(pd.DataFrame({'seconds': tm}).round(1)), ""]
+          "## Time", "", markdown_table(pd.DataFrame({'seconds': tm}).round(1).rename_axis('step'), digits=1), ""]
     path = out / 'report.md'
     tmp = out / 'report.md.tmp'; tmp.write_text('\n'.join(L)); os.replace(tmp, path)
     res['figures'] = paths
