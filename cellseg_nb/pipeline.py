@@ -187,8 +187,9 @@ def run_demo(out='cellseg_out/demo', n_images: int = DEMO_SETTINGS['n_images'],
 
     # 1. data and folds
     t0 = time.time()
-    if (out / 'data').exists():
-        import shutil; shutil.rmtree(out / 'data')
+    import shutil
+    for sub in ('data', 'models', 'predictions', 'figures'):      # a rerun starts afresh in the same folder
+        if (out / sub).exists(): shutil.rmtree(out / sub)
     make_competition(out / 'data', n_images=n_images, seed=seed, image_shape=tuple(image_shape), n_test=3, n_semi=0)
     ds = SartoriusData(out / 'data')
     folds = ds.folds(n_folds, seed=seed)['fold']
