@@ -3,7 +3,6 @@ run end to end on a local folder laid out like /kaggle/input, holding the demo's
 the two tiny models it trained, with no install step (the wheels bundle is tested in test_cli.py). The submission
 the kernel writes is validated independently."""
 import json, shutil
-from collections import defaultdict
 from pathlib import Path
 import pandas as pd
 import pytest
@@ -86,7 +85,6 @@ TTA = False          # flip TTA is tested in nbs/15_inference; here it would tri
 DEVICE = 'cpu'
 """
     shell = CaptureShell()
-    shell.history_manager.outputs = defaultdict(list)     # execnb 0.1.6 under IPython 9: print() needs this
     shell.run_all(nb, exc_stop=True, inject_code=params, inject_idx=idx)
     sub = out / 'submission.csv'
     assert sub.is_file()
