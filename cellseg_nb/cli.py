@@ -143,10 +143,11 @@ def kaggle_bundle(out: str = 'cellseg_out/kaggle-wheels',  # folder to write the
 # %% ../nbs/90_cli.ipynb 10
 def _expected(images, ids):
     "Expected ids and image shape from a folder of images, or ids from a CSV / comma-separated list."
-    from cellseg_nb.inference import list_images, read_image
+    from cellseg_nb.inference import list_images
+    from cellseg_nb.data import read_image
     if images:
         found = list_images(images)
-        return list(found), read_image(next(iter(found.values()))).shape
+        return list(found), read_image(next(iter(found.values())), rescale=True).shape
     if not ids: raise ValueError("give --images (the test image folder) or --ids (sample_submission.csv or id,id,...)")
     if ids.endswith('.csv'):
         from cellseg_nb.submission import expected_ids

@@ -24,15 +24,18 @@ META_COLUMNS = ['cell_type', 'sample_id', 'plate_time', 'sample_date', 'elapsed_
 IMAGE_SHAPE = (520, 704)
 
 # %% ../nbs/05_data.ipynb 6
-def read_image(path, shape=None, what='') -> np.ndarray:
+def read_image(path, shape=None, what='', rescale=False) -> np.ndarray:
     """Read an 8-bit grayscale image (PNG/TIF) as uint8 (H, W). A 3-channel image is converted to grey.
-    ValueError naming the file (and `what`, e.g. the image id) when it is missing, unreadable, not 8-bit or,
-    when `shape` is given, not of that (H, W)."""
+    ValueError naming the file (and `what`, e.g. the image id) when it is missing, unreadable, not 8-bit (unless
+    `rescale`: then a 16-bit or float image is min-max scaled to uint8) or, when `shape` is given, not (H, W)."""
     path = Path(path)
     if not path.is_file(): raise ValueError(f"{path}{what}: image file missing")
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0: raise ValueError(f"{path}{what}: unreadable image")
-    if img.dtype != np.uint8: raise ValueError(f"{path}{what}: image is {img.dtype}, expected 8-bit")
+    if img.dtype != np.uint8:
+        if not rescale: raise ValueError(f"{path}{what}: image is {img.dtype}, expected 8-bit")
+        img = img.astype(np.float64); lo, hi = img.min(), img.max()
+        img = ((img - lo) / max(hi - lo, 1e-12) * 255).round().astype(np.uint8)
     if img.ndim == 3:
         img = img[..., :3]
         img = img[..., 0].copy() if (img == img[..., :1]).all() else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .instances import Instances
+from .data import read_image
 from .ensemble import merge_models
 
 # %% auto 0
-__all__ = ['IMAGE_SUFFIXES', 'FLIPS', 'SubmissionResult', 'list_images', 'read_image', 'threshold_predictor', 'merge_passes',
-           'tta_predict', 'predict_images', 'save_predictions', 'load_predictions', 'postprocess_all',
-           'make_submission']
+__all__ = ['IMAGE_SUFFIXES', 'FLIPS', 'SubmissionResult', 'list_images', 'threshold_predictor', 'merge_passes', 'tta_predict',
+           'predict_images', 'save_predictions', 'load_predictions', 'postprocess_all', 'make_submission']
 
 # %% ../nbs/15_inference.ipynb 6
 IMAGE_SUFFIXES = ('.png', '.tif', '.tiff', '.jpg', '.jpeg')
@@ -26,19 +26,6 @@ def list_images(folder) -> dict:
     out = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     if not out: raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return out
-
-def read_image(path) -> np.ndarray:
-    "One image file as uint8 (H, W) grayscale; colour is converted, 16-bit images are min-max scaled."
-    import cv2
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"image not found: {path}")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None: raise ValueError(f"{path}: not a readable image")
-    if img.ndim == 3: img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
-    if img.dtype != np.uint8:
-        img = img.astype(np.float64); lo, hi = img.min(), img.max()
-        img = ((img - lo) / max(hi - lo, 1e-12) * 255).round().astype(np.uint8)
-    return img
 
 # %% ../nbs/15_inference.ipynb 9
 def threshold_predictor(image: np.ndarray, sigma: float = 1.5, min_area: int = 20) -> Instances:
@@ -97,7 +84,7 @@ def predict_images(predictor, images, tta: bool | tuple = False, progress: bool 
     flips = ('none', 'h', 'v') if tta is True else (tuple(tta) if tta else None)
     out = {}
     for iid, im in tqdm(items.items(), desc=desc, disable=not progress, leave=False):
-        image = read_image(im) if isinstance(im, (str, os.PathLike)) else np.asarray(im)
+        image = read_image(im, rescale=True) if isinstance(im, (str, os.PathLike)) else np.asarray(im)
         if image.ndim != 2: raise ValueError(f"image {iid}: expected a grayscale (H, W) image, got shape {image.shape}")
         pred = tta_predict(predictor, image, flips) if flips else predictor(image)
         if not isinstance(pred, Instances): raise TypeError(f"image {iid}: predictor returned {type(pred).__name__}, expected Instances")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from .instances import Instances, pairwise_iou
-from .metric import THRESHOLDS, true_positives, score_image
+from .metric import THRESHOLDS, true_positives, score_image, _precision
 from .postprocess import (PostprocessConfig, PostprocessConfigs, DEFAULT_CONFIGS, filter_scores, fill_holes,
                                     mask_nms, remove_overlaps, postprocess, random_candidates, CLASS_NAMES)
 from .celltypes import CELL_TYPES
@@ -77,12 +77,6 @@ def simulate_dataset(n_images: dict | None = None, shape=(520, 704), seed=0):
     return gt, preds, types
 
 # %% ../nbs/07_tune.ipynb 11
-def _precision(tp, n_true, n_pred):
-    "TP / (TP + FP + FN), 1.0 when there are no cells at all (as `cellseg_nb.metric`)."
-    denom = n_true + n_pred - tp
-    return np.where(denom > 0, tp / np.maximum(denom, 1), 1.0)
-
-# %% ../nbs/07_tune.ipynb 12
 def threshold_scores(gt: Instances, processed: Instances, score_thresholds, iou_thresholds=THRESHOLDS) -> np.ndarray:
     """Competition score of `gt` vs the prefix of `processed` (sorted by descending score, as `remove_overlaps`
     returns it) with `score >= t`, for every `t` in `score_thresholds`: float64 (S,)."""
@@ -102,7 +96,7 @@ def threshold_scores(gt: Instances, processed: Instances, score_thresholds, iou_
         tp = np.stack([true_positives(None, None, it, pairs=(ig[ip < n], ip[ip < n], iou[ip < n])) for n in n_pred])
     return _precision(tp, len(gt), n_pred[:, None]).mean(1)
 
-# %% ../nbs/07_tune.ipynb 15
+# %% ../nbs/07_tune.ipynb 14
 def image_grid_scores(gt: Instances, pred: Instances, base: PostprocessConfig, score_thresholds, min_areas,
                       nms_ious, min_kepts) -> np.ndarray:
     """Scores of one image at every grid point: float64 (len(nms_ious), len(min_kepts), len(min_areas),
@@ -119,11 +113,11 @@ def image_grid_scores(gt: Instances, pred: Instances, base: PostprocessConfig, s
                 out[a, b, c] = threshold_scores(gt, remove_overlaps(pn, mk, ma), score_thresholds)
     return out
 
-# %% ../nbs/07_tune.ipynb 17
+# %% ../nbs/07_tune.ipynb 16
 SCORE_THRESHOLDS = tuple(np.round(np.arange(0.05, 0.951, 0.1), 2))   # 0.05, 0.15, ..., 0.95
 MIN_AREAS = (0, 25, 50, 75, 100, 125, 150, 200, 250, 300)
 
-# %% ../nbs/07_tune.ipynb 18
+# %% ../nbs/07_tune.ipynb 17
 @dataclass
 class TuneResult:
     """`best`: the best `PostprocessConfigs`; `table`: every setting tried per cell type with its mean score
@@ -134,7 +128,7 @@ class TuneResult:
     summary: pd.DataFrame
     per_image: pd.DataFrame
 
-# %% ../nbs/07_tune.ipynb 19
+# %% ../nbs/07_tune.ipynb 18
 def _check_inputs(preds, gt, cell_types):
     missing = [k for k in gt if k not in preds]
     if missing: raise ValueError(f"tune: {len(missing)} ground-truth image id(s) have no predictions, e.g. {missing[:3]}")
@@ -144,7 +138,7 @@ def _check_inputs(preds, gt, cell_types):
         if preds[k].scores is None: raise ValueError(f"tune: image {k}: predictions have no scores")
         if preds[k].shape != gt[k].shape: raise ValueError(f"tune: image {k}: prediction shape {preds[k].shape} != ground truth {gt[k].shape}")
 
-# %% ../nbs/07_tune.ipynb 20
+# %% ../nbs/07_tune.ipynb 19
 def tune(preds: dict, gt: dict, cell_types: dict, score_thresholds=SCORE_THRESHOLDS, min_areas=MIN_AREAS,
          nms_ious=None, min_kepts=None, base: PostprocessConfigs | None = None, n_jobs: int = 1,
          progress: bool = True) -> TuneResult:
