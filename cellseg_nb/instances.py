@@ -14,11 +14,8 @@ __all__ = ['Instances', 'intersections', 'pairwise_iou', 'iou_matrix']
 # %% ../nbs/00_instances.ipynb 5
 def _ranges(starts, stops):
     "Concatenated `arange(starts[i], stops[i])` for all i, vectorized (int64)."
-    starts, stops = np.asarray(starts, np.int64), np.asarray(stops, np.int64)
-    lens = stops - starts
-    total = int(lens.sum())
-    if total == 0: return np.zeros(0, np.int64)
-    return np.arange(total, dtype=np.int64) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
+    starts = np.asarray(starts, np.int64)
+    return runs_to_pixels(starts, np.asarray(stops, np.int64) - starts)    # a run is exactly such a range
 
 # %% ../nbs/00_instances.ipynb 6
 def _opt(x, n, dtype, name):
