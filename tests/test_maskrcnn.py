@@ -23,18 +23,30 @@ def shsy5y_root(tmp_path_factory):
                             image_shape=(128, 128), n_test=0, n_semi=0)
 
 
-def test_training_raises_the_metric(shsy5y_root, tmp_path):
-    "80 iterations from scratch lift the competition score on the training images well above the untrained model's."
-    src = SartoriusData(shsy5y_root)
+@pytest.fixture(scope='module')
+def heldout_root(tmp_path_factory):
+    "3 more synthetic shsy5y images of 128 x 128 from another seed: never seen in training."
+    return make_competition(tmp_path_factory.mktemp('heldout'), n_images={'shsy5y': 3, 'astro': 0, 'cort': 0}, seed=7,
+                            image_shape=(128, 128), n_test=0, n_semi=0)
+
+
+def test_training_raises_the_metric(shsy5y_root, heldout_root, tmp_path):
+    """80 iterations from scratch lift the competition score well above the untrained model's, on the training images
+    and on held-out images of another seed that training never saw."""
+    src, held = SartoriusData(shsy5y_root), SartoriusData(heldout_root)
+    assert not set(src.ids) & set(held.ids)
     torch.manual_seed(0)
-    before = validate(build_model(3, 'resnet18', **TINY), src, src.ids)
+    untrained = build_model(3, 'resnet18', **TINY)
+    before, before_held = validate(untrained, src, src.ids), validate(untrained, held, held.ids)
     r = train(shsy5y_root, tmp_path / 'run', fold=None, iterations=80, batch_size=2, optimizer='adamw', lr=3e-3,
               warmup=10, checkpoint_every=1000, log_every=10, augment=dict(scale_range=(0.9, 1.1)), **FAST)
     after = validate(r['model'], src, src.ids)
     after_tta = validate(r['model'], src, src.ids, tta=True)
-    print(f"score before {before:.4f}, after 80 iterations {after:.4f} (flip TTA {after_tta:.4f}); "
-          f"{r['log'].sec_per_iter.mean():.2f} s/iteration")
+    after_held = validate(r['model'], held, held.ids)
+    print(f"score before {before:.4f}, after 80 iterations {after:.4f} (flip TTA {after_tta:.4f}); held-out images "
+          f"{before_held:.4f} -> {after_held:.4f}; {r['log'].sec_per_iter.mean():.2f} s/iteration")
     assert after >= before + 0.05, (before, after)
+    assert after_held >= before_held + 0.05, (before_held, after_held)
     assert after_tta >= before + 0.05, (before, after_tta)
     assert r['log'].loss.iloc[-1] < 0.7 * r['log'].loss.iloc[0]
     # the checkpoint rebuilds the same model, and predict gives scores and labels
