@@ -265,10 +265,14 @@ def _val_config(v):
     raise ValueError(f"val_postprocess must be 'default', None or a dict, got {type(v).__name__}")
 
 def _rewrite_log(path, upto):
-    "Keep the rows of the CSV log `path` up to iteration `upto` (atomic rewrite); on resume."
+    """Keep the rows of the CSV log `path` up to iteration `upto` (atomic rewrite); on resume. A last line without
+    its newline is a row torn by a kill: it is dropped (read as a row, '1' of '10' would pass for iteration 1)."""
+    from io import StringIO
     if not path.exists(): return
-    try: df = pd.read_csv(path)
-    except pd.errors.EmptyDataError: return
+    text = path.read_text()
+    text = text[:text.rfind('\n') + 1]
+    try: df = pd.read_csv(StringIO(text))
+    except pd.errors.EmptyDataError: path.unlink(); return          # not even a whole header: start the log afresh
     tmp = path.with_name(f'.{path.name}.tmp'); df[df.iteration <= upto].to_csv(tmp, index=False); os.replace(tmp, path)
 
 def _append_row(path, row: dict):
