@@ -13,7 +13,7 @@ from fastcore.script import anno_parser
 # %% auto 0
 __all__ = ['COMMANDS', 'KAGGLE_PACKAGES', 'QUICK_DEMO', 'command', 'print_table', 'main', 'project_root', 'wheel_tags',
            'wheel_fits', 'build_wheels_bundle', 'kaggle_bundle', 'validate_submission_cmd', 'data_root',
-           'read_any_predictions', 'evaluate_cmd', 'predict_cmd', 'tune_cmd', 'train_maskrcnn_cmd',
+           'read_any_predictions', 'evaluate_cmd', 'predict_cmd', 'tune_cmd', 'pseudo_label_cmd', 'train_maskrcnn_cmd',
            'train_cellpose_cmd', 'demo_cmd']
 
 # %% ../nbs/90_cli.ipynb 5
@@ -336,7 +336,35 @@ def tune_cmd(raw: str,  # raw out-of-fold predictions of train images (`cellseg 
     print(f"\nsettings: {out}")
     return res.summary
 
-# %% ../nbs/90_cli.ipynb 18
+# %% ../nbs/90_cli.ipynb 17
+@command('pseudo-label')
+def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellseg train maskrcnn`
+                     cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`
+                     data: str = None,  # competition folder (default: $CELLSEG_DATA); its train_semi_supervised/ is labelled
+                     out: str = 'pseudo_labels.csv',  # CSV to write: train.csv columns + pseudo (flag) + score
+                     rules: str = None,  # JSON merged over PSEUDO_RULES, e.g. '{"cort": {"min_score": 0.8}}'
+                     config: str = None,  # post-processing YAML from `cellseg tune` (default: library defaults)
+                     limit: int = None,  # only the first N unlabelled images
+                     device: str = 'auto'):  # cpu, cuda or auto
+    "Pseudo-label train_semi_supervised/ with trained models: confident cells by per-type rules, in train.csv format."
+    from cellseg_nb.pipeline import load_predictor
+    from cellseg_nb.data import SartoriusData
+    from cellseg_nb.postprocess import PostprocessConfigs
+    from cellseg_nb.pseudo import pseudo_label, write_pseudo_labels, PSEUDO_RULES
+    if not (maskrcnn or cellpose): raise ValueError("give --maskrcnn and/or --cellpose (trained model files)")
+    root = data_root(data)
+    try: extra = json.loads(rules) if rules else {}
+    except json.JSONDecodeError as e: raise ValueError(f"--rules is not JSON: {e}") from None
+    merged = {t: {**PSEUDO_RULES.get(t, {}), **extra.get(t, {})} for t in {*PSEUDO_RULES, *extra}}
+    ids = SartoriusData(root).semi_supervised_ids[:limit]
+    predictor = load_predictor(maskrcnn=maskrcnn, cellpose=cellpose, device=device)
+    print(f"{predictor} on {len(ids)} unlabelled images")
+    df = pseudo_label(predictor, root, ids, merged, PostprocessConfigs.load(config) if config else None)
+    write_pseudo_labels(df, out)
+    table = df.groupby('cell_type').agg(images=('id', 'nunique'), cells=('id', 'size')) if len(df) else pd.DataFrame()
+    print_table(table, f"wrote {out}: {df.id.nunique()} of {len(ids)} images kept, {len(df)} cells")
+
+# %% ../nbs/90_cli.ipynb 19
 @command('train maskrcnn')
 def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSEG_DATA)
                        out: str = 'runs/maskrcnn',  # run folder: checkpoint.pt, log.csv
@@ -412,7 +440,7 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
             held = ds.folds(n_folds).query('fold == @fold').index.tolist()
             print_table(cpose.diameter_summary(cpose.compare_diameters(path, ds, held)), f"diameters on fold {fold}")
 
-# %% ../nbs/90_cli.ipynb 20
+# %% ../nbs/90_cli.ipynb 21
 QUICK_DEMO = dict(n_images=12, image_shape=(96, 96), n_folds=3, maskrcnn_iters=2, cellpose_epochs=1, cellpose_size_epochs=1)
 
 @command('demo')
@@ -441,5 +469,5 @@ def demo_cmd(out: str = 'cellseg_out/demo',  # output folder (data, models, pred
     print(f"\nDemo finished in {res['times']['total'] / 60:.1f} min. Everything is in {Path(out).resolve()}")
     return res['summary']
 
-# %% ../nbs/90_cli.ipynb 22
+# %% ../nbs/90_cli.ipynb 23
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())
