@@ -131,8 +131,16 @@ def test_bad_files(comp, tmp_path):
     with pytest.raises(ValueError, match=rf"{ids[2]}.png \(image id '{ids[2]}', first in train.csv row \d+\): unreadable image"):
         d.image(ids[2])
     with pytest.raises(ValueError, match='unreadable image'): d.validate()
-    cv2.imwrite(str(dst / 'test' / f'{d.test_ids[0]}.png'), np.zeros(SHAPE, np.uint16))
-    with pytest.raises(ValueError, match='uint16, expected 8-bit'): d.test_image(d.test_ids[0])
+    tid = d.test_ids[0]
+    colour = np.zeros(SHAPE + (3,), np.uint8); colour[..., 1] = 5
+    cv2.imwrite(str(dst / 'test' / f'{tid}.png'), colour)
+    with pytest.raises(ValueError, match=rf"{tid}.png \(test image id '{tid}'\): a colour image"): d.test_image(tid)
+    ramp = (np.arange(SHAPE[0] * SHAPE[1]).reshape(SHAPE) * 5 + 300).astype(np.uint16)     # 16-bit: min..max -> 0..255
+    cv2.imwrite(str(dst / 'test' / f'{tid}.png'), ramp)
+    expect = np.round((ramp - 300.) * 255 / (ramp.max() - 300.)).astype(np.uint8)
+    assert np.array_equal(d.test_image(tid), expect)
+    (dst / 'test' / f'{tid}.png').unlink()                        # sample_submission.csv lists it: the id is named
+    with pytest.raises(ValueError, match=rf"sample_submission.csv: test image id '{tid}' has no .*{tid}.png; 1 of"): d.test_ids
 
 
 def test_folds(comp):
@@ -209,7 +217,7 @@ def test_livecell_rle_dict_annotations_and_category_types(tmp_path):
                        anns, [{'id': 6, 'name': 'SH-SY5Y'}])
     data = LiveCellData(tmp_path, 'train')
     inst = data.instances(7)
-    assert data.meta.cell_type[7] == 'SH-SY5Y' and (inst.labels == 6).all()
+    assert data.meta.cell_type[7] == 'SHSY5Y' and (inst.labels == 6).all()       # the paper's name -> the release's
     assert np.array_equal(inst.to_masks()[:2], masks[:2])
     assert np.array_equal(inst.to_masks()[2], mask_util.decode(mask_util.merge(mask_util.frPyObjects(poly, 30, 40))).astype(bool))
 
