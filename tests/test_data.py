@@ -6,7 +6,7 @@ import numpy as np, pandas as pd, cv2, pytest
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from cellseg_nb.instances import Instances
-from cellseg_nb.celltypes import CELL_TYPES, class_id, livecell_class_id
+from cellseg_nb.celltypes import CELL_TYPES, LIVECELL_TYPES, class_id, livecell_class_id
 from cellseg_nb.synth import make_competition, make_livecell, write_image
 from cellseg_nb.data import SartoriusData, LiveCellData, to_coco, read_image
 
@@ -254,3 +254,17 @@ def test_real_size_load_budget(tmp_path):
     kept = sum(a.nbytes for a in (data._starts, data._lengths, data._run_offsets, data._cell_offsets))
     assert kept < 100e6
     assert dt < 4.0, dt           # <= 2 s on this machine unloaded; slack for a busy CI runner
+
+
+def test_livecell_line_selection_for_training(lc):
+    "The training entry points pick LIVECell lines by any spelling; the classes stay the 8 lines (ids unchanged)."
+    from cellseg_nb.maskrcnn_train import open_source, livecell_dataset
+    assert livecell_dataset(None) == 'livecell' and livecell_dataset('sh-sy5y, a172') == 'livecell:A172,SHSY5Y'
+    tr, tr_ids, va, va_ids, names = open_source(lc, livecell_dataset('shsy5y,bv-2'))
+    assert names == LIVECELL_TYPES and set(tr.meta.cell_type) == {'BV2', 'SHSY5Y'} >= set(va.meta.cell_type)
+    full = LiveCellData(lc, 'train')
+    assert sorted(tr_ids) == sorted(i for i in full.ids if full.meta.cell_type[i] in ('BV2', 'SHSY5Y'))
+    for i in tr_ids[:2]:
+        assert tr.instances(i).to_rles() == full.instances(i).to_rles()
+        assert (tr.instances(i).labels == LIVECELL_TYPES.index(tr.meta.cell_type[i]) + 1).all()
+    with pytest.raises(ValueError, match="unknown LIVECell cell type 'neuron'"): open_source(lc, 'livecell:neuron')
