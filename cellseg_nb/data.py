@@ -23,7 +23,7 @@ META_COLUMNS = ['cell_type', 'sample_id', 'plate_time', 'sample_date', 'elapsed_
                 'width']
 IMAGE_SHAPE = (520, 704)
 
-# %% ../nbs/05_data.ipynb 6
+# %% ../nbs/05_data.ipynb 7
 IMAGE_RULE = """The one image rule (training and prediction, files and arrays) -> uint8 (H, W):
 uint8 (H, W) as is; (H, W, 1) or (1, H, W): the channel; (H, W, 3) or (H, W, 4) whose three colour channels are
 equal (a grey image saved as RGB/RGBA; alpha ignored): one channel; 16-bit (uint16 / int16): rescaled per image,
@@ -85,7 +85,7 @@ def read_image(path, shape=None, what='', rescale=True) -> np.ndarray:
         raise ValueError(f"{path}{what}: image is {img.shape[0]} x {img.shape[1]}, expected {shape[0]} x {shape[1]}")
     return img
 
-# %% ../nbs/05_data.ipynb 8
+# %% ../nbs/05_data.ipynb 9
 def _fail_row(csv, df, i, msg):
     "Raise a ValueError naming the CSV file, its row (file line, header = 1) and the image id of data row i."
     raise ValueError(f"{csv}: row {i + 2} (image id {df['id'].iat[i]!r}): {msg}")
@@ -117,7 +117,7 @@ def _per_image_consistent(csv, df, codes, cols):
             _fail_row(csv, df, i, f"{c} {v[i]!r} differs from {v[first][codes[i]]!r} in the image's first row {first[codes[i]] + 2}")
     return first
 
-# %% ../nbs/05_data.ipynb 9
+# %% ../nbs/05_data.ipynb 10
 def _decode_all(csv, df, heights, widths):
     """Parse every annotation with one `parse_rles` call per image size (normally one call).
     Returns (starts int32, lengths int32, run_offsets int64) with cells in row order."""
@@ -152,7 +152,7 @@ def _take_cells(s, l, ro, idx):
     runs = np.arange(total, dtype=np.int64) + np.repeat(ro[idx] - (np.cumsum(counts) - counts), counts)
     return s[runs].astype(np.int32), l[runs].astype(np.int32), np.concatenate([[0], np.cumsum(counts)])
 
-# %% ../nbs/05_data.ipynb 10
+# %% ../nbs/05_data.ipynb 11
 class SartoriusData:
     """The Sartorius competition folder at `root`: `train.csv`, `train/`, `test/`, `train_semi_supervised/`.
 
@@ -246,6 +246,8 @@ class SartoriusData:
         miss = [i for i in ids if i not in have]
         if miss: raise ValueError(f"{sub}: test image id {miss[0]!r} has no {self.root / 'test' / (miss[0] + '.png')}; "
                                   f"{len(miss)} of {len(ids)} missing")
+        extra = len(have) - len(set(ids) & have)
+        if extra: warnings.warn(f"{self.root / 'test'}: {extra} image(s) not in {sub.name} (not in test_ids)")
         return ids
     @property
     def semi_supervised_ids(self) -> list: return self._folder_ids('train_semi_supervised')
@@ -290,7 +292,7 @@ class SartoriusData:
                              f"{per[per < m['cell_type'].nunique()].index.tolist()}; use fewer splits")
         return out
 
-# %% ../nbs/05_data.ipynb 19
+# %% ../nbs/05_data.ipynb 20
 LIVECELL_DIR = 'LIVECell_dataset_2021'     # the folder name of the release, also inside the competition folder
 
 def _livecell_base(root: Path) -> Path:
@@ -331,7 +333,7 @@ def livecell_cell_type(file_name: str) -> str | None:
     head = name.split('_Phase')[0] if '_Phase' in name else name.split('_')[0]
     return livecell_type(head, None)
 
-# %% ../nbs/05_data.ipynb 21
+# %% ../nbs/05_data.ipynb 22
 class LiveCellData:
     """One split of LIVECell (COCO JSON + TIF images) as (image, Instances, meta), like `SartoriusData`.
 
@@ -439,7 +441,7 @@ def _valid_segmentation(seg):
         return len(seg) > 0 and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in seg)
     return isinstance(seg, dict) and 'size' in seg and 'counts' in seg
 
-# %% ../nbs/05_data.ipynb 23
+# %% ../nbs/05_data.ipynb 24
 def _categories(data):
     return getattr(data, 'categories', None) or [{'id': i + 1, 'name': t, 'supercategory': 'cell'}
                                                  for i, t in enumerate(CELL_TYPES)]
