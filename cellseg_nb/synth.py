@@ -346,8 +346,8 @@ def make_competition(root, n_images=12, seed=0, image_shape=FULL_SHAPE, n_test=3
     one row per cell), `train/{id}.png`, `test/{id}.png` (12-hex ids), `train_semi_supervised/{name}.png` (named as
     released, see `_semi_supervised_names`), `sample_submission.csv` (`id,predicted`, the test ids) and, when
     `livecell` > 0, `LIVECell_dataset_2021/` with that many images (`make_livecell(..., layout='competition')`).
-    As in the real train.csv, a fraction `cort_duplicates` of the cort cells is annotated twice (the same RLE in
-    two rows of the image: two identical ground-truth masks).
+    As in the real train.csv, a fraction `cort_duplicates` of the cort cells (binomial per image, at least one in the
+    first cort image) is annotated twice: the same RLE in two rows of the image, two identical ground-truth masks.
     `n_images`: a total (split like the real data: cort 53%, shsy5y 26%, astro 22%; each type >= 1 when
     n >= 3) or a dict per cell type. Images are uint8 `image_shape` (H, W); cell counts scale with the image area.
     Deterministic by `seed`. Returns `Path(root)`."""
@@ -366,14 +366,16 @@ def make_competition(root, n_images=12, seed=0, image_shape=FULL_SHAPE, n_test=3
     n_test_types = rng.choice(CELL_TYPES, n_test, p=np.array([REAL_IMAGES[t] for t in CELL_TYPES]) / 606)
     n_semi_types = rng.choice(CELL_TYPES, n_semi, p=np.array([REAL_IMAGES[t] for t in CELL_TYPES]) / 606)
     test_ids = _hex_ids(rng, n_test, jobs['id']); semi_ids = _semi_supervised_names(rng, n_semi_types)
-    dup_rng = np.random.default_rng([seed, 6])
+    dup_rng, dup_seen = np.random.default_rng([seed, 6]), False
     show = progress if progress is not None else len(jobs) + n_test + n_semi > 50
     for j in tqdm(jobs.itertuples(), total=len(jobs), disable=not show, desc='train images'):
         img, inst = synth_image(j.cell_type, j.seed, shape, level=j.level)
         write_image(root / 'train' / f'{j.id}.png', img)
         rles = inst.to_rles()
-        if j.cell_type == 'cort' and cort_duplicates > 0:
-            rles = rles + [r for r, d in zip(rles, dup_rng.random(len(rles)) < cort_duplicates) if d]
+        if j.cell_type == 'cort' and cort_duplicates > 0 and rles:      # the first cort image always shows the defect
+            k = max(int(dup_rng.binomial(len(rles), cort_duplicates)), int(not dup_seen))
+            rles = rles + [rles[i] for i in sorted(dup_rng.choice(len(rles), min(k, len(rles)), replace=False))]
+            dup_seen = True
         for rle in rles:
             rows.append((j.id, rle, shape[1], shape[0], j.cell_type, j.plate_time, j.sample_date, j.sample_id,
                          j.elapsed_timedelta))

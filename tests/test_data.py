@@ -268,3 +268,18 @@ def test_livecell_line_selection_for_training(lc):
         assert tr.instances(i).to_rles() == full.instances(i).to_rles()
         assert (tr.instances(i).labels == LIVECELL_TYPES.index(tr.meta.cell_type[i]) + 1).all()
     with pytest.raises(ValueError, match="unknown LIVECell cell type 'neuron'"): open_source(lc, 'livecell:neuron')
+
+
+def test_semi_supervised_names_and_duplicated_cort_annotations(comp):
+    "Unlabelled images under their released names are listed and read; duplicated cort rows read as two masks."
+    d = SartoriusData(comp)
+    semi = d.semi_supervised_ids
+    assert len(semi) == 2 and all(s.split('[')[0] in CELL_TYPES and '_Vessel-' in s for s in semi)
+    assert all(d.semi_supervised_image(s).shape == SHAPE for s in semi)
+    d.validate()                                                   # reads train, test and semi-supervised images
+    df = pd.read_csv(comp / 'train.csv')
+    dup = df[df.duplicated(['id', 'annotation'])]
+    assert len(dup) and set(dup.cell_type) == {'cort'}
+    i = dup.id.iloc[0]
+    rles = d.instances(i).to_rles()
+    assert sorted(rles) == sorted(df.annotation[df.id == i]) and len(set(rles)) < len(rles)
