@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 CELL_TYPES = ['shsy5y', 'astro', 'cort']
-LIVECELL_TYPES = ['A172', 'BT474', 'BV-2', 'Huh7', 'MCF7', 'SH-SY5Y', 'SkBr3', 'SK-OV-3']
-LIVECELL_TO_COMPETITION = {'SH-SY5Y': 'shsy5y'}
+LIVECELL_TYPES = ['A172', 'BT474', 'BV2', 'Huh7', 'MCF7', 'SHSY5Y', 'SkBr3', 'SKOV3']   # as the release writes them
+LIVECELL_PAPER_NAMES = {'BV2': 'BV-2', 'SHSY5Y': 'SH-SY5Y', 'SKOV3': 'SK-OV-3'}          # the paper's spellings
+LIVECELL_TO_COMPETITION = {'SHSY5Y': 'shsy5y'}
 
 # %% auto 0
-__all__ = ['CELL_TYPES', 'LIVECELL_TYPES', 'LIVECELL_TO_COMPETITION', 'class_id', 'class_name', 'livecell_class_id']
+__all__ = ['CELL_TYPES', 'LIVECELL_TYPES', 'LIVECELL_PAPER_NAMES', 'LIVECELL_TO_COMPETITION', 'class_id', 'class_name',
+           'livecell_type', 'livecell_types', 'livecell_class_id']
 
 # %% ../nbs/03a_celltypes.ipynb 4
 def class_id(cell_type: str) -> int:
@@ -23,7 +25,27 @@ def class_name(cls: int) -> str:
     if not 1 <= int(cls) <= len(CELL_TYPES): raise ValueError(f"class id {cls} not in 1..{len(CELL_TYPES)}")
     return CELL_TYPES[int(cls) - 1]
 
+def _squash(name: str) -> str: return ''.join(ch for ch in str(name).lower() if ch.isalnum())
+_LIVECELL_ALIASES = {_squash(t): t for t in LIVECELL_TYPES}      # 'shsy5y', 'sh-sy5y', 'SH-SY5Y', 'SHSY5Y' -> 'SHSY5Y'
+
+def livecell_type(name: str, default=...) -> str:
+    """The release name of a LIVECell cell line from any accepted spelling: release (`'SHSY5Y'`), paper (`'SH-SY5Y'`)
+    or any letter case (`'shsy5y'`, `'sk-ov-3'`). Unknown names: `default` when given, else a ValueError."""
+    t = _LIVECELL_ALIASES.get(_squash(name))
+    if t is not None: return t
+    if default is not ...: return default
+    raise ValueError(f"unknown LIVECell cell type {name!r}; expected one of {LIVECELL_TYPES} "
+                     f"(or the paper's {sorted(LIVECELL_PAPER_NAMES.values())}, any letter case)")
+
+def livecell_types(names) -> list:
+    """Release names of a selection of lines: a comma-separated string (`'shsy5y,bv-2'`) or a list; None -> all,
+    in `LIVECELL_TYPES` order. ValueError naming an unknown line."""
+    if names is None: return list(LIVECELL_TYPES)
+    if isinstance(names, str): names = [n for n in names.split(',') if n.strip()]
+    chosen = {livecell_type(n.strip()) for n in names}
+    if not chosen: raise ValueError("no LIVECell cell type given")
+    return [t for t in LIVECELL_TYPES if t in chosen]
+
 def livecell_class_id(cell_type: str) -> int:
-    "1-based class id of a LIVECell cell type (`'A172'` -> 1); ValueError for an unknown name."
-    try: return LIVECELL_TYPES.index(cell_type) + 1
-    except ValueError: raise ValueError(f"unknown LIVECell cell type {cell_type!r}; expected one of {LIVECELL_TYPES}") from None
+    "1-based class id of a LIVECell cell type in any accepted spelling (`'A172'` -> 1, `'SH-SY5Y'` -> 6)."
+    return LIVECELL_TYPES.index(livecell_type(cell_type)) + 1

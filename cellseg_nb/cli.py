@@ -285,6 +285,7 @@ def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cell
                 n_folds: int = 5,  # number of folds (with --fold)
                 config: str = None,  # post-processing YAML from `cellseg tune` (default: library defaults)
                 tta: bool = False,  # flip test-time augmentation (3 passes)
+                cell_type: str = None,  # post-process every image as this type (shsy5y/astro/cort); default: voted from the predicted classes (needed for models trained on LIVECell alone)
                 out: str = 'submission.csv',  # the submission CSV to write ('' to skip)
                 raw: str = None,  # also write raw predictions (scores, classes) to this CSV
                 device: str = 'auto'):  # cpu, cuda or auto
@@ -308,7 +309,7 @@ def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cell
         items = list_images(images or data_root(data) / 'test')
     print(f"{predictor} on {len(items)} images" + (' with flip TTA' if tta else ''))
     if out:
-        res = make_submission(predictor, items, out, cfg, tta=tta)
+        res = make_submission(predictor, items, out, cfg, tta=tta, cell_types=cell_type or None)
         raw_preds = res.raw
         print_table(res.table.set_index('id'), f"wrote {out} (validated)")
     else: raw_preds = predict_images(predictor, items, tta=tta)
@@ -365,13 +366,26 @@ def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellse
     print_table(table, f"wrote {out}: {df.id.nunique()} of {len(ids)} images kept, {len(df)} cells")
 
 # %% ../nbs/90_cli.ipynb 19
+def _livecell_plan(data, livecell, livecell_types):
+    """Where `cellseg train ... --livecell` trains: `(competition root or None, LIVECell root or None, lines or None)`.
+    With `--livecell` and neither `--data` nor `$CELLSEG_DATA`, the competition root is None: LIVECell alone."""
+    from cellseg_nb.celltypes import livecell_types as _lines
+    lines = _lines(livecell_types) if livecell_types else None
+    if livecell_types and not livecell: raise ValueError("--livecell_types needs --livecell (the LIVECell folder)")
+    if not livecell: return data_root(data), None, None
+    lc = Path(livecell)
+    if not lc.exists(): raise FileNotFoundError(f"LIVECell folder not found: {lc}")
+    root = data_root(data) if (data or os.environ.get('CELLSEG_DATA')) else None
+    return root, lc, lines
+
 @command('train maskrcnn')
-def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSEG_DATA)
+def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSEG_DATA; none and --livecell: LIVECell alone)
                        out: str = 'runs/maskrcnn',  # run folder: checkpoint.pt, log.csv
                        fold: int = 0,  # validation fold (grouped by sample); -1: train on all images
                        n_folds: int = 5,  # number of folds
-                       livecell: str = None,  # LIVECell folder: pretrain on it first, then fine-tune (transfer)
-                       livecell_iters: int = 2000,  # LIVECell pretraining iterations (with --livecell)
+                       livecell: str = None,  # LIVECell root (or the competition folder holding it): pretrain on its train split, then fine-tune
+                       livecell_types: str = None,  # LIVECell lines to use, e.g. shsy5y,a172 (release or paper names, any case; default all)
+                       livecell_iters: int = 2000,  # LIVECell pretraining iterations (with --livecell and competition data)
                        backbone: str = 'resnet50',  # resnet18 / resnet34 / resnet50 / resnet101 FPN
                        small: bool = False,  # narrow FPN and heads (64 channels) for CPU runs
                        weights: str = None,  # local initial weights (torchvision COCO Mask R-CNN, ImageNet ResNet, ours)
@@ -383,21 +397,27 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
                        checkpoint_every: int = 500,  # write checkpoint.pt every N iterations
                        resume: bool = False,  # continue the run in --out from its last checkpoint
                        device: str = 'auto'):  # cpu, cuda or auto (torchrun sets the GPU per process)
-    "Train Mask R-CNN on the competition data (optionally LIVECell first); runs under torchrun as DDP."
-    from cellseg_nb.maskrcnn_train import train, transfer
+    """Train Mask R-CNN on the competition data (optionally LIVECell first, or LIVECell alone when no competition
+    folder is given: --iters on its train split, validated on its val split); runs under torchrun as DDP."""
+    from cellseg_nb.maskrcnn_train import train, transfer, livecell_dataset
     from cellseg_nb.pipeline import resolve_device, maskrcnn_demo_options
-    from cellseg_nb.data import SartoriusData
-    root = data_root(data)
-    shape = SartoriusData(root).image_shape                 # the model works at the data's native resolution
+    from cellseg_nb.data import SartoriusData, LiveCellData
+    root, lc, lines = _livecell_plan(data, livecell, livecell_types)
+    if root is not None: shape = SartoriusData(root).image_shape     # the model works at the data's native resolution
+    else:
+        hw = LiveCellData(lc, 'train', lines).meta[['height', 'width']]
+        shape = tuple(int(v) for v in hw.mode().iloc[0])
     mopts = maskrcnn_demo_options(shape) if small else dict(min_size=min(shape), max_size=max(shape))
     opts = dict(iterations=iters, batch_size=batch_size, lr=lr, optimizer=optimizer, val_every=val_every,
                 checkpoint_every=checkpoint_every, fold=None if fold < 0 else fold, n_folds=n_folds)
     dev = None if os.environ.get('LOCAL_RANK') else resolve_device(device)
-    if livecell:
-        lc = Path(livecell)
-        if not lc.exists(): raise FileNotFoundError(f"LIVECell folder not found: {lc}")
+    if lc is not None and root is None:
+        r = train(lc, out, livecell_dataset(lines), backbone=backbone, weights=weights, resume=resume, device=dev,
+                  model_options=mopts, **{**opts, 'fold': 0})
+        log = r['log']
+    elif lc is not None:
         r = transfer(root, out, lc, backbone=backbone, weights=weights, resume=resume, device=dev, model_options=mopts,
-                     pretrain={**opts, 'iterations': livecell_iters, 'fold': 0}, finetune=opts)
+                     pretrain={**opts, 'iterations': livecell_iters, 'fold': 0}, finetune=opts, livecell_types=lines)
         log = r['competition']['log']
     else:
         r = train(root, out, backbone=backbone, weights=weights, resume=resume, device=dev, model_options=mopts, **opts)
@@ -406,29 +426,34 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
     print(f"\ncheckpoint: {r['checkpoint']}")
 
 @command('train cellpose')
-def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSEG_DATA)
+def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSEG_DATA; none and --livecell: LIVECell alone)
                        out: str = 'runs/cellpose',  # folder for the model file (+ SizeModel, type files)
                        fold: int = 0,  # held-out fold (grouped by sample); -1: train on all images
                        n_folds: int = 5,  # number of folds
-                       livecell: str = None,  # LIVECell folder: train on it first, then on the competition data
-                       livecell_epochs: int = 50,  # LIVECell epochs (with --livecell)
+                       livecell: str = None,  # LIVECell root (or the competition folder holding it): train on its train split first
+                       livecell_types: str = None,  # LIVECell lines to use, e.g. shsy5y,a172 (release or paper names, any case; default all)
+                       livecell_epochs: int = 50,  # LIVECell epochs (with --livecell and competition data)
                        pretrained: str = None,  # a local cellpose-3 model file to start from (default: from scratch)
                        epochs: int = 100,  # training epochs
                        lr: float = 0.01,  # learning rate
                        bsize: int = 224,  # training crop size
                        no_size_model: bool = False,  # skip the SizeModel (diameter per image)
                        device: str = 'auto'):  # cpu, cuda or auto
-    "Train a Cellpose 3 U-Net (from scratch or a local model) and its SizeModel on the competition data."
+    """Train a Cellpose 3 U-Net (from scratch or a local model) and its SizeModel on the competition data (optionally
+    LIVECell first, or LIVECell alone when no competition folder is given: --epochs on its train split, diameters
+    checked on its val split)."""
     from cellseg_nb import cpose
-    from cellseg_nb.data import SartoriusData
+    from cellseg_nb.data import SartoriusData, LiveCellData
     from cellseg_nb.pipeline import resolve_device
-    ds = SartoriusData(data_root(data))
-    ids = ds.ids if fold < 0 else ds.folds(n_folds).query('fold != @fold').index.tolist()
-    lcd = None
-    if livecell:
-        from cellseg_nb.data import LiveCellData
-        if not Path(livecell).exists(): raise FileNotFoundError(f"LIVECell folder not found: {livecell}")
-        lcd = LiveCellData(livecell, 'train')
+    root, lc, lines = _livecell_plan(data, livecell, livecell_types)
+    lcd = None if lc is None else LiveCellData(lc, 'train', lines)
+    if root is None:                                   # LIVECell alone: train split, held-out = val split
+        ds, lcd = lcd, None
+        ids, held = ds.ids, LiveCellData(lc, 'val', lines)
+    else:
+        ds = SartoriusData(root)
+        ids = ds.ids if fold < 0 else ds.folds(n_folds).query('fold != @fold').index.tolist()
+        held = None if fold < 0 else ds
     gpu = resolve_device(device).startswith('cuda')
     path = cpose.train_cellpose(ds, out, ids=ids, livecell=lcd, pretrained_model=pretrained, n_epochs=epochs,
                                 livecell_epochs=livecell_epochs, learning_rate=lr, bsize=bsize, gpu=gpu)
@@ -436,9 +461,11 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
     if not no_size_model:
         sp = cpose.train_size_model(path, ds, ids=ids, bsize=bsize, gpu=gpu)
         print(f"size model: {sp}")
-        if fold >= 0:
-            held = ds.folds(n_folds).query('fold == @fold').index.tolist()
-            print_table(cpose.diameter_summary(cpose.compare_diameters(path, ds, held)), f"diameters on fold {fold}")
+        if held is ds:
+            hid = ds.folds(n_folds).query('fold == @fold').index.tolist()
+            print_table(cpose.diameter_summary(cpose.compare_diameters(path, ds, hid)), f"diameters on fold {fold}")
+        elif held is not None and len(held):
+            print_table(cpose.diameter_summary(cpose.compare_diameters(path, held, held.ids)), "diameters on the LIVECell val split")
 
 # %% ../nbs/90_cli.ipynb 21
 QUICK_DEMO = dict(n_images=12, image_shape=(96, 96), n_folds=3, maskrcnn_iters=2, cellpose_epochs=1, cellpose_size_epochs=1)

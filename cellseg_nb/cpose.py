@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .instances import Instances
+from .data import as_image_list
 from .celltypes import CELL_TYPES, class_id
 
 # %% auto 0
@@ -272,13 +273,8 @@ def load_model(path, gpu: bool = False, mkldnn: bool = True) -> CellposeBundle:
 DIAMETER_MODES = (None, 'size_model', 'cell_type')
 
 def _as_image_list(images) -> list:
-    if isinstance(images, np.ndarray) and images.ndim == 2: images = [images]
-    out = []
-    for i, im in enumerate(images):
-        im = np.asarray(im)
-        if im.ndim != 2: raise ValueError(f"image {i}: expected a grayscale (H, W) image, got shape {im.shape}")
-        out.append(im)
-    return out
+    "uint8 (H, W) images by the project's one image rule (`cellseg_nb.data.as_image_list`)."
+    return as_image_list(images)
 
 def _nearest_type(style, centroids: dict):
     "Cell type whose unit centroid has the largest cosine with `style` (None without centroids)."
@@ -303,7 +299,8 @@ def to_instances(masks: np.ndarray, cellprob: np.ndarray, label: int = 0, meta: 
 def predict(model, images, diameter=None, cell_types=None, flow_threshold: float = 0.4, cellprob_threshold: float = 0.0,
             min_size: int = 15, batch_size: int = 8, bsize: int = 224, augment: bool = False, postprocess=False,
             progress: bool = False) -> list:
-    """Cellpose predictions as `Instances`, one per image of `images` (a list of uint8 (H, W) arrays, or one).
+    """Cellpose predictions as `Instances`, one per image of `images` (one image, a stack or a list;
+    each uint8 (H, W), (H, W, 3) with equal channels, 16-bit or float in [0, 1]: `cellseg_nb.data.as_image_list`).
     `model`: a `CellposeBundle` or a model file path. `diameter`: None, a number, a list (one per image),
     `"size_model"` or `"cell_type"` (see above). `cell_types`: None, one name for all images, or one per image.
     `flow_threshold`, `cellprob_threshold`, `min_size`, `batch_size`, `bsize`, `augment`: as cellpose's `eval`.

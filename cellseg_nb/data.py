@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np, pandas as pd, cv2
 from .rle import parse_rles
 from .instances import Instances
-from .celltypes import CELL_TYPES, LIVECELL_TYPES, class_id, livecell_class_id
+from .celltypes import CELL_TYPES, LIVECELL_TYPES, class_id, livecell_class_id, livecell_type, livecell_types
 from .synth import write_json
 
 # %% auto 0
-__all__ = ['TRAIN_COLUMNS', 'META_COLUMNS', 'IMAGE_SHAPE', 'read_image', 'SartoriusData', 'livecell_cell_type', 'LiveCellData',
-           'to_coco']
+__all__ = ['TRAIN_COLUMNS', 'META_COLUMNS', 'IMAGE_SHAPE', 'IMAGE_RULE', 'LIVECELL_DIR', 'to_gray_uint8', 'as_image_list',
+           'read_image', 'SartoriusData', 'livecell_cell_type', 'LiveCellData', 'to_coco']
 
 # %% ../nbs/05_data.ipynb 5
 TRAIN_COLUMNS = ['id', 'annotation', 'width', 'height', 'cell_type', 'plate_time', 'sample_date', 'sample_id',
@@ -23,27 +23,69 @@ META_COLUMNS = ['cell_type', 'sample_id', 'plate_time', 'sample_date', 'elapsed_
                 'width']
 IMAGE_SHAPE = (520, 704)
 
-# %% ../nbs/05_data.ipynb 6
-def read_image(path, shape=None, what='', rescale=False) -> np.ndarray:
-    """Read an 8-bit grayscale image (PNG/TIF) as uint8 (H, W). A 3-channel image is converted to grey.
-    ValueError naming the file (and `what`, e.g. the image id) when it is missing, unreadable, not 8-bit (unless
-    `rescale`: then a 16-bit or float image is min-max scaled to uint8) or, when `shape` is given, not (H, W)."""
+# %% ../nbs/05_data.ipynb 7
+IMAGE_RULE = """The one image rule (training and prediction, files and arrays) -> uint8 (H, W):
+uint8 (H, W) as is; (H, W, 1) or (1, H, W): the channel; (H, W, 3) or (H, W, 4) whose three colour channels are
+equal (a grey image saved as RGB/RGBA; alpha ignored): one channel; 16-bit (uint16 / int16): rescaled per image,
+min..max -> 0..255 (rounded; a constant image -> 0); float: finite values in [0, 1] -> round(255 x).
+Anything else (colour channels that differ, other dtypes or shapes, NaN, floats outside [0, 1]) is a ValueError."""
+
+def to_gray_uint8(img, what='image') -> np.ndarray:
+    "An image array (numpy or torch) -> uint8 (H, W) by `IMAGE_RULE`; ValueError naming `what` otherwise."
+    if hasattr(img, 'detach'): img = img.detach().cpu().numpy()
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[0] == 1 and a.shape[-1] not in (1, 3, 4): a = a[0]
+    if a.ndim == 3 and a.shape[-1] == 1: a = a[..., 0]
+    elif a.ndim == 3 and a.shape[-1] in (3, 4):
+        rgb = a[..., :3]
+        if not ((rgb[..., 1] == rgb[..., 0]).all() and (rgb[..., 2] == rgb[..., 0]).all()):
+            raise ValueError(f"{what}: a colour image (its 3 channels differ); expected grayscale phase contrast")
+        a = rgb[..., 0]
+    if a.ndim != 2: raise ValueError(f"{what}: expected a grayscale (H, W) image, got shape {a.shape}")
+    if a.dtype == np.uint8: return np.ascontiguousarray(a)
+    if a.dtype in (np.uint16, np.int16):
+        lo, hi = int(a.min()), int(a.max())
+        return np.round((a.astype(np.float64) - lo) * (255 / max(hi - lo, 1))).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.floating):
+        if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > 1):
+            raise ValueError(f"{what}: float images must be finite and in [0, 1] (got {np.nanmin(a)}..{np.nanmax(a)})")
+        return np.round(a * 255).astype(np.uint8)
+    raise ValueError(f"{what}: image dtype {a.dtype}; expected uint8, 16-bit or float in [0, 1]")
+
+def as_image_list(images, what='image') -> list:
+    """Images for the predict APIs -> list of uint8 (H, W) (`to_gray_uint8` on each). `images`: one image ((H, W),
+    or (H, W, C) with C in 1, 3, 4), a stack ((N, H, W) or (N, H, W, C)) or a list of images."""
+    if hasattr(images, 'detach'): images = images.detach().cpu().numpy()
+    if isinstance(images, np.ndarray):
+        one = images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3, 4))
+        images = [images] if one else list(images)
+    return [to_gray_uint8(im, f"{what} {i}") for i, im in enumerate(images)]
+
+def _imread(path):
+    "cv2.imread (unchanged depth and channels); TIFs that OpenCV cannot decode are read with tifffile."
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if (img is None or img.size == 0) and path.suffix.lower() in ('.tif', '.tiff'):
+        try:
+            import tifffile
+            img = tifffile.imread(str(path))
+        except Exception: img = None
+    return img
+
+def read_image(path, shape=None, what='', rescale=True) -> np.ndarray:
+    """Read a PNG / TIF as uint8 (H, W) by `IMAGE_RULE` (8-bit as is, 16-bit rescaled, equal-channel RGB to one
+    channel). ValueError naming the file (and `what`, e.g. the image id) when it is missing, unreadable, outside
+    the rule, not 8-bit when `rescale=False`, or, when `shape` is given, not (H, W)."""
     path = Path(path)
     if not path.is_file(): raise ValueError(f"{path}{what}: image file missing")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    img = _imread(path)
     if img is None or img.size == 0: raise ValueError(f"{path}{what}: unreadable image")
-    if img.dtype != np.uint8:
-        if not rescale: raise ValueError(f"{path}{what}: image is {img.dtype}, expected 8-bit")
-        img = img.astype(np.float64); lo, hi = img.min(), img.max()
-        img = ((img - lo) / max(hi - lo, 1e-12) * 255).round().astype(np.uint8)
-    if img.ndim == 3:
-        img = img[..., :3]
-        img = img[..., 0].copy() if (img == img[..., :1]).all() else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    if img.dtype != np.uint8 and not rescale: raise ValueError(f"{path}{what}: image is {img.dtype}, expected 8-bit")
+    img = to_gray_uint8(img, f"{path}{what}")
     if shape is not None and img.shape != tuple(shape):
         raise ValueError(f"{path}{what}: image is {img.shape[0]} x {img.shape[1]}, expected {shape[0]} x {shape[1]}")
     return img
 
-# %% ../nbs/05_data.ipynb 8
+# %% ../nbs/05_data.ipynb 9
 def _fail_row(csv, df, i, msg):
     "Raise a ValueError naming the CSV file, its row (file line, header = 1) and the image id of data row i."
     raise ValueError(f"{csv}: row {i + 2} (image id {df['id'].iat[i]!r}): {msg}")
@@ -75,7 +117,7 @@ def _per_image_consistent(csv, df, codes, cols):
             _fail_row(csv, df, i, f"{c} {v[i]!r} differs from {v[first][codes[i]]!r} in the image's first row {first[codes[i]] + 2}")
     return first
 
-# %% ../nbs/05_data.ipynb 9
+# %% ../nbs/05_data.ipynb 10
 def _decode_all(csv, df, heights, widths):
     """Parse every annotation with one `parse_rles` call per image size (normally one call).
     Returns (starts int32, lengths int32, run_offsets int64) with cells in row order."""
@@ -110,7 +152,7 @@ def _take_cells(s, l, ro, idx):
     runs = np.arange(total, dtype=np.int64) + np.repeat(ro[idx] - (np.cumsum(counts) - counts), counts)
     return s[runs].astype(np.int32), l[runs].astype(np.int32), np.concatenate([[0], np.cumsum(counts)])
 
-# %% ../nbs/05_data.ipynb 10
+# %% ../nbs/05_data.ipynb 11
 class SartoriusData:
     """The Sartorius competition folder at `root`: `train.csv`, `train/`, `test/`, `train_semi_supervised/`.
 
@@ -192,7 +234,21 @@ class SartoriusData:
         return sorted(p.stem for p in folder.glob('*.png')) if folder.is_dir() else []
 
     @property
-    def test_ids(self) -> list: return self._folder_ids('test')
+    def test_ids(self) -> list:
+        """Test image ids: those of `sample_submission.csv` when present (the ids Kaggle expects, in its order;
+        each must have its `test/{id}.png`), else the PNGs of `test/`."""
+        sub = self.root / 'sample_submission.csv'
+        if not sub.is_file(): return self._folder_ids('test')
+        try: ids = pd.read_csv(sub, dtype=str, keep_default_na=False, usecols=['id'])['id']
+        except Exception as e: raise ValueError(f"{sub}: unreadable (expected columns id,predicted): {e}") from e
+        ids = list(dict.fromkeys(ids))
+        have = set(self._folder_ids('test'))
+        miss = [i for i in ids if i not in have]
+        if miss: raise ValueError(f"{sub}: test image id {miss[0]!r} has no {self.root / 'test' / (miss[0] + '.png')}; "
+                                  f"{len(miss)} of {len(ids)} missing")
+        extra = len(have) - len(set(ids) & have)
+        if extra: warnings.warn(f"{self.root / 'test'}: {extra} image(s) not in {sub.name} (not in test_ids)")
+        return ids
     @property
     def semi_supervised_ids(self) -> list: return self._folder_ids('train_semi_supervised')
 
@@ -201,13 +257,15 @@ class SartoriusData:
         return read_image(self.root / 'test' / f'{id}.png', self.image_shape, f" (test image id {id!r})")
 
     def semi_supervised_image(self, id) -> np.ndarray:
-        "Unlabelled image `id` of train_semi_supervised/: uint8, checked against the train image size."
+        """Unlabelled image `id` (the file name without `.png`, e.g. `astro[hippo]_D1-1_Vessel-361_2020-09-14_13h00m00s_Ph_1`)
+        of train_semi_supervised/: uint8, checked against the train image size."""
         return read_image(self.root / 'train_semi_supervised' / f'{id}.png', self.image_shape, f" (image id {id!r})")
 
     def validate(self) -> 'SartoriusData':
-        "Read every train and test image once (raises on the first missing, unreadable or wrongly sized one)."
+        "Read every train, test and semi-supervised image once (raises on the first missing, unreadable or wrongly sized one)."
         for id in self.ids: self.image(id)
         for id in self.test_ids: self.test_image(id)
+        for id in self.semi_supervised_ids: self.semi_supervised_image(id)
         return self
 
     def folds(self, n_splits=5, seed=0) -> pd.DataFrame:
@@ -234,77 +292,119 @@ class SartoriusData:
                              f"{per[per < m['cell_type'].nunique()].index.tolist()}; use fewer splits")
         return out
 
-# %% ../nbs/05_data.ipynb 19
-def _livecell_json(root, split):
-    "Path of `livecell_coco_{split}.json` under the usual places of `root` (or `root` itself when it is the file)."
-    root = Path(root)
-    if root.is_file(): return root
-    name = f'livecell_coco_{split}.json'
-    for c in (root / name, root / 'annotations' / 'LIVECell' / name,
-              root / 'LIVECell_dataset_2021' / 'annotations' / 'LIVECell' / name):
+# %% ../nbs/05_data.ipynb 20
+LIVECELL_DIR = 'LIVECell_dataset_2021'     # the folder name of the release, also inside the competition folder
+
+def _livecell_base(root: Path) -> Path:
+    "The LIVECell folder of `root`: `root` itself, or its `LIVECell_dataset_2021/` (the competition folder)."
+    return root / LIVECELL_DIR if (root / LIVECELL_DIR).is_dir() and not (root / 'annotations').is_dir() else root
+
+def _per_line_json(base: Path, line: str, split: str):
+    "The per-line file of `line` and `split`: `{split}.json` (release) or `livecell_{line}_{split}.json` (competition copy)."
+    d = base / 'annotations' / 'LIVECell_single_cells' / line.lower()
+    for c in (d / f'{split}.json', d / f'livecell_{line.lower()}_{split}.json'):
         if c.is_file(): return c
-    raise ValueError(f"{root}: no {name} (looked in ., annotations/LIVECell/, LIVECell_dataset_2021/annotations/LIVECell/)")
+    return None
+
+def _livecell_jsons(root, split, cell_types=None) -> list:
+    """The COCO file(s) of `split` under `root` (a list of Paths). `root`: the JSON file itself, the LIVECell folder or
+    the competition folder holding `LIVECell_dataset_2021/`. The full file `livecell_coco_{split}.json` (in `.` or
+    `annotations/LIVECell/`) is used unless `cell_types` names some lines and each has its per-line file
+    `annotations/LIVECell_single_cells/<line lower case>/{split}.json` (or `livecell_<line>_{split}.json`); without
+    a full file, the per-line files of the lines asked for (default: all present) are used."""
+    root = Path(root)
+    if root.is_file(): return [root]
+    base = _livecell_base(root)
+    name = f'livecell_coco_{split}.json'
+    full = next((c for c in (base / name, base / 'annotations' / 'LIVECell' / name) if c.is_file()), None)
+    lines = LIVECELL_TYPES if cell_types is None else livecell_types(cell_types)
+    per_line = {t: _per_line_json(base, t, split) for t in lines}
+    if full is not None and (cell_types is None or None in per_line.values()): return [full]
+    found = [p for p in per_line.values() if p is not None]
+    if found and (cell_types is None or len(found) == len(lines)): return found
+    missing = [t for t, p in per_line.items() if p is None]
+    raise ValueError(f"{root}: no {name} (looked in ., annotations/LIVECell/, {LIVECELL_DIR}/annotations/LIVECell/) "
+                     f"and no per-line {split}.json in annotations/LIVECell_single_cells/ for {missing}")
 
 def livecell_cell_type(file_name: str) -> str | None:
-    "LIVECell cell type from a file name (`'SK-OV-3_Phase_...tif'` -> `'SK-OV-3'`), or None."
-    head = Path(file_name).name.split('_Phase')[0] if '_Phase' in file_name else Path(file_name).name.split('_')[0]
-    return head if head in LIVECELL_TYPES else None
+    """LIVECell cell line of a file name, as the release writes it (`'SHSY5Y_Phase_A10_1_01d08h00m_2.tif'` ->
+    `'SHSY5Y'`; the paper's spelling `'SH-SY5Y_...'` -> `'SHSY5Y'` too), or None."""
+    name = Path(file_name).name
+    head = name.split('_Phase')[0] if '_Phase' in name else name.split('_')[0]
+    return livecell_type(head, None)
 
-# %% ../nbs/05_data.ipynb 21
+# %% ../nbs/05_data.ipynb 22
 class LiveCellData:
     """One split of LIVECell (COCO JSON + TIF images) as (image, Instances, meta), like `SartoriusData`.
 
-    `ids`: COCO image ids; `meta`: DataFrame indexed by id (file_name, cell_type, n_cells, height, width);
-    `instances(id)`: the polygons / RLEs rasterized by pycocotools, labels = LIVECell class id (1..8)."""
+    `root`: the LIVECell folder, the competition folder holding `LIVECell_dataset_2021/`, or a COCO file (see
+    `_livecell_jsons` for the files used). `cell_types`: None (all lines) or the lines to keep (release or paper
+    names, any case, or a comma-separated string: `'shsy5y,a172'`). `ids`: COCO image ids; `meta`: DataFrame indexed
+    by id (file_name, cell_type, n_cells, height, width) with the release's line names; `instances(id)`: the polygons /
+    RLEs rasterized by pycocotools, labels = LIVECell class id (1..8, `LIVECELL_TYPES` order, whatever the selection).
+    `annotations` may be a list or a dict by id; `area`, `bbox` and extra keys are not used (masks are rasterized)."""
     categories = [{'id': i + 1, 'name': t, 'supercategory': 'cell'} for i, t in enumerate(LIVECELL_TYPES)]
 
-    def __init__(self, root, split='train'):
-        self.json = _livecell_json(root, split)
-        try: coco = json.loads(self.json.read_bytes())
-        except Exception as e: raise ValueError(f"{self.json}: unreadable JSON: {e}") from e
-        for k in ('images', 'annotations'):
-            if k not in coco: raise ValueError(f"{self.json}: no '{k}' in the COCO file")
-        anns = coco['annotations']
-        anns = list(anns.values()) if isinstance(anns, dict) else anns     # some copies store a dict by id
-        cats = {c['id']: c.get('name') for c in coco.get('categories', [])}
-        self.base = self.json.parents[2] if self.json.parent.name == 'LIVECell' else self.json.parent
-        rows, self._anns = [], {}
-        for im in coco['images']:
-            ct = livecell_cell_type(im['file_name'])
-            rows.append((im['id'], im['file_name'], ct, int(im['height']), int(im['width'])))
-            self._anns[im['id']] = []
-        for a in anns:
-            iid = a.get('image_id')
-            if iid not in self._anns: raise ValueError(f"{self.json}: annotation {a.get('id')!r} refers to unknown image id {iid!r}")
-            self._anns[iid].append(a)
+    def __init__(self, root, split='train', cell_types=None):
+        self.jsons = _livecell_jsons(root, split, cell_types)
+        self.json = self.jsons[0]
+        keep = None if cell_types is None else set(livecell_types(cell_types))
+        rows, self._anns, self._src = [], {}, {}
+        for path in self.jsons: rows += self._read(path, keep)
         meta = pd.DataFrame(rows, columns=['id', 'file_name', 'cell_type', 'height', 'width']).set_index('id')
-        for iid, fn, ct, _, _ in rows:                     # the categories may name the type instead of the file
-            if ct is None:
-                names = {cats.get(a.get('category_id')) for a in self._anns[iid]}
-                ct = names.pop() if len(names) == 1 and names <= set(LIVECELL_TYPES) else None
-                if ct is None: raise ValueError(f"{self.json}: image id {iid!r} ({fn}): unknown cell type; "
-                                                f"expected a file name starting with one of {LIVECELL_TYPES}")
-                meta.loc[iid, 'cell_type'] = ct
         meta['n_cells'] = [len(self._anns[i]) for i in meta.index]
         self.meta = meta[['file_name', 'cell_type', 'n_cells', 'height', 'width']]
         self.ids = list(self.meta.index)
+        self.base = _dataset_folder(self.json)
         self._paths = self._find_images()
 
+    def _read(self, path, keep):
+        "Images (rows) and annotations of one COCO file; images of lines outside `keep` are skipped."
+        try: coco = json.loads(path.read_bytes())
+        except Exception as e: raise ValueError(f"{path}: unreadable JSON: {e}") from e
+        for k in ('images', 'annotations'):
+            if k not in coco: raise ValueError(f"{path}: no '{k}' in the COCO file")
+        anns = coco['annotations']
+        anns = list(anns.values()) if isinstance(anns, dict) else anns     # some copies store a dict by id
+        cats = {c['id']: c.get('name') for c in coco.get('categories', [])}
+        by_image = {}
+        for a in anns: by_image.setdefault(a.get('image_id'), []).append(a)
+        unknown = set(by_image) - {im.get('id') for im in coco['images']}
+        if unknown:
+            iid = sorted(unknown, key=str)[0]
+            raise ValueError(f"{path}: annotation {by_image[iid][0].get('id')!r} refers to unknown image id {iid!r}")
+        rows = []
+        for im in coco['images']:
+            iid, fn = im['id'], im['file_name']
+            ct = livecell_cell_type(fn)
+            if ct is None:                        # the categories may name the line instead of the file
+                names = {livecell_type(cats.get(a.get('category_id')) or '', None) for a in by_image.get(iid, [])}
+                ct = names.pop() if len(names) == 1 else None
+            if ct is None: raise ValueError(f"{path}: image id {iid!r} ({fn}): unknown cell type; expected a file name "
+                                            f"starting with one of {LIVECELL_TYPES} (or the paper's spelling)")
+            if keep is not None and ct not in keep: continue
+            if iid in self._anns: raise ValueError(f"{path}: image id {iid!r} ({fn}) also in {self._src[iid]}")
+            self._anns[iid], self._src[iid] = by_image.get(iid, []), path
+            rows.append((iid, fn, ct, int(im['height']), int(im['width'])))
+        return rows
+
     def _find_images(self):
-        names = set(self.meta.file_name)
+        "File of every image: searched by base name anywhere under `images/` (flat or per-line subfolders)."
+        names = {Path(f).name for f in self.meta.file_name}
         found = {}
         top = self.base / 'images' if (self.base / 'images').is_dir() else self.base
         for d, _, files in os.walk(top):
             for f in files:
                 if f in names: found.setdefault(f, Path(d) / f)
-        miss = [i for i, f in zip(self.ids, self.meta.file_name) if f not in found]
-        if miss: raise ValueError(f"{self.json}: image id {miss[0]!r}: file {self.meta.file_name[miss[0]]} not found "
+        miss = [i for i, f in zip(self.ids, self.meta.file_name) if Path(f).name not in found]
+        if miss: raise ValueError(f"{self._src[miss[0]]}: image id {miss[0]!r}: file {self.meta.file_name[miss[0]]} not found "
                                   f"under {top}; {len(miss)} of {len(self.ids)} images missing")
-        return found
+        return {f: found[Path(f).name] for f in self.meta.file_name}
 
     def __len__(self): return len(self.ids)
-    def __repr__(self): return f"LiveCellData({str(self.json)!r}: {len(self)} images)"
+    def __repr__(self): return f"LiveCellData({', '.join(str(p) for p in self.jsons)!r}: {len(self)} images)"
     def file_name(self, id) -> str: return self.meta.file_name[id]
+    def path(self, id) -> Path: return self._paths[self.meta.file_name[id]]
 
     def instances(self, id) -> Instances:
         "Ground truth of image `id` (COCO image id) as Instances; labels = LIVECell class id."
@@ -313,14 +413,14 @@ class LiveCellData:
         try: inst = Instances.from_coco([a['segmentation'] for a in anns], (int(m.height), int(m.width)))
         except Exception as e:
             bad = next((a.get('id') for a in anns if not _valid_segmentation(a.get('segmentation'))), None)
-            raise ValueError(f"{self.json}: image id {id!r} ({m.file_name}), annotation {bad!r}: bad segmentation: {e}") from e
+            raise ValueError(f"{self._src[id]}: image id {id!r} ({m.file_name}), annotation {bad!r}: bad segmentation: {e}") from e
         return inst.with_(labels=np.full(len(inst), livecell_class_id(m.cell_type), np.int64),
                           meta={'id': id, 'file_name': m.file_name, 'cell_type': m.cell_type})
 
     def image(self, id) -> np.ndarray:
-        "Image `id`: uint8 (H, W), size checked against the JSON."
+        "Image `id`: uint8 (H, W) by `read_image`'s rule, size checked against the JSON."
         m = self.meta.loc[id]
-        return read_image(self._paths[m.file_name], (int(m.height), int(m.width)), f" (image id {id!r})")
+        return read_image(self.path(id), (int(m.height), int(m.width)), f" (image id {id!r})")
 
     def __getitem__(self, key):
         "`(image, instances, meta dict)` of a COCO image id (int keys are ids, not positions)."
@@ -329,13 +429,19 @@ class LiveCellData:
     def __iter__(self):
         for id in self.ids: yield self[id]
 
+def _dataset_folder(json_path: Path) -> Path:
+    "The dataset folder of a COCO file: the parent of its `annotations/` ancestor, else the file's folder."
+    for p in json_path.parents:
+        if p.name == 'annotations': return p.parent
+    return json_path.parent
+
 def _valid_segmentation(seg):
     "Whether a COCO segmentation looks well-formed (polygons of >= 3 points, or an RLE dict with size and counts)."
     if isinstance(seg, list):
         return len(seg) > 0 and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in seg)
     return isinstance(seg, dict) and 'size' in seg and 'counts' in seg
 
-# %% ../nbs/05_data.ipynb 23
+# %% ../nbs/05_data.ipynb 24
 def _categories(data):
     return getattr(data, 'categories', None) or [{'id': i + 1, 'name': t, 'supercategory': 'cell'}
                                                  for i, t in enumerate(CELL_TYPES)]

@@ -21,6 +21,7 @@ from torchvision.ops import roi_align, MultiScaleRoIAlign, boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from .instances import Instances
+from .data import to_gray_uint8, as_image_list
 from .celltypes import CELL_TYPES
 
 # %% auto 0
@@ -306,19 +307,11 @@ def paste_sparse(probs, boxes, shape, threshold: float = 0.5, scores=None, label
 
 # %% ../nbs/10_maskrcnn.ipynb 24
 def _as_image(img, i):
-    "(1, H, W) uint8 tensor of one grayscale image, or a ValueError naming image `i`."
-    if isinstance(img, torch.Tensor): img = img.detach().cpu().numpy()
-    a = np.asarray(img)
-    if a.ndim == 3 and a.shape[0] == 1: a = a[0]
-    if a.ndim == 3 and a.shape[-1] in (1, 3): a = a[..., 0] if a.shape[-1] == 1 else a.mean(-1)
-    if a.ndim != 2 or min(a.shape) < 8:
-        raise ValueError(f"image {i}: expected a grayscale (H, W) array, got shape {a.shape}")
-    if a.dtype == np.uint8: return torch.from_numpy(np.ascontiguousarray(a))[None]
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-            raise ValueError(f"image {i}: float images must be finite and in [0, 1] (got {a.min()}..{a.max()})")
-        return torch.from_numpy(np.round(a * 255).astype(np.uint8))[None]
-    raise ValueError(f"image {i}: expected uint8 or float in [0, 1], got dtype {a.dtype}")
+    """(1, H, W) uint8 tensor of one image by the project's one image rule (`cellseg_nb.data.to_gray_uint8`: grey
+    uint8, equal-channel RGB, 16-bit rescaled, float in [0, 1]), or a ValueError naming image `i`."""
+    a = to_gray_uint8(img, f"image {i}")
+    if min(a.shape) < 8: raise ValueError(f"image {i}: expected an image of at least 8 x 8 pixels, got shape {a.shape}")
+    return torch.from_numpy(np.ascontiguousarray(a))[None]
 
 def _flip_boxes(b, kind, h, w):
     "Boxes (K, 4) under a flip of an (h, w) image: kind None, 'h' (left-right) or 'v' (up-down)."
@@ -376,14 +369,14 @@ def _predict_batch(model, imgs, tta, mask_chunk, threshold, device):
 
 def predict(model, images, tta: bool = False, batch_size: int = 1, mask_threshold: float = 0.5, mask_chunk: int = 100,
             postprocess=False, cell_types=None, device=None, progress: bool = False) -> list:
-    """Predict cells on grayscale images: a list of (H, W) uint8 arrays (or float in [0, 1]), or one such array.
+    """Predict cells on images: one image, a stack or a list, each (H, W) uint8, (H, W, 3) with equal
+    channels, 16-bit or float in [0, 1] (`cellseg_nb.data.as_image_list`, the rule `read_image` applies to files).
     Returns one `Instances` per image with `scores` (float32), `labels` (1-based class ids) and
     `meta['classes']` (class names). `tta`: also run h/v flips and merge. `postprocess`: False (raw detections),
     True (`cellseg_nb.postprocess.postprocess` with its default per-type configs) or a config for it, applied with
     `cell_types[i]` (None: the image's score-weighted majority class). The model is run in eval mode on `device`
     (default: where its parameters are) and left in the mode it was in."""
-    if isinstance(images, np.ndarray) and images.ndim == 2: images = [images]
-    imgs = [_as_image(im, i) for i, im in enumerate(images)]
+    imgs = [_as_image(im, i) for i, im in enumerate(as_image_list(images))]
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -14,7 +14,7 @@ from .maskrcnn import build_model, load_model, predict, read_checkpoint
 
 # %% auto 0
 __all__ = ['AUGMENT_DEFAULTS', 'TRAIN_DEFAULTS', 'LOSSES', 'resize_instances', 'ArraySource', 'CellDataset', 'augment_sample',
-           'open_source', 'lr_at', 'KeySampler', 'save_checkpoint', 'validate', 'train', 'transfer']
+           'open_source', 'livecell_dataset', 'lr_at', 'KeySampler', 'save_checkpoint', 'validate', 'train', 'transfer']
 
 # %% ../nbs/11_maskrcnn_train.ipynb 6
 def resize_instances(inst: Instances, shape) -> Instances:
@@ -140,7 +140,8 @@ def augment_sample(img, inst, rng, flip=True, rot90=True, scale_range=(0.8, 1.25
 def open_source(root, dataset='competition', fold=0, n_folds=5):
     """Training and validation ids of a data root. `dataset`: 'competition' (`SartoriusData(root)`; validation =
     fold `fold` of its `n_folds` folds grouped by sample, None: all images train, no validation) or 'livecell'
-    (`LiveCellData(root, 'train')` and `'val'`; `root` is the LIVECell folder or the competition folder holding it).
+    (`LiveCellData(root, 'train')` and `'val'`; `root` is the LIVECell folder or the competition folder holding it);
+    `'livecell:SHSY5Y,A172'` keeps those lines only (`livecell_dataset`; the classes stay the 8 LIVECell lines).
     Returns `(train_source, train_ids, val_source, val_ids, class_names)`."""
     root = Path(root)
     if not root.exists(): raise FileNotFoundError(f"data root not found: {root}")
@@ -153,11 +154,18 @@ def open_source(root, dataset='competition', fold=0, n_folds=5):
         val = [i for i in ids if fold_of.get(i) == fold]
         if not val: raise ValueError(f"{root}: fold {fold} has no images (folds: {sorted(set(fold_of.values()))})")
         return src, [i for i in ids if fold_of.get(i) != fold], src, val, list(CELL_TYPES)
-    if dataset == 'livecell':
+    if dataset == 'livecell' or str(dataset).startswith('livecell:'):
         from cellseg_nb.data import LiveCellData
-        tr, va = LiveCellData(root, 'train'), LiveCellData(root, 'val')
+        types = dataset.split(':', 1)[1] if ':' in dataset else None
+        tr, va = LiveCellData(root, 'train', types), LiveCellData(root, 'val', types)
         return tr, list(tr.ids), va, list(va.ids), list(LIVECELL_TYPES)
-    raise ValueError(f"dataset must be 'competition' or 'livecell', got {dataset!r}")
+    raise ValueError(f"dataset must be 'competition', 'livecell' or 'livecell:<lines>', got {dataset!r}")
+
+def livecell_dataset(cell_types=None) -> str:
+    "The `dataset` name of LIVECell training on `cell_types` (None: all lines -> `'livecell'`; else `'livecell:SHSY5Y,...'`)."
+    if cell_types is None: return 'livecell'
+    from cellseg_nb.celltypes import livecell_types
+    return 'livecell:' + ','.join(livecell_types(cell_types))
 
 # %% ../nbs/11_maskrcnn_train.ipynb 17
 TRAIN_DEFAULTS = dict(
@@ -411,16 +419,17 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
 # %% ../nbs/11_maskrcnn_train.ipynb 26
 def transfer(root, out_dir, livecell_root=None, backbone: str = 'resnet50', weights=None, resume: bool = False,
              pretrain: dict | None = None, finetune: dict | None = None, model_options: dict | None = None,
-             progress: bool = True, device=None, threads: int | None = None) -> dict:
+             progress: bool = True, device=None, threads: int | None = None, livecell_types=None) -> dict:
     """Pretrain on LIVECell (8 classes), then fine-tune on the competition data (3 classes; the class heads are
     re-initialized), as the reference did. `root`: competition folder; `livecell_root`: default
-    `root/LIVECell_dataset_2021`; `pretrain` / `finetune`: training options of each stage (see `train`).
+    `root/LIVECell_dataset_2021`; `pretrain` / `finetune`: training options of each stage (see `train`);
+    `livecell_types`: pretrain on these LIVECell lines only (e.g. `'shsy5y'`; default all).
     Stages write `out_dir/livecell/` and `out_dir/competition/`; `resume=True` continues whichever stage was running.
     Returns `{'livecell': train result, 'competition': train result, 'model', 'checkpoint'}`."""
     out_dir = Path(out_dir)
     livecell_root = Path(livecell_root) if livecell_root is not None else Path(root) / 'LIVECell_dataset_2021'
     common = dict(backbone=backbone, resume=resume, model_options=model_options, progress=progress, device=device, threads=threads)
-    a = train(livecell_root, out_dir / 'livecell', 'livecell', weights=weights, **common, **(pretrain or {}))
+    a = train(livecell_root, out_dir / 'livecell', livecell_dataset(livecell_types), weights=weights, **common, **(pretrain or {}))
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*re-initialized.*')
         b = train(root, out_dir / 'competition', 'competition', weights=a['checkpoint'], **common, **(finetune or {}))

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd, cv2
 from .instances import Instances
-from .celltypes import CELL_TYPES, LIVECELL_TYPES
+from .celltypes import CELL_TYPES, LIVECELL_TYPES, livecell_type
 
 FULL_SHAPE = (520, 704)
 
 # %% auto 0
-__all__ = ['FULL_SHAPE', 'STYLES', 'LIVECELL_STYLES', 'REAL_IMAGES', 'LIVECELL_SPLITS', 'CellStyle', 'synth_instances', 'render',
-           'synth_image', 'write_image', 'write_csv', 'write_json', 'make_competition', 'mask_polygons',
-           'livecell_file_name', 'make_livecell']
+__all__ = ['FULL_SHAPE', 'STYLES', 'LIVECELL_STYLES', 'REAL_IMAGES', 'CORT_DUPLICATES', 'LIVECELL_SPLITS', 'CellStyle',
+           'synth_instances', 'render', 'synth_image', 'write_image', 'write_csv', 'write_json', 'make_competition',
+           'mask_polygons', 'livecell_file_name', 'make_livecell']
 
 # %% ../nbs/04_synth.ipynb 5
 @dataclass(frozen=True)
@@ -65,16 +65,16 @@ LIVECELL_STYLES = {
                          processes=(0, 3), process_len=(10, 30), cluster_size=5, fill=0.5, body=(-25., -10.)),
     'BT474':   CellStyle(n_mean=320, n_sigma=0.4, n_range=(50, 900), area=280, irregular=0.1, cluster_size=40,
                          fill=0.85, body=(-28., -12.)),
-    'BV-2':    CellStyle(n_mean=380, n_sigma=0.4, n_range=(50, 1200), area=150, irregular=0.05, body=(15., 35.),
+    'BV2':     CellStyle(n_mean=380, n_sigma=0.4, n_range=(50, 1200), area=150, irregular=0.05, body=(15., 35.),
                          rim=-15., halo=12.),
     'Huh7':    CellStyle(n_mean=110, n_sigma=0.4, n_range=(20, 400), area=950, irregular=0.2, cluster_size=12,
                          fill=0.8, body=(-18., -6.), halo=15.),
     'MCF7':    CellStyle(n_mean=300, n_sigma=0.4, n_range=(50, 900), area=400, irregular=0.12, cluster_size=30,
                          fill=0.85, body=(-24., -10.)),
-    'SH-SY5Y': STYLES['shsy5y'],
+    'SHSY5Y':  STYLES['shsy5y'],
     'SkBr3':   CellStyle(n_mean=400, n_sigma=0.4, n_range=(50, 1200), area=250, irregular=0.08, cluster_size=25,
                          fill=0.8, body=(10., 28.), rim=-14., halo=10.),
-    'SK-OV-3': CellStyle(n_mean=150, n_sigma=0.4, n_range=(30, 600), area=800, aspect=(1.4, 3.2), irregular=0.16,
+    'SKOV3':   CellStyle(n_mean=150, n_sigma=0.4, n_range=(30, 600), area=800, aspect=(1.4, 3.2), irregular=0.16,
                          processes=(0, 2), cluster_size=6, fill=0.6, body=(-22., -8.)),
 }
 
@@ -165,7 +165,7 @@ def synth_instances(cell_type: str, rng, shape=FULL_SHAPE, style: CellStyle | No
     """Ground-truth masks of one synthetic image of `cell_type` (a competition or LIVECell type name).
     Overlapping types keep overlaps; otherwise an earlier cell hides a later one and a cell that keeps less than
     half of its pixels is dropped. Cells touching the border are cut there, as in the real images."""
-    style = style or STYLES.get(cell_type) or LIVECELL_STYLES[cell_type]
+    style = style or STYLES.get(cell_type) or LIVECELL_STYLES[livecell_type(cell_type)]
     rng = np.random.default_rng(rng)
     n = _count(rng, style, shape, level)
     centers = _centers(rng, n, style, shape)
@@ -237,7 +237,7 @@ def synth_image(cell_type: str, seed=0, shape=FULL_SHAPE, level=1.0):
     "One synthetic image: `(image uint8 (H, W), Instances)` of `cell_type`, deterministic by `seed`."
     ss = np.random.SeedSequence(seed if isinstance(seed, (list, tuple)) else [int(seed)])
     r1, r2 = ss.spawn(2)
-    style = STYLES.get(cell_type) or LIVECELL_STYLES.get(cell_type)
+    style = STYLES.get(cell_type) or LIVECELL_STYLES.get(livecell_type(cell_type, None))
     if style is None: raise ValueError(f"unknown cell type {cell_type!r}; expected one of {CELL_TYPES + LIVECELL_TYPES}")
     inst = synth_instances(cell_type, np.random.default_rng(r1), shape, style, level)
     return render(inst, np.random.default_rng(r2), style), inst
@@ -265,8 +265,9 @@ def write_json(path, obj):
     _write_bytes(path, json.dumps(obj).encode())
 
 # %% ../nbs/04_synth.ipynb 22
-_SAMPLE_PREFIX = {'shsy5y': ('shsy5y[diff_treatment]', 714), 'astro': ('astros[hippo]', 361),
-                  'cort': ('cort[pre-treatment]', 205)}
+# plate names (the first part of `sample_id` and of the semi-supervised file names) as public notebooks list the
+# real ones (e.g. 'astro[hippo]', 'astros[cereb]', 'cort[pre-treat]', 'shsy5y[diff]'); vessel numbers are made up
+_SAMPLE_PREFIX = {'shsy5y': ('shsy5y[diff]', 714), 'astro': ('astro[hippo]', 361), 'cort': ('cort[pre-treat]', 205)}
 
 def _split_counts(n_images, types, weights):
     "A per-type dict from a total (largest remainder on `weights`, each type >= 1 when the total allows) or a dict."
@@ -295,6 +296,22 @@ def _hex_ids(rng, n, taken=()):
         if x not in seen: seen.add(x); out.append(x)
     return out
 
+def _semi_supervised_names(rng, types) -> list:
+    """File stems of train_semi_supervised/ images as released, e.g.
+    `astro[hippo]_D1-1_Vessel-361_2020-09-14_13h00m00s_Ph_1` (plate, well-position, vessel, sample date, time, phase
+    position): the form public notebooks parse (cell type = the text before `[`) and one real name quoted in
+    public code; unlike train/ and test/ (12-hex ids) they are not hex ids."""
+    out, seen = [], set()
+    for t in types:
+        prefix, vessel = _SAMPLE_PREFIX[str(t)]
+        while True:
+            day = np.datetime64('2019-06-01') + rng.integers(0, 540)
+            name = (f"{prefix}_{'ABCDEFGH'[rng.integers(0, 8)]}{rng.integers(1, 13)}-{rng.integers(1, 5)}_Vessel-{vessel}"
+                    f"_{day}_{rng.integers(0, 24):02d}h{30 * rng.integers(0, 2):02d}m00s_Ph_{rng.integers(1, 4)}")
+            if name not in seen: break
+        seen.add(name); out.append(name)
+    return out
+
 def _samples(rng, cell_type, n):
     """Group n images of one cell type into samples (wells): at least min(n, 5) samples (so 5 folds can each hold
     the type), about 2 images each. Returns a DataFrame with sample_id, sample_date, plate_time, elapsed_timedelta
@@ -320,12 +337,17 @@ def _samples(rng, cell_type, n):
 # %% ../nbs/04_synth.ipynb 23
 REAL_IMAGES = {'cort': 320, 'shsy5y': 155, 'astro': 131}   # train images per type in the real data (FACTS.md)
 
+CORT_DUPLICATES = 0.03    # fraction of cort cells annotated twice (a known defect of the real train.csv; rate not measured)
+
 def make_competition(root, n_images=12, seed=0, image_shape=FULL_SHAPE, n_test=3, n_semi=3, livecell=0,
-                     progress=None) -> Path:
+                     cort_duplicates: float = CORT_DUPLICATES, progress=None) -> Path:
     """Write a synthetic Sartorius competition folder at `root` (the real layout, FACTS.md):
     `train.csv` (id, annotation, width, height, cell_type, plate_time, sample_date, sample_id, elapsed_timedelta;
-    one row per cell), `train/{id}.png`, `test/{id}.png`, `train_semi_supervised/{id}.png`, `sample_submission.csv`
-    and, when `livecell` > 0, `LIVECell_dataset_2021/` with that many images (`make_livecell`).
+    one row per cell), `train/{id}.png`, `test/{id}.png` (12-hex ids), `train_semi_supervised/{name}.png` (named as
+    released, see `_semi_supervised_names`), `sample_submission.csv` (`id,predicted`, the test ids) and, when
+    `livecell` > 0, `LIVECell_dataset_2021/` with that many images (`make_livecell(..., layout='competition')`).
+    As in the real train.csv, a fraction `cort_duplicates` of the cort cells (binomial per image, at least one in the
+    first cort image) is annotated twice: the same RLE in two rows of the image, two identical ground-truth masks.
     `n_images`: a total (split like the real data: cort 53%, shsy5y 26%, astro 22%; each type >= 1 when
     n >= 3) or a dict per cell type. Images are uint8 `image_shape` (H, W); cell counts scale with the image area.
     Deterministic by `seed`. Returns `Path(root)`."""
@@ -343,12 +365,18 @@ def make_competition(root, n_images=12, seed=0, image_shape=FULL_SHAPE, n_test=3
     jobs['id'] = _hex_ids(rng, len(jobs))
     n_test_types = rng.choice(CELL_TYPES, n_test, p=np.array([REAL_IMAGES[t] for t in CELL_TYPES]) / 606)
     n_semi_types = rng.choice(CELL_TYPES, n_semi, p=np.array([REAL_IMAGES[t] for t in CELL_TYPES]) / 606)
-    test_ids = _hex_ids(rng, n_test, jobs['id']); semi_ids = _hex_ids(rng, n_semi, list(jobs['id']) + test_ids)
+    test_ids = _hex_ids(rng, n_test, jobs['id']); semi_ids = _semi_supervised_names(rng, n_semi_types)
+    dup_rng, dup_seen = np.random.default_rng([seed, 6]), False
     show = progress if progress is not None else len(jobs) + n_test + n_semi > 50
     for j in tqdm(jobs.itertuples(), total=len(jobs), disable=not show, desc='train images'):
         img, inst = synth_image(j.cell_type, j.seed, shape, level=j.level)
         write_image(root / 'train' / f'{j.id}.png', img)
-        for rle in inst.to_rles():
+        rles = inst.to_rles()
+        if j.cell_type == 'cort' and cort_duplicates > 0 and rles:      # the first cort image always shows the defect
+            k = max(int(dup_rng.binomial(len(rles), cort_duplicates)), int(not dup_seen))
+            rles = rles + [rles[i] for i in sorted(dup_rng.choice(len(rles), min(k, len(rles)), replace=False))]
+            dup_seen = True
+        for rle in rles:
             rows.append((j.id, rle, shape[1], shape[0], j.cell_type, j.plate_time, j.sample_date, j.sample_id,
                          j.elapsed_timedelta))
     extra = [('test', test_ids, n_test_types, 2), ('train_semi_supervised', semi_ids, n_semi_types, 3)]
@@ -360,7 +388,7 @@ def make_competition(root, n_images=12, seed=0, image_shape=FULL_SHAPE, n_test=3
             'elapsed_timedelta']
     write_csv(root / 'train.csv', pd.DataFrame(rows, columns=cols))
     write_csv(root / 'sample_submission.csv', pd.DataFrame({'id': test_ids, 'predicted': ['1 1'] * n_test}))
-    if livecell: make_livecell(root / 'LIVECell_dataset_2021', livecell, seed=seed, image_shape=shape)
+    if livecell: make_livecell(root / 'LIVECell_dataset_2021', livecell, seed=seed, image_shape=shape, layout='competition')
     return root
 
 # %% ../nbs/04_synth.ipynb 26
@@ -386,25 +414,51 @@ def mask_polygons(inst: Instances, min_points=3) -> list:
 LIVECELL_SPLITS = ('train', 'val', 'test')
 
 def livecell_file_name(cell_type, well, position, hours, crop):
-    "LIVECell image name, e.g. `A172_Phase_C7_1_00d00h00m_1.tif`."
+    "LIVECell image name as the release writes it, e.g. `SHSY5Y_Phase_A10_1_01d08h00m_2.tif` (paper names accepted)."
     d, hh = divmod(int(hours), 24)
-    return f"{cell_type}_Phase_{well}_{position}_{d:02d}d{hh:02d}h00m_{crop}.tif"
+    return f"{livecell_type(cell_type)}_Phase_{well}_{position}_{d:02d}d{hh:02d}h00m_{crop}.tif"
+
+def _polygon_area_box(polys):
+    """What the release stores for a polygon annotation: `area` = the polygons' own (shoelace) area and `bbox` = their
+    extent `[x, y, w, h]`, both floats (not the pixel count / box of the rasterized mask)."""
+    area, pts = 0.0, []
+    for p in polys:
+        q = np.asarray(p, np.float64).reshape(-1, 2); pts.append(q)
+        x, y = q[:, 0], q[:, 1]
+        area += 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    q = np.concatenate(pts); lo, hi = q.min(0), q.max(0)
+    return area, [float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])]
 
 def make_livecell(root, n_images=16, seed=0, image_shape=FULL_SHAPE, split_fractions=(0.6, 0.2, 0.2),
-                  progress=None) -> Path:
-    """Write a synthetic LIVECell folder (`LIVECell_dataset_2021` layout) at `root`:
-    `annotations/LIVECell/livecell_coco_{train,val,test}.json` (COCO, polygon segmentations, one category 'cell')
-    and 8-bit TIF images `images/livecell_{train_val,test}_images/{cell type}/{A172_Phase_C7_1_00d00h00m_1}.tif`.
-    `n_images`: a total spread evenly over the 8 cell types, or a dict per type; images are dealt to the splits in
-    the proportions `split_fractions`, the types interleaved (so 3 images already give train, val and test). The ground truth is the polygons as pycocotools rasterizes them; the image is
-    drawn from exactly that. Deterministic by `seed`. Returns `Path(root)`."""
+                  annotations_as='list', per_line_files: bool = True, layout: str = 'release', progress=None) -> Path:
+    """Write a synthetic LIVECell folder at `root` with what the real files are (the facts checked on real files in
+    `tests/test_realdata.py`):
+    - `annotations/LIVECell/livecell_coco_{train,val,test}.json`: COCO with polygon segmentations, **one category**
+      `{"supercategory": "cell", "id": 1, "name": "cell"}`, float `area` (the polygon's area) and `bbox`, images with
+      the extra keys `original_filename` and `url`; `annotations_as`: `'list'` (as released) or `'dict'` (by id, as
+      some copies store them);
+    - with `per_line_files`, per-line files `annotations/LIVECell_single_cells/<line lower case>/{split}.json`
+      (`layout='release'`) or `.../livecell_<line>_{split}.json` (`layout='competition'`, the copy in the
+      competition folder);
+    - 8-bit TIF images named as released (`A172 BT474 BV2 Huh7 MCF7 SHSY5Y SkBr3 SKOV3`, e.g.
+      `SHSY5Y_Phase_A10_1_01d08h00m_2.tif`): `images/livecell_test_images/<line>/` in per-line subfolders;
+      `images/livecell_train_val_images/` flat (`'release'`, as the real sample) or in per-line subfolders
+      (`'competition'`, as public notebooks read the competition's copy; not checked on real files).
+    `n_images`: a total spread evenly over the 8 lines, or a dict per line (release or paper names); images are
+    dealt to the splits in the proportions `split_fractions`, the lines interleaved (so 3 images already give
+    train, val and test). The ground truth is the polygons as pycocotools rasterizes them; the image is drawn from
+    exactly that. Deterministic by `seed`. Returns `Path(root)`."""
     from tqdm.auto import tqdm
+    if annotations_as not in ('list', 'dict'): raise ValueError(f"annotations_as must be 'list' or 'dict', got {annotations_as!r}")
+    if layout not in ('release', 'competition'): raise ValueError(f"layout must be 'release' or 'competition', got {layout!r}")
     root = Path(root); shape = tuple(int(x) for x in image_shape); h, w = shape
+    if isinstance(n_images, dict): n_images = {livecell_type(k): v for k, v in n_images.items()}
     counts = _split_counts(n_images, LIVECELL_TYPES, [1] * len(LIVECELL_TYPES))
     rng = np.random.default_rng([seed, 5])
-    coco = {s: {'info': {'description': 'synthetic LIVECell (cellseg_nb.synth)'}, 'licenses': [], 'images': [],
-                'annotations': [], 'categories': [{'supercategory': 'cell', 'id': 1, 'name': 'cell'}]}
-            for s in LIVECELL_SPLITS}
+    def empty(): return {'info': {'description': 'synthetic LIVECell (cellseg_nb.synth)'}, 'licenses': [], 'images': [],
+                         'annotations': [], 'categories': [{'supercategory': 'cell', 'id': 1, 'name': 'cell'}]}
+    coco = {s: empty() for s in LIVECELL_SPLITS}
+    per_line = {(t, s): empty() for t in LIVECELL_TYPES for s in LIVECELL_SPLITS}
     jobs = []
     for ti, t in enumerate(LIVECELL_TYPES):
         n = counts[t]
@@ -427,14 +481,26 @@ def make_livecell(root, n_images=16, seed=0, image_shape=FULL_SHAPE, split_fract
         gt = Instances.from_coco(polys, shape)
         keep = gt.areas > 0
         gt, polys = gt.select(keep), [p for p, k in zip(polys, keep) if k]
-        folder = 'livecell_test_images' if split == 'test' else 'livecell_train_val_images'
-        write_image(root / 'images' / folder / t / name, render(gt, np.random.default_rng(r2), style))
-        coco[split]['images'].append({'id': img_id, 'width': w, 'height': h, 'file_name': name,
-                                      'original_filename': name, 'url': ''})
-        for p, a, b in zip(polys, gt.areas.tolist(), gt.boxes.tolist()):
-            coco[split]['annotations'].append({'id': ann_id, 'image_id': img_id, 'category_id': 1, 'segmentation': p,
-                                               'area': float(a), 'bbox': [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                                               'iscrowd': 0})
+        if split == 'test': folder = Path('livecell_test_images') / t
+        else: folder = Path('livecell_train_val_images') / (t if layout == 'competition' else '')
+        write_image(root / 'images' / folder / name, render(gt, np.random.default_rng(r2), style))
+        entry = {'id': img_id, 'width': w, 'height': h, 'file_name': name, 'original_filename': name[:-4] + '.png',
+                 'url': f'https://darwin.v7labs.com/api/images/{100000 + img_id}/original'}
+        anns = []
+        for p in polys:
+            area, bbox = _polygon_area_box(p)
+            anns.append({'id': ann_id, 'image_id': img_id, 'category_id': 1, 'segmentation': p, 'area': area,
+                         'bbox': bbox, 'iscrowd': 0})
             ann_id += 1
-    for s in LIVECELL_SPLITS: write_json(root / 'annotations' / 'LIVECell' / f'livecell_coco_{s}.json', coco[s])
+        for doc in (coco[split], per_line[t, split]):
+            doc['images'].append(entry); doc['annotations'] += anns
+    def finish(doc):
+        if annotations_as == 'dict': doc = {**doc, 'annotations': {str(a['id']): a for a in doc['annotations']}}
+        return doc
+    for s in LIVECELL_SPLITS: write_json(root / 'annotations' / 'LIVECell' / f'livecell_coco_{s}.json', finish(coco[s]))
+    if per_line_files:
+        for (t, s), doc in per_line.items():
+            if counts[t] == 0: continue
+            name = f'{s}.json' if layout == 'release' else f'livecell_{t.lower()}_{s}.json'
+            write_json(root / 'annotations' / 'LIVECell_single_cells' / t.lower() / name, finish(doc))
     return root

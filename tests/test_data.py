@@ -6,7 +6,7 @@ import numpy as np, pandas as pd, cv2, pytest
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from cellseg_nb.instances import Instances
-from cellseg_nb.celltypes import CELL_TYPES, class_id, livecell_class_id
+from cellseg_nb.celltypes import CELL_TYPES, LIVECELL_TYPES, class_id, livecell_class_id
 from cellseg_nb.synth import make_competition, make_livecell, write_image
 from cellseg_nb.data import SartoriusData, LiveCellData, to_coco, read_image
 
@@ -131,8 +131,16 @@ def test_bad_files(comp, tmp_path):
     with pytest.raises(ValueError, match=rf"{ids[2]}.png \(image id '{ids[2]}', first in train.csv row \d+\): unreadable image"):
         d.image(ids[2])
     with pytest.raises(ValueError, match='unreadable image'): d.validate()
-    cv2.imwrite(str(dst / 'test' / f'{d.test_ids[0]}.png'), np.zeros(SHAPE, np.uint16))
-    with pytest.raises(ValueError, match='uint16, expected 8-bit'): d.test_image(d.test_ids[0])
+    tid = d.test_ids[0]
+    colour = np.zeros(SHAPE + (3,), np.uint8); colour[..., 1] = 5
+    cv2.imwrite(str(dst / 'test' / f'{tid}.png'), colour)
+    with pytest.raises(ValueError, match=rf"{tid}.png \(test image id '{tid}'\): a colour image"): d.test_image(tid)
+    ramp = (np.arange(SHAPE[0] * SHAPE[1]).reshape(SHAPE) * 5 + 300).astype(np.uint16)     # 16-bit: min..max -> 0..255
+    cv2.imwrite(str(dst / 'test' / f'{tid}.png'), ramp)
+    expect = np.round((ramp - 300.) * 255 / (ramp.max() - 300.)).astype(np.uint8)
+    assert np.array_equal(d.test_image(tid), expect)
+    (dst / 'test' / f'{tid}.png').unlink()                        # sample_submission.csv lists it: the id is named
+    with pytest.raises(ValueError, match=rf"sample_submission.csv: test image id '{tid}' has no .*{tid}.png; 1 of"): d.test_ids
 
 
 def test_folds(comp):
@@ -211,7 +219,7 @@ def test_livecell_rle_dict_annotations_and_category_types(tmp_path):
                        anns, [{'id': 6, 'name': 'SH-SY5Y'}])
     data = LiveCellData(tmp_path, 'train')
     inst = data.instances(7)
-    assert data.meta.cell_type[7] == 'SH-SY5Y' and (inst.labels == 6).all()
+    assert data.meta.cell_type[7] == 'SHSY5Y' and (inst.labels == 6).all()       # the paper's name -> the release's
     assert np.array_equal(inst.to_masks()[:2], masks[:2])
     assert np.array_equal(inst.to_masks()[2], mask_util.decode(mask_util.merge(mask_util.frPyObjects(poly, 30, 40))).astype(bool))
 
@@ -247,3 +255,32 @@ def test_real_size_load_budget(tmp_path):
     assert sum(len(g) for g in gt.values()) == 73_585
     kept = sum(a.nbytes for a in (data._starts, data._lengths, data._run_offsets, data._cell_offsets))
     assert kept < 100e6
+
+
+def test_livecell_line_selection_for_training(lc):
+    "The training entry points pick LIVECell lines by any spelling; the classes stay the 8 lines (ids unchanged)."
+    from cellseg_nb.maskrcnn_train import open_source, livecell_dataset
+    assert livecell_dataset(None) == 'livecell' and livecell_dataset('sh-sy5y, a172') == 'livecell:A172,SHSY5Y'
+    tr, tr_ids, va, va_ids, names = open_source(lc, livecell_dataset('shsy5y,bv-2'))
+    assert names == LIVECELL_TYPES and set(tr.meta.cell_type) == {'BV2', 'SHSY5Y'} >= set(va.meta.cell_type)
+    full = LiveCellData(lc, 'train')
+    assert sorted(tr_ids) == sorted(i for i in full.ids if full.meta.cell_type[i] in ('BV2', 'SHSY5Y'))
+    for i in tr_ids[:2]:
+        assert tr.instances(i).to_rles() == full.instances(i).to_rles()
+        assert (tr.instances(i).labels == LIVECELL_TYPES.index(tr.meta.cell_type[i]) + 1).all()
+    with pytest.raises(ValueError, match="unknown LIVECell cell type 'neuron'"): open_source(lc, 'livecell:neuron')
+
+
+def test_semi_supervised_names_and_duplicated_cort_annotations(comp):
+    "Unlabelled images under their released names are listed and read; duplicated cort rows read as two masks."
+    d = SartoriusData(comp)
+    semi = d.semi_supervised_ids
+    assert len(semi) == 2 and all(s.split('[')[0] in CELL_TYPES and '_Vessel-' in s for s in semi)
+    assert all(d.semi_supervised_image(s).shape == SHAPE for s in semi)
+    d.validate()                                                   # reads train, test and semi-supervised images
+    df = pd.read_csv(comp / 'train.csv')
+    dup = df[df.duplicated(['id', 'annotation'])]
+    assert len(dup) and set(dup.cell_type) == {'cort'}
+    i = dup.id.iloc[0]
+    rles = d.instances(i).to_rles()
+    assert sorted(rles) == sorted(df.annotation[df.id == i]) and len(set(rles)) < len(rles)

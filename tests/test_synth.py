@@ -161,34 +161,91 @@ def test_transposing_decoder_fails(full):
     assert iou.max() < 0.2
 
 
+RELEASE_NAME = r'(A172|BT474|BV2|Huh7|MCF7|SHSY5Y|SkBr3|SKOV3)_Phase_[A-H]\d{1,2}_\d_\d\dd\d\dh00m_\d\.tif'
+
+
+def _shoelace_and_extent(seg):
+    "Independent: the polygon's area (shoelace) and extent [x, y, w, h] of a COCO polygon segmentation."
+    area, pts = 0.0, []
+    for p in seg:
+        q = np.asarray(p, float).reshape(-1, 2); pts.append(q)
+        area += 0.5 * abs(np.sum(q[:, 0] * np.roll(q[:, 1], -1) - np.roll(q[:, 0], -1) * q[:, 1]))
+    q = np.concatenate(pts)
+    return area, [q[:, 0].min(), q[:, 1].min(), np.ptp(q[:, 0]), np.ptp(q[:, 1])]
+
+
 def test_livecell_layout(tmp_path):
+    "The twin holds each fact of the real release (the same facts tests/test_realdata.py checks on real files)."
     root = make_livecell(tmp_path / 'LIVECell_dataset_2021', n_images=24, seed=2, image_shape=(96, 128))
     names, n_img = [], 0
     for split in ('train', 'val', 'test'):
         path = root / 'annotations' / 'LIVECell' / f'livecell_coco_{split}.json'
+        doc = json.loads(path.read_text())
+        assert doc['categories'] == [{'supercategory': 'cell', 'id': 1, 'name': 'cell'}]      # one category
+        assert isinstance(doc['annotations'], list)
         c = COCO(str(path))
         imgs = c.loadImgs(c.getImgIds()); n_img += len(imgs)
-        folder = root / 'images' / ('livecell_test_images' if split == 'test' else 'livecell_train_val_images')
         for im in imgs:
             names.append(im['file_name'])
-            assert re.fullmatch(r'[A-Za-z0-9-]+_Phase_[A-H]\d{1,2}_\d_\d\dd\d\dh00m_\d\.tif', im['file_name'])
-            tif = folder / im['file_name'].split('_Phase')[0] / im['file_name']
+            assert re.fullmatch(RELEASE_NAME, im['file_name'])                      # release names, no hyphens
+            assert {'original_filename', 'url'} <= set(im)                          # extra image keys
+            line = im['file_name'].split('_Phase')[0]
+            # test images in per-line subfolders, train/val images flat (as in the release)
+            tif = root / 'images' / ('livecell_test_images/' + line if split == 'test' else 'livecell_train_val_images') / im['file_name']
             arr = cv2.imread(str(tif), cv2.IMREAD_UNCHANGED)
-            assert arr.dtype == np.uint8 and arr.shape == (96, 128)
+            assert arr is not None and arr.dtype == np.uint8 and arr.shape == (96, 128), tif
             anns = c.loadAnns(c.getAnnIds(imgIds=[im['id']]))
             assert anns and all(isinstance(a['segmentation'], list) for a in anns)
-            assert [a['area'] for a in anns] == [float(c.annToMask(a).sum()) for a in anns]
+            for a in anns:                                           # float area = the polygon's area, bbox its extent
+                area, box = _shoelace_and_extent(a['segmentation'])
+                assert isinstance(a['area'], float) and abs(a['area'] - area) < 1e-6
+                assert all(isinstance(v, float) for v in a['bbox']) and np.allclose(a['bbox'], box)
+            pixels = np.array([c.annToMask(a).sum() for a in anns]); areas = np.array([a['area'] for a in anns])
+            perimeter = np.array([sum(np.linalg.norm(np.diff(np.vstack([q, q[:1]]), axis=0), axis=1).sum()
+                                      for q in (np.reshape(p, (-1, 2)) for p in a['segmentation'])) for a in anns])
+            assert (np.abs(pixels - areas) <= 0.5 * perimeter + 1).all()    # the rule the real files follow
+        # per-line files: the same images and annotations as the full file, split by line
+        per_line = [json.loads((root / 'annotations' / 'LIVECell_single_cells' / t.lower() / f'{split}.json').read_text())
+                    for t in LIVECELL_TYPES]
+        assert sorted(i['id'] for d in per_line for i in d['images']) == sorted(i['id'] for i in doc['images'])
+        assert sorted(a['id'] for d in per_line for a in d['annotations']) == sorted(a['id'] for a in doc['annotations'])
+        for t, d in zip(LIVECELL_TYPES, per_line): assert all(i['file_name'].startswith(t + '_') for i in d['images'])
     assert n_img == 24 and {n.split('_Phase')[0] for n in names} == set(LIVECELL_TYPES)
-    assert json.loads((root / 'annotations' / 'LIVECell' / 'livecell_coco_train.json').read_text())['categories'][0]['name'] == 'cell'
+
+
+def test_livecell_dict_annotations_and_paper_names(tmp_path):
+    a = make_livecell(tmp_path / 'a', n_images={'SH-SY5Y': 2, 'BV-2': 1}, seed=3, image_shape=(48, 64))
+    b = make_livecell(tmp_path / 'b', n_images={'SHSY5Y': 2, 'bv2': 1}, seed=3, image_shape=(48, 64), annotations_as='dict')
+    for s in ('train', 'val', 'test'):
+        da = json.loads((a / 'annotations' / 'LIVECell' / f'livecell_coco_{s}.json').read_text())
+        db = json.loads((b / 'annotations' / 'LIVECell' / f'livecell_coco_{s}.json').read_text())
+        assert isinstance(db['annotations'], dict) and list(db['annotations'].values()) == da['annotations']
+        assert db['images'] == da['images']
+    assert {p.name.split('_Phase')[0] for p in a.rglob('*.tif')} == {'SHSY5Y', 'BV2'}
 
 
 def test_competition_with_livecell(tmp_path):
-    root = make_competition(tmp_path, n_images=3, seed=0, image_shape=(64, 80), n_test=1, n_semi=1, livecell=8)
-    assert (root / 'LIVECell_dataset_2021' / 'annotations' / 'LIVECell' / 'livecell_coco_train.json').is_file()
+    "The competition twin: duplicated cort annotations, semi-supervised names as released, LIVECell copy inside."
+    root = make_competition(tmp_path, n_images={'cort': 4, 'shsy5y': 1, 'astro': 1}, seed=0, image_shape=(160, 224),
+                            n_test=1, n_semi=4, livecell=8)
+    lc = root / 'LIVECell_dataset_2021'
+    assert (lc / 'annotations' / 'LIVECell' / 'livecell_coco_train.json').is_file()
+    # the competition's copy: per-line files named livecell_<line>_<split>.json, train/val images per line
+    assert (lc / 'annotations' / 'LIVECell_single_cells' / 'shsy5y' / 'livecell_shsy5y_train.json').is_file()
+    assert all(p.parent.name == p.name.split('_Phase')[0] for p in (lc / 'images').rglob('*.tif'))
+    df = pd.read_csv(root / 'train.csv')
+    dup = df.duplicated(['id', 'annotation'], keep=False)
+    assert dup.any() and set(df.cell_type[dup]) == {'cort'}                  # duplicated cort annotations only
+    semi = sorted(p.stem for p in (root / 'train_semi_supervised').glob('*.png'))
+    assert len(semi) == 4 and all(re.fullmatch(
+        r'(shsy5y\[diff\]|astro\[hippo\]|cort\[pre-treat\])_[A-H]\d{1,2}-\d_Vessel-\d+_\d{4}-\d\d-\d\d_\d\dh\d\dm00s_Ph_\d', s)
+        for s in semi), semi
+    assert all(s.split('[')[0] in ('shsy5y', 'astro', 'cort') for s in semi)     # the type as public notebooks parse it
+    assert df.sample_id.str.split('_').str[0].isin(['shsy5y[diff]', 'astro[hippo]', 'cort[pre-treat]']).all()
 
 
 def test_livecell_deterministic(tmp_path):
     a, b = (make_livecell(tmp_path / n, n_images=8, seed=4, image_shape=(48, 64)) for n in 'ab')
     files = sorted(p.relative_to(a) for p in a.rglob('*') if p.is_file())
-    assert files == sorted(p.relative_to(b) for p in b.rglob('*') if p.is_file()) and len(files) == 11
+    assert files == sorted(p.relative_to(b) for p in b.rglob('*') if p.is_file()) and len(files) == 8 + 3 + 8 * 3
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
