@@ -98,7 +98,13 @@ class CellRoIHeads(RoIHeads):
 
 
 class CellTransform(GeneralizedRCNNTransform):
-    "Normalizes (1, H, W) uint8 or float images to 3 channels; resizes only at inference (to `min_size`/`max_size`)."
+    """Normalizes (1, H, W) uint8 or float images to 3 channels; resizes only at inference: to `min_size`/`max_size`
+    (torchvision's rule), times `scale` (the model's input scale; training images arrive at that scale from
+    `CellDataset`). Predictions are mapped back to the input image's pixels by `predict`."""
+    def __init__(self, *args, scale: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not 0.25 <= float(scale) <= 8: raise ValueError(f"scale must be in 0.25..8, got {scale}")
+        self.scale = float(scale)
     def normalize(self, image):
         if not image.is_floating_point(): image = image.float() / 255
         mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
@@ -109,8 +115,10 @@ class CellTransform(GeneralizedRCNNTransform):
         if self.training: return image, target
         h, w = image.shape[-2:]
         scale = min(self.min_size[-1] / min(h, w), self.max_size / max(h, w))
-        if abs(scale - 1) < 1e-9: return image, target
-        return super().resize(image, target)
+        if abs(scale * self.scale - 1) < 1e-9: return image, target
+        if self.scale == 1: return super().resize(image, target)
+        size = (max(8, round(h * scale * self.scale)), max(8, round(w * scale * self.scale)))
+        return F.interpolate(image[None], size=size, mode='bilinear', align_corners=False)[0], target
 
 # %% ../nbs/10_maskrcnn.ipynb 12
 MODEL_DEFAULTS = dict(
@@ -120,7 +128,7 @@ MODEL_DEFAULTS = dict(
     detections_per_img=1000, box_score_thresh=0.05, box_nms_thresh=0.5,
     rpn_pre_nms_top_n_train=4000, rpn_post_nms_top_n_train=2000, rpn_pre_nms_top_n_test=6000,
     rpn_post_nms_top_n_test=3000, rpn_batch_size_per_image=256, box_batch_size_per_image=512,
-    class_names=None)
+    class_names=None, scale=1.0, mask_size=28)
 BACKBONES = ('resnet18', 'resnet34', 'resnet50', 'resnet101')
 
 def _norm_layer(norm):
@@ -150,6 +158,7 @@ def build_model(num_classes: int = 3, backbone: str = 'resnet50', weights=None, 
     cfg = {**MODEL_DEFAULTS, **overrides, 'num_classes': int(num_classes), 'backbone': backbone}
     if cfg['norm'] == 'auto': cfg['norm'] = 'frozen_bn' if weights is not None else 'bn'
     cfg['anchor_sizes'], cfg['aspect_ratios'] = tuple(cfg['anchor_sizes']), tuple(float(a) for a in cfg['aspect_ratios'])
+    if cfg['mask_size'] not in (28, 56): raise ValueError(f"mask_size must be 28 or 56, got {cfg['mask_size']}")
     if len(cfg['anchor_sizes']) != 5: raise ValueError(f"anchor_sizes needs one size per FPN level (5), got {cfg['anchor_sizes']}")
     if cfg['class_names'] is not None and len(cfg['class_names']) != num_classes:
         raise ValueError(f"{len(cfg['class_names'])} class_names for {num_classes} classes")
@@ -170,7 +179,7 @@ def build_model(num_classes: int = 3, backbone: str = 'resnet50', weights=None, 
         box_predictor=FastRCNNPredictor(cfg['box_head_dim'], num_classes + 1),
         box_score_thresh=cfg['box_score_thresh'], box_nms_thresh=cfg['box_nms_thresh'],
         box_detections_per_img=cfg['detections_per_img'], box_batch_size_per_image=cfg['box_batch_size_per_image'],
-        mask_roi_pool=MultiScaleRoIAlign(names, 14, 2),
+        mask_roi_pool=MultiScaleRoIAlign(names, cfg['mask_size'] // 2, 2),
         mask_head=MaskRCNNHeads(fc, [mh] * 4, 1), mask_predictor=MaskRCNNPredictor(mh, mh, num_classes + 1))
     rh = model.roi_heads
     model.roi_heads = CellRoIHeads(
@@ -178,7 +187,7 @@ def build_model(num_classes: int = 3, backbone: str = 'resnet50', weights=None, 
         cfg['box_score_thresh'], cfg['box_nms_thresh'], cfg['detections_per_img'],
         mask_roi_pool=rh.mask_roi_pool, mask_head=rh.mask_head, mask_predictor=rh.mask_predictor)
     model.transform = CellTransform(cfg['min_size'], cfg['max_size'], [float(cfg['image_mean'])] * 3,
-                                    [float(cfg['image_std'])] * 3)
+                                    [float(cfg['image_std'])] * 3, scale=cfg['scale'])
     model.config = cfg
     if weights is not None: load_weights(model, weights)
     return model
