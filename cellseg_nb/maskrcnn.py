@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math, re, warnings
 from pathlib import Path
-import numpy as np
+import numpy as np, pandas as pd
 import torch, torch.nn as nn, torch.nn.functional as F
 import torchvision
 from torchvision.models.detection import MaskRCNN
@@ -25,7 +25,7 @@ from .celltypes import CELL_TYPES
 
 # %% auto 0
 __all__ = ['MODEL_DEFAULTS', 'BACKBONES', 'mask_targets', 'CellRoIHeads', 'CellTransform', 'build_model', 'read_checkpoint',
-           'load_weights', 'load_model', 'paste_sparse', 'predict', 'as_predictor']
+           'load_weights', 'load_model', 'paste_sparse', 'predict', 'as_predictor', 'anchor_coverage']
 
 # %% ../nbs/10_maskrcnn.ipynb 6
 def mask_targets(gt: Instances, boxes: torch.Tensor, matched_idxs: torch.Tensor, M: int = 28, group: int = 64):
@@ -413,3 +413,19 @@ def as_predictor(model, **kwargs):
     "A function `image (H, W) uint8 -> Instances` (what `cellseg_nb.inference` calls a predictor); `kwargs` go to `predict`."
     def predictor(image): return predict(model, [image], **kwargs)[0]
     return predictor
+
+# %% ../nbs/10_maskrcnn.ipynb 31
+def anchor_coverage(model, boxes, image_shape) -> pd.DataFrame:
+    """For true `boxes` float (N, 4) (x0, y0, x1, y1, input image pixels) of an `image_shape` (H, W) image: per box
+    `best_iou` (the best anchor's IoU, at the model's `scale`) and `n_positive` (anchors with IoU >= 0.7)."""
+    from torchvision.models.detection.image_list import ImageList
+    s = float(getattr(model.transform, 'scale', 1.0))
+    H, W = round(image_shape[0] * s), round(image_shape[1] * s)
+    x = torch.zeros(1, 3, H, W)
+    strides = [4, 8, 16, 32, 64]
+    feats = [torch.zeros(1, 1, math.ceil(H / st), math.ceil(W / st)) for st in strides]
+    anchors = model.rpn.anchor_generator(ImageList(x, [(H, W)]), feats)[0]
+    b = torch.as_tensor(np.asarray(boxes, np.float32)).reshape(-1, 4) * s
+    iou = box_ops.box_iou(b, anchors) if len(b) else torch.zeros((0, len(anchors)))
+    return pd.DataFrame({'best_iou': iou.max(1).values.numpy() if len(b) else np.zeros(0, np.float32),
+                         'n_positive': (iou >= 0.7).sum(1).numpy()})
