@@ -2,7 +2,8 @@
 
 Each model trains twice at toy scale with the demo's recipe and seed 0, and the weights must be bit-identical;
 a third run with seed 1 must differ, so the comparison can fail. The whole demo twice (`cellseg demo --quick`:
-data, both models, the parallel training process, tuning, submission) runs with CELLSEG_SLOW=1."""
+data, both models, the parallel training process, tuning, submission) runs with CELLSEG_SLOW=1.
+Cost: the two default tests about 70 CPU-seconds on 2 cores; the slow one about 5 CPU-minutes."""
 import os
 import numpy as np
 import pandas as pd
@@ -65,7 +66,7 @@ def test_cellpose_training_is_reproducible(data, tmp_path):
     assert (paths['a'].parent / 'cellpose_types.json').read_text() == (paths['b'].parent / 'cellpose_types.json').read_text()
 
 
-@pytest.mark.skipif(not os.environ.get('CELLSEG_SLOW'), reason='the whole demo twice: set CELLSEG_SLOW=1 (about 4 CPU-minutes)')
+@pytest.mark.skipif(not os.environ.get('CELLSEG_SLOW'), reason='the whole demo twice: set CELLSEG_SLOW=1 (about 5 CPU-minutes)')
 def test_demo_twice_gives_the_same_files(tmp_path):
     from cellseg_nb.pipeline import run_demo
     from cellseg_nb.cli import QUICK_DEMO
