@@ -393,6 +393,9 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
                        batch_size: int = 2,  # images per iteration (per process under torchrun)
                        lr: float = 0.02,  # peak learning rate
                        optimizer: str = 'sgd',  # sgd or adamw
+                       warmup: int = 100,  # linear learning-rate warm-up iterations
+                       scale: float = 1.0,  # input scale: train and predict on images upscaled by this factor
+                       mask_size: int = 28,  # mask head output: 28 or 56 (finer masks, 4x the mask head's cost)
                        val_every: int = 500,  # validate (competition metric on the fold) every N iterations
                        checkpoint_every: int = 500,  # write checkpoint.pt every N iterations
                        resume: bool = False,  # continue the run in --out from its last checkpoint
@@ -407,8 +410,9 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
     else:
         hw = LiveCellData(lc, 'train', lines).meta[['height', 'width']]
         shape = tuple(int(v) for v in hw.mode().iloc[0])
-    mopts = maskrcnn_demo_options(shape) if small else dict(min_size=min(shape), max_size=max(shape))
-    opts = dict(iterations=iters, batch_size=batch_size, lr=lr, optimizer=optimizer, val_every=val_every,
+    mopts = maskrcnn_demo_options(shape, scale, mask_size) if small else \
+        dict(min_size=min(shape), max_size=max(shape), scale=scale, mask_size=mask_size)
+    opts = dict(iterations=iters, batch_size=batch_size, lr=lr, optimizer=optimizer, warmup=warmup, val_every=val_every,
                 checkpoint_every=checkpoint_every, fold=None if fold < 0 else fold, n_folds=n_folds)
     dev = None if os.environ.get('LOCAL_RANK') else resolve_device(device)
     if lc is not None and root is None:
@@ -422,7 +426,10 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
     else:
         r = train(root, out, backbone=backbone, weights=weights, resume=resume, device=dev, model_options=mopts, **opts)
         log = r['log']
-    if len(log): print_table(log.tail(5).set_index('iteration'), 'last log rows')
+    if len(log):
+        rows = log.tail(5).set_index('iteration')
+        rows['lr'] = rows['lr'].map('{:.3g}'.format)          # 2e-05, not 0.000
+        print_table(rows, 'last log rows')
     print(f"\ncheckpoint: {r['checkpoint']}")
 
 @command('train cellpose')
@@ -475,6 +482,9 @@ def demo_cmd(out: str = 'cellseg_out/demo',  # output folder (data, models, pred
              n_images: int = None,  # synthetic train images (default: DEMO_SETTINGS)
              size: int = None,  # synthetic image side in pixels (default: DEMO_SETTINGS)
              maskrcnn_iters: int = None,  # Mask R-CNN iterations (default: DEMO_SETTINGS)
+             maskrcnn_scale: float = None,  # Mask R-CNN input scale (default: DEMO_SETTINGS)
+             mask_size: int = None,  # Mask R-CNN mask head output, 28 or 56 (default: DEMO_SETTINGS)
+             maskrcnn_warmup: int = None,  # Mask R-CNN warm-up iterations (default: DEMO_SETTINGS)
              cellpose_epochs: int = None,  # Cellpose epochs (default: DEMO_SETTINGS)
              tta: bool = False,  # flip TTA for the submission
              seed: int = 0,  # data and training seed
@@ -486,6 +496,9 @@ def demo_cmd(out: str = 'cellseg_out/demo',  # output folder (data, models, pred
     if n_images: s['n_images'] = n_images
     if size: s['image_shape'] = (size, size)
     if maskrcnn_iters: s['maskrcnn_iters'] = maskrcnn_iters
+    if maskrcnn_scale: s['maskrcnn_scale'] = maskrcnn_scale
+    if mask_size: s['maskrcnn_mask_size'] = mask_size
+    if maskrcnn_warmup is not None: s['maskrcnn_warmup'] = maskrcnn_warmup
     if cellpose_epochs: s['cellpose_epochs'] = cellpose_epochs
     s.update(tta=tta, seed=seed)
     res = run_demo(out, device=device, **s)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math, re, warnings
 from pathlib import Path
-import numpy as np
+import numpy as np, pandas as pd
 import torch, torch.nn as nn, torch.nn.functional as F
 import torchvision
 from torchvision.models.detection import MaskRCNN
@@ -26,7 +26,7 @@ from .celltypes import CELL_TYPES
 
 # %% auto 0
 __all__ = ['MODEL_DEFAULTS', 'BACKBONES', 'mask_targets', 'CellRoIHeads', 'CellTransform', 'build_model', 'read_checkpoint',
-           'load_weights', 'load_model', 'paste_sparse', 'predict', 'as_predictor']
+           'load_weights', 'load_model', 'paste_sparse', 'predict', 'as_predictor', 'anchor_coverage']
 
 # %% ../nbs/10_maskrcnn.ipynb 6
 def mask_targets(gt: Instances, boxes: torch.Tensor, matched_idxs: torch.Tensor, M: int = 28, group: int = 64):
@@ -99,7 +99,13 @@ class CellRoIHeads(RoIHeads):
 
 
 class CellTransform(GeneralizedRCNNTransform):
-    "Normalizes (1, H, W) uint8 or float images to 3 channels; resizes only at inference (to `min_size`/`max_size`)."
+    """Normalizes (1, H, W) uint8 or float images to 3 channels; resizes only at inference: to `min_size`/`max_size`
+    (torchvision's rule), times `scale` (the model's input scale; training images arrive at that scale from
+    `CellDataset`). Predictions are mapped back to the input image's pixels by `predict`."""
+    def __init__(self, *args, scale: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not 0.25 <= float(scale) <= 8: raise ValueError(f"scale must be in 0.25..8, got {scale}")
+        self.scale = float(scale)
     def normalize(self, image):
         if not image.is_floating_point(): image = image.float() / 255
         mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
@@ -110,8 +116,10 @@ class CellTransform(GeneralizedRCNNTransform):
         if self.training: return image, target
         h, w = image.shape[-2:]
         scale = min(self.min_size[-1] / min(h, w), self.max_size / max(h, w))
-        if abs(scale - 1) < 1e-9: return image, target
-        return super().resize(image, target)
+        if abs(scale * self.scale - 1) < 1e-9: return image, target
+        if self.scale == 1: return super().resize(image, target)
+        size = (max(8, round(h * scale * self.scale)), max(8, round(w * scale * self.scale)))
+        return F.interpolate(image[None], size=size, mode='bilinear', align_corners=False)[0], target
 
 # %% ../nbs/10_maskrcnn.ipynb 12
 MODEL_DEFAULTS = dict(
@@ -121,7 +129,7 @@ MODEL_DEFAULTS = dict(
     detections_per_img=1000, box_score_thresh=0.05, box_nms_thresh=0.5,
     rpn_pre_nms_top_n_train=4000, rpn_post_nms_top_n_train=2000, rpn_pre_nms_top_n_test=6000,
     rpn_post_nms_top_n_test=3000, rpn_batch_size_per_image=256, box_batch_size_per_image=512,
-    class_names=None)
+    class_names=None, scale=1.0, mask_size=28)
 BACKBONES = ('resnet18', 'resnet34', 'resnet50', 'resnet101')
 
 def _norm_layer(norm):
@@ -151,6 +159,7 @@ def build_model(num_classes: int = 3, backbone: str = 'resnet50', weights=None, 
     cfg = {**MODEL_DEFAULTS, **overrides, 'num_classes': int(num_classes), 'backbone': backbone}
     if cfg['norm'] == 'auto': cfg['norm'] = 'frozen_bn' if weights is not None else 'bn'
     cfg['anchor_sizes'], cfg['aspect_ratios'] = tuple(cfg['anchor_sizes']), tuple(float(a) for a in cfg['aspect_ratios'])
+    if cfg['mask_size'] not in (28, 56): raise ValueError(f"mask_size must be 28 or 56, got {cfg['mask_size']}")
     if len(cfg['anchor_sizes']) != 5: raise ValueError(f"anchor_sizes needs one size per FPN level (5), got {cfg['anchor_sizes']}")
     if cfg['class_names'] is not None and len(cfg['class_names']) != num_classes:
         raise ValueError(f"{len(cfg['class_names'])} class_names for {num_classes} classes")
@@ -171,7 +180,7 @@ def build_model(num_classes: int = 3, backbone: str = 'resnet50', weights=None, 
         box_predictor=FastRCNNPredictor(cfg['box_head_dim'], num_classes + 1),
         box_score_thresh=cfg['box_score_thresh'], box_nms_thresh=cfg['box_nms_thresh'],
         box_detections_per_img=cfg['detections_per_img'], box_batch_size_per_image=cfg['box_batch_size_per_image'],
-        mask_roi_pool=MultiScaleRoIAlign(names, 14, 2),
+        mask_roi_pool=MultiScaleRoIAlign(names, cfg['mask_size'] // 2, 2),
         mask_head=MaskRCNNHeads(fc, [mh] * 4, 1), mask_predictor=MaskRCNNPredictor(mh, mh, num_classes + 1))
     rh = model.roi_heads
     model.roi_heads = CellRoIHeads(
@@ -179,7 +188,7 @@ def build_model(num_classes: int = 3, backbone: str = 'resnet50', weights=None, 
         cfg['box_score_thresh'], cfg['box_nms_thresh'], cfg['detections_per_img'],
         mask_roi_pool=rh.mask_roi_pool, mask_head=rh.mask_head, mask_predictor=rh.mask_predictor)
     model.transform = CellTransform(cfg['min_size'], cfg['max_size'], [float(cfg['image_mean'])] * 3,
-                                    [float(cfg['image_std'])] * 3)
+                                    [float(cfg['image_std'])] * 3, scale=cfg['scale'])
     model.config = cfg
     if weights is not None: load_weights(model, weights)
     return model
@@ -397,3 +406,19 @@ def as_predictor(model, **kwargs):
     "A function `image (H, W) uint8 -> Instances` (what `cellseg_nb.inference` calls a predictor); `kwargs` go to `predict`."
     def predictor(image): return predict(model, [image], **kwargs)[0]
     return predictor
+
+# %% ../nbs/10_maskrcnn.ipynb 31
+def anchor_coverage(model, boxes, image_shape) -> pd.DataFrame:
+    """For true `boxes` float (N, 4) (x0, y0, x1, y1, input image pixels) of an `image_shape` (H, W) image: per box
+    `best_iou` (the best anchor's IoU, at the model's `scale`) and `n_positive` (anchors with IoU >= 0.7)."""
+    from torchvision.models.detection.image_list import ImageList
+    s = float(getattr(model.transform, 'scale', 1.0))
+    H, W = round(image_shape[0] * s), round(image_shape[1] * s)
+    x = torch.zeros(1, 3, H, W)
+    strides = [4, 8, 16, 32, 64]
+    feats = [torch.zeros(1, 1, math.ceil(H / st), math.ceil(W / st)) for st in strides]
+    anchors = model.rpn.anchor_generator(ImageList(x, [(H, W)]), feats)[0]
+    b = torch.as_tensor(np.asarray(boxes, np.float32)).reshape(-1, 4) * s
+    iou = box_ops.box_iou(b, anchors) if len(b) else torch.zeros((0, len(anchors)))
+    return pd.DataFrame({'best_iou': iou.max(1).values.numpy() if len(b) else np.zeros(0, np.float32),
+                         'n_positive': (iou >= 0.7).sum(1).numpy()})

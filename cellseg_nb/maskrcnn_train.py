@@ -71,9 +71,10 @@ class CellDataset(torch.utils.data.Dataset):
     `ids[index]` augmented by the generator `default_rng([seed, k])`. Returns `(image uint8 (1, H, W) tensor,
     target)` with target `{'boxes': float32 (N, 4), 'labels': int64 (N,), 'masks': Instances}`.
     `augment=False` (or a dict overriding `AUGMENT_DEFAULTS`) controls augmentation; labels missing from the
-    source become 1."""
-    def __init__(self, source, ids=None, augment=True, cache=True):
-        self.source, self.ids = source, list(ids if ids is not None else source.ids)
+    source become 1. `scale`: the model's input scale (images and masks are resampled by it, on top of the
+    augmentation's scale jitter; `train` sets it from the model's config)."""
+    def __init__(self, source, ids=None, augment=True, cache=True, scale: float = 1.0):
+        self.source, self.ids, self.scale = source, list(ids if ids is not None else source.ids), float(scale)
         if not self.ids: raise ValueError("CellDataset: no images")
         self.augment = None if augment is False else {**AUGMENT_DEFAULTS, **(augment if isinstance(augment, dict) else {})}
         unknown = set(self.augment or {}) - set(AUGMENT_DEFAULTS)
@@ -94,7 +95,10 @@ class CellDataset(torch.utils.data.Dataset):
         "Image `i` with its targets, augmented with `rng` (no augmentation when `rng` is None or augment=False)."
         img, inst = self.load(i)
         a = self.augment
-        if rng is not None and a is not None: img, inst = augment_sample(img, inst, rng, **a)
+        if rng is not None and a is not None: img, inst = augment_sample(img, inst, rng, base_scale=self.scale, **a)
+        elif self.scale != 1:
+            h, w = max(8, round(img.shape[0] * self.scale)), max(8, round(img.shape[1] * self.scale))
+            img, inst = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR), resize_instances(inst, (h, w))
         keep = inst.areas >= (a['min_area'] if a else 1)
         if not keep.all(): inst = inst.select(keep)
         boxes = torch.from_numpy(inst.boxes.astype(np.float32)).reshape(-1, 4)
@@ -106,13 +110,13 @@ class CellDataset(torch.utils.data.Dataset):
         return self.sample(int(i), np.random.default_rng([int(seed), int(k)]))
 
 def augment_sample(img, inst, rng, flip=True, rot90=True, scale_range=(0.8, 1.25), crop_size=None, brightness=0.1,
-                   contrast=0.2, min_area=4):
+                   contrast=0.2, min_area=4, base_scale: float = 1.0):
     """Augment one uint8 (H, W) image and its `Instances` with generator `rng`: scale jitter (log-uniform in
-    `scale_range`), random crop to `crop_size` (h, w) (padding with the image median when smaller), flips, 90-degree
+    `scale_range`, times `base_scale`, the model's input scale), random crop to `crop_size` (h, w) (padding with the image median when smaller), flips, 90-degree
     rotations, contrast factor in 1 +- `contrast` and brightness shift +- `brightness` x 255."""
     H, W = img.shape
     lo, hi = scale_range if scale_range else (1, 1)
-    s = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if hi > lo else 1.0
+    s = float(base_scale) * (float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if hi > lo else 1.0)
     if s != 1.0:
         h, w = max(8, round(H * s)), max(8, round(W * s))
         img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR); inst = resize_instances(inst, (h, w))
@@ -345,6 +349,7 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
         mc = dict(state['config']); model = build_model(mc.pop('num_classes'), mc.pop('backbone'), **mc)
     else: model = build_model(nc, backbone, weights=weights, **mo)
     model = model.to(device)
+    ds.scale = float(model.config.get('scale', 1.0))         # training images at the model's input scale
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg['optimizer'] == 'sgd': opt = torch.optim.SGD(params, cfg['lr'], momentum=cfg['momentum'], weight_decay=cfg['weight_decay'])
     elif cfg['optimizer'] == 'adamw': opt = torch.optim.AdamW(params, cfg['lr'], weight_decay=cfg['weight_decay'])
@@ -401,7 +406,7 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
                    **{k: acc.get(k, 0.0) / acc['n'] for k in LOSSES}, 'sec_per_iter': (now - t_last) / max(done - it_last, 1),
                    'val_score': score if val_due else None}
             _append_row(log_path, row); acc, t_last, it_last = {}, time.time(), done
-            bar.set_postfix(loss=f"{row['loss']:.3f}", **({'val': f'{score:.3f}'} if val_due else {}))
+            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f'{lr:.2e}', **({'val': f'{score:.3f}'} if val_due else {}))
         if done % cfg['checkpoint_every'] == 0 or done == n:
             rngs = _gather(_rng_state())
             if rank == 0:

@@ -4,16 +4,17 @@
 
 # %% ../nbs/80_pipeline.ipynb 3
 from __future__ import annotations
-import os, time, json
+import os, time, json, contextlib, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
 from .instances import Instances
 
 # %% auto 0
-__all__ = ['DEMO_SETTINGS', 'CELLPOSE_DEMO', 'resolve_device', 'Predictor', 'maskrcnn_predictor', 'markdown_table',
-           'maskrcnn_demo_options', 'train_maskrcnn_demo', 'cellpose_predictor', 'train_cellpose_demo',
-           'ensemble_predictor', 'load_predictor', 'run_demo', 'demo_figures', 'write_report']
+__all__ = ['DEMO_SETTINGS', 'CELLPOSE_DEMO', 'MODEL_LABELS', 'resolve_device', 'quiet_library_warnings', 'deterministic',
+           'Predictor', 'maskrcnn_predictor', 'markdown_table', 'maskrcnn_demo_options', 'train_maskrcnn_demo',
+           'cellpose_predictor', 'train_cellpose_demo', 'ensemble_predictor', 'load_predictor', 'run_demo',
+           'demo_figures', 'write_report', 'results_wide', 'results_markdown']
 
 # %% ../nbs/80_pipeline.ipynb 6
 def resolve_device(device: str = 'auto') -> str:
@@ -22,6 +23,32 @@ def resolve_device(device: str = 'auto') -> str:
         import torch
         return 'cuda' if torch.cuda.is_available() else 'cpu'
     return str(device)
+
+# library warnings a user cannot act on (cellpose 3 calls torch.utils.mkldnn, which uses the deprecated
+# torch.jit.script_method; cellpose's sparse tensors trigger torch's notice about invariant checks)
+_LIBRARY_WARNINGS = (r'`torch\.jit\.script_method` is deprecated', r'Sparse invariant checks are implicitly disabled')
+
+@contextlib.contextmanager
+def quiet_library_warnings():
+    "Hide the library warnings in `_LIBRARY_WARNINGS` (nothing else) inside the block."
+    with warnings.catch_warnings():
+        for pattern in _LIBRARY_WARNINGS: warnings.filterwarnings('ignore', message=pattern)
+        yield
+
+@contextlib.contextmanager
+def deterministic(seed: int = 0):
+    """Seed Python's, NumPy's and torch's global generators with `seed` and ask torch for deterministic kernels
+    inside the block (restored after it). On a CPU the training and inference kernels are deterministic for a
+    fixed thread count; on CUDA, `roi_align`'s backward (atomic adds) has no deterministic version and only warns."""
+    import random, torch
+    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+    was, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    bench = torch.backends.cudnn.benchmark
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    torch.use_deterministic_algorithms(True, warn_only=True); torch.backends.cudnn.benchmark = False
+    try: yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn); torch.backends.cudnn.benchmark = bench
 
 def _existing(path, what) -> Path:
     p = Path(path)
@@ -48,7 +75,8 @@ def maskrcnn_predictor(model, device: str = 'auto', mask_threshold: float = 0.5,
     else: model = model.to(device)
     model.eval()
     if score_threshold is not None: model.roi_heads.score_thresh = float(score_threshold)
-    fn = lambda image: maskrcnn.predict(model, [image], mask_threshold=mask_threshold, device=device)[0]
+    def fn(image):
+        with quiet_library_warnings(): return maskrcnn.predict(model, [image], mask_threshold=mask_threshold, device=device)[0]
     return Predictor('maskrcnn', fn, src, model)
 
 # %% ../nbs/80_pipeline.ipynb 11
@@ -72,6 +100,9 @@ DEMO_SETTINGS = dict(
     n_folds=5,                 # fold 0: test, fold 1: tuning, the rest: training
     maskrcnn_iters=600,        # Mask R-CNN training iterations (batch 2)
     maskrcnn_backbone='resnet18',
+    maskrcnn_scale=1.0,        # Mask R-CNN input scale (2: train and predict on 2x upscaled images)
+    maskrcnn_mask_size=28,     # Mask R-CNN mask head output (28 or 56)
+    maskrcnn_warmup=20,        # Mask R-CNN learning-rate warm-up iterations
     cellpose_epochs=60,        # Cellpose training epochs (16 crops of 96 px each)
     cellpose_size_epochs=5,    # SizeModel epochs
     tta=False,                 # flip TTA for the final evaluation
@@ -80,12 +111,17 @@ DEMO_SETTINGS = dict(
 def _log(msg, t0=None):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}" + (f"  ({time.time() - t0:.0f} s)" if t0 else ''), flush=True)
 
-def maskrcnn_demo_options(image_shape) -> dict:
-    """Model options of the demo's small Mask R-CNN: native resolution, narrow FPN and heads, RPN/ROI sizes for
-    CPU (the backbone's BatchNorm is trainable from scratch, which learned faster than GroupNorm here)."""
+def maskrcnn_demo_options(image_shape, scale: float = 1.0, mask_size: int = 28) -> dict:
+    """Model options of the demo's small Mask R-CNN: native resolution times `scale`, narrow FPN and heads, RPN/ROI
+    sizes for CPU (the backbone's BatchNorm is trainable from scratch, which learned faster than GroupNorm here).
+    Anchors 16..256 px times `scale`: the library default 8..128 is for 1.5-2x upscaled inputs; at native
+    resolution (cells of 15-60 px) it gave only 12-20% of the demo's true boxes an anchor at IoU >= 0.7 (the RPN's
+    positive threshold), 16..256 gives 34-55% (`maskrcnn.anchor_coverage`)."""
     h, w = image_shape
-    area = h * w                                          # proposals at test time scale with the image area
-    return dict(min_size=min(h, w), max_size=max(h, w), fpn_channels=64, mask_head_channels=64,
+    area = int(h * w * scale * scale)                     # proposals at test time scale with the image area
+    return dict(min_size=min(h, w), max_size=max(h, w), scale=float(scale), mask_size=int(mask_size),
+                anchor_sizes=tuple(int(round(a * scale)) for a in (16, 32, 64, 128, 256)),
+                fpn_channels=64, mask_head_channels=64,
                 box_head_dim=256, rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
                 rpn_pre_nms_top_n_test=min(1000, max(300, area // 15)),
                 rpn_post_nms_top_n_test=min(600, max(200, area // 40)), box_batch_size_per_image=128)
@@ -97,12 +133,13 @@ class _Subset:
     def instances(self, id): return self.ds.instances(id)
     def cell_type(self, id): return self.ds.meta.cell_type[id]
 
-def train_maskrcnn_demo(ds, train_ids, out_dir, iterations, backbone='resnet18', device='cpu', progress=True):
+def train_maskrcnn_demo(ds, train_ids, out_dir, iterations, backbone='resnet18', device='cpu', progress=True,
+                        scale: float = 1.0, mask_size: int = 28, warmup: int = 20, seed: int = 0):
     "Train the demo's Mask R-CNN on `train_ids` of `ds`; returns (checkpoint path, training log DataFrame)."
     from cellseg_nb.maskrcnn_train import train
     src = _Subset(ds, train_ids)
-    r = train((src, None), out_dir, backbone=backbone, model_options=maskrcnn_demo_options(ds.image_shape),
-              iterations=iterations, batch_size=2, optimizer='adamw', lr=2e-3, warmup=min(20, iterations // 5),
+    r = train((src, None), out_dir, backbone=backbone, model_options=maskrcnn_demo_options(ds.image_shape, scale, mask_size),
+              iterations=iterations, batch_size=2, optimizer='adamw', lr=2e-3, warmup=warmup, seed=seed,
               val_every=10 ** 9, checkpoint_every=10 ** 9, progress=progress, device=device)
     return Path(r['checkpoint']), r['log']
 
@@ -118,29 +155,33 @@ def cellpose_predictor(model, diameter='auto', device: str = 'auto') -> Predicto
     if isinstance(model, (str, os.PathLike)):
         src = str(model); model = cpose.load_model(_existing(model, 'Cellpose model'), gpu=gpu)
     if diameter == 'auto': diameter = 'size_model' if model.size is not None else None
-    fn = lambda image: cpose.predict(model, [image], diameter=diameter)[0]
+    def fn(image):
+        with quiet_library_warnings(): return cpose.predict(model, [image], diameter=diameter)[0]
     return Predictor('cellpose', fn, src, model)
 
 # %% ../nbs/80_pipeline.ipynb 15
 CELLPOSE_DEMO = dict(bsize=96, nimg_per_epoch=16, diam_mean=17., learning_rate=0.005, batch_size=8)
 
-def train_cellpose_demo(ds, train_ids, out_dir, epochs, device='cpu', size_epochs: int = 5):
+def train_cellpose_demo(ds, train_ids, out_dir, epochs, device='cpu', size_epochs: int = 5, seed: int = 0):
     """Train the demo's Cellpose (from scratch, `CELLPOSE_DEMO`: 96 px crops, 16 crops per epoch, cells seen at
-    17 px) and its SizeModel on `train_ids` of `ds`; returns the model path."""
+    17 px) and its SizeModel on `train_ids` of `ds` (generators seeded with `seed`); returns the model path."""
     from cellseg_nb import cpose
     gpu = resolve_device(device).startswith('cuda')
     s = dict(CELLPOSE_DEMO, bsize=min(CELLPOSE_DEMO['bsize'], *ds.image_shape))
-    path = cpose.train_cellpose(ds, out_dir, ids=train_ids, n_epochs=epochs, gpu=gpu, **s)
-    cpose.train_size_model(path, ds, ids=train_ids, n_epochs=size_epochs, bsize=s['bsize'], gpu=gpu)
+    with quiet_library_warnings():
+        path = cpose.train_cellpose(ds, out_dir, ids=train_ids, n_epochs=epochs, gpu=gpu, seed=seed, **s)
+        with deterministic(seed):
+            cpose.train_size_model(path, ds, ids=train_ids, n_epochs=size_epochs, bsize=s['bsize'], gpu=gpu)
     return Path(path)
 
-def _train_cellpose_job(root, train_ids, out_dir, epochs, size_epochs, device, threads):
-    "`train_cellpose_demo` in a worker process: returns (model path, seconds)."
+def _train_cellpose_job(root, train_ids, out_dir, epochs, size_epochs, device, threads, seed=0):
+    "`train_cellpose_demo` in a worker process (fixed thread count, deterministic kernels): returns (model path, seconds)."
     import torch
     from cellseg_nb.data import SartoriusData
     torch.set_num_threads(threads)
     t0 = time.time()
-    path = train_cellpose_demo(SartoriusData(root), train_ids, out_dir, epochs, device, size_epochs)
+    with deterministic(seed):
+        path = train_cellpose_demo(SartoriusData(root), train_ids, out_dir, epochs, device, size_epochs, seed)
     return path, time.time() - t0
 
 def ensemble_predictor(predictors: list, weights=None, iou_threshold: float = 0.5, vote: float = 0.5) -> Predictor:
@@ -167,12 +208,21 @@ def run_demo(out='cellseg_out/demo', n_images: int = DEMO_SETTINGS['n_images'],
              image_shape=DEMO_SETTINGS['image_shape'], n_folds: int = DEMO_SETTINGS['n_folds'],
              maskrcnn_iters: int = DEMO_SETTINGS['maskrcnn_iters'],
              maskrcnn_backbone: str = DEMO_SETTINGS['maskrcnn_backbone'],
+             maskrcnn_scale: float = DEMO_SETTINGS['maskrcnn_scale'],
+             maskrcnn_mask_size: int = DEMO_SETTINGS['maskrcnn_mask_size'],
+             maskrcnn_warmup: int = DEMO_SETTINGS['maskrcnn_warmup'],
              cellpose_epochs: int = DEMO_SETTINGS['cellpose_epochs'],
              cellpose_size_epochs: int = DEMO_SETTINGS['cellpose_size_epochs'], tta: bool = DEMO_SETTINGS['tta'],
              seed: int = DEMO_SETTINGS['seed'], device: str = 'auto', models=('maskrcnn', 'cellpose'),
              progress: bool = True) -> dict:
     """The demo (see above). Writes into `out`: `data/`, `models/`, `predictions/`, `postprocess.yaml`,
-    `submission.csv`, `results.csv`, `figures/*.png`, `report.md`. Returns a dict with the tables, paths, timings."""
+    `submission.csv`, `results.csv`, `figures/*.png`, `report.md`. Returns a dict with the tables, paths, timings.
+    Runs inside `deterministic(seed)`: the same settings, seed and machine (thread count) give the same files."""
+    args = dict(locals())
+    with deterministic(seed): return _run_demo(**args)
+
+def _run_demo(out, n_images, image_shape, n_folds, maskrcnn_iters, maskrcnn_backbone, maskrcnn_scale, maskrcnn_mask_size,
+              maskrcnn_warmup, cellpose_epochs, cellpose_size_epochs, tta, seed, device, models, progress) -> dict:
     import torch
     from cellseg_nb.synth import make_competition
     from cellseg_nb.data import SartoriusData
@@ -210,13 +260,13 @@ def run_demo(out='cellseg_out/demo', n_images: int = DEMO_SETTINGS['n_images'],
         pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'))
         threads = max(1, (os.cpu_count() or 2) // 2)
         job = pool.submit(_train_cellpose_job, str(out / 'data'), train_ids, str(out / 'models' / 'cellpose'),
-                          cellpose_epochs, cellpose_size_epochs, device, threads)
+                          cellpose_epochs, cellpose_size_epochs, device, threads, seed)
         torch.set_num_threads(threads)
         _log(f"training Mask R-CNN here and Cellpose in a second process ({threads} thread(s) each)")
     if 'maskrcnn' in models:
         t0 = time.time()
         ckpt, _ = train_maskrcnn_demo(ds, train_ids, out / 'models' / 'maskrcnn', maskrcnn_iters, maskrcnn_backbone,
-                                      device, progress)
+                                      device, progress, maskrcnn_scale, maskrcnn_mask_size, maskrcnn_warmup, seed)
         predictors['maskrcnn'] = maskrcnn_predictor(ckpt, device=device)
         times['train maskrcnn'] = time.time() - t0
         _log(f"Mask R-CNN ({maskrcnn_backbone} FPN): {maskrcnn_iters} iterations -> {ckpt}", t0)
@@ -226,7 +276,7 @@ def run_demo(out='cellseg_out/demo', n_images: int = DEMO_SETTINGS['n_images'],
             cp, secs = job.result(); pool.shutdown()
             if device == 'cpu': torch.set_num_threads(max(1, os.cpu_count() or 1))
         else:
-            cp = train_cellpose_demo(ds, train_ids, out / 'models' / 'cellpose', cellpose_epochs, device, cellpose_size_epochs)
+            cp = train_cellpose_demo(ds, train_ids, out / 'models' / 'cellpose', cellpose_epochs, device, cellpose_size_epochs, seed)
             secs = time.time() - t0
         predictors['cellpose'] = cellpose_predictor(cp, device=device)
         times['train cellpose'] = secs
@@ -274,7 +324,7 @@ def run_demo(out='cellseg_out/demo', n_images: int = DEMO_SETTINGS['n_images'],
     per_type = per_type_table({k: v.summary for k, v in evals.items()})
     model_names = [n for n in predictors if n != 'baseline']
     best_name = max(model_names, key=lambda n: evals[n].summary.loc['overall', 'mAP'])
-    summary.to_csv(out / 'results.csv')
+    tmp = out / 'results.csv.tmp'; summary.to_csv(tmp); os.replace(tmp, out / 'results.csv')
     times['evaluate'] = time.time() - t0
     _log(f"evaluated on {len(test_ids)} test images; best: {best_name} "
          f"(mAP {evals[best_name].summary.loc['overall', 'mAP']:.3f})", t0)
@@ -294,6 +344,8 @@ def run_demo(out='cellseg_out/demo', n_images: int = DEMO_SETTINGS['n_images'],
                best=best_name, submission=sub, times=times,
                settings=dict(n_images=n_images, image_shape=tuple(image_shape), n_folds=n_folds,
                              maskrcnn_iters=maskrcnn_iters, maskrcnn_backbone=maskrcnn_backbone,
+                             maskrcnn_scale=maskrcnn_scale, maskrcnn_mask_size=maskrcnn_mask_size,
+                             maskrcnn_warmup=maskrcnn_warmup,
                              cellpose_epochs=cellpose_epochs, cellpose_size_epochs=cellpose_size_epochs, tta=tta, seed=seed, device=device,
                              threads=torch.get_num_threads()))
     times['total'] = time.time() - t_start
@@ -372,3 +424,34 @@ def write_report(res: dict) -> Path:
     tmp = out / 'report.md.tmp'; tmp.write_text('\n'.join(L)); os.replace(tmp, path)
     res['figures'] = paths
     return path
+
+# %% ../nbs/80_pipeline.ipynb 19
+MODEL_LABELS = {
+    'maskrcnn (default settings)': 'Mask R-CNN, default post-processing', 'maskrcnn': 'Mask R-CNN, tuned per type',
+    'cellpose (default settings)': 'Cellpose + SizeModel, default', 'cellpose': 'Cellpose + SizeModel, tuned per type',
+    'ensemble (default settings)': 'Ensemble (mask vote), default', 'ensemble': 'Ensemble (mask vote), tuned per type',
+    'baseline (Otsu, true cell type)': 'Classical baseline (Otsu + components, true cell type)'}
+
+def results_wide(results) -> pd.DataFrame:
+    """A demo's `results.csv` (path or its DataFrame: columns model, group, AP@0.5, AP@0.75, AP@0.9, mAP) as one
+    row per model: AP@0.5, AP@0.75, AP@0.9 and mAP over all test images, then `mAP <cell type>` per type."""
+    df = pd.read_csv(results) if isinstance(results, (str, os.PathLike)) else results.reset_index()
+    need = {'model', 'group', 'AP@0.5', 'AP@0.75', 'AP@0.9', 'mAP'}
+    if not need <= set(df.columns): raise ValueError(f"{results if isinstance(results, (str, os.PathLike)) else 'results'}: "
+                                                    f"columns {sorted(need - set(df.columns))} missing")
+    models = list(dict.fromkeys(df.model))
+    overall = df[df.group == 'overall'].set_index('model').loc[models, ['AP@0.5', 'AP@0.75', 'AP@0.9', 'mAP']]
+    types = [g for g in dict.fromkeys(df.group) if g != 'overall']
+    per_type = df[df.group != 'overall'].pivot(index='model', columns='group', values='mAP').reindex(index=models, columns=types)
+    return pd.concat([overall, per_type.add_prefix('mAP ')], axis=1)
+
+def results_markdown(results, labels: dict = MODEL_LABELS) -> str:
+    "The README's demo table (Markdown) from a demo's `results.csv`; rows named by `labels`, the tuned mAP in bold."
+    w = results_wide(results).rename_axis('model (synthetic data)')
+    md = markdown_table(w.rename(index=lambda m: labels.get(m, m)))
+    for m in w.index:                 # bold the headline numbers: mAP of each model with its tuned settings
+        if '(default settings)' in m or m.startswith('baseline'): continue
+        v = f"{w.loc[m, 'mAP']:.3f}"
+        md = md.replace(f"| {labels.get(m, m)} | {w.loc[m, 'AP@0.5']:.3f} | {w.loc[m, 'AP@0.75']:.3f} | {w.loc[m, 'AP@0.9']:.3f} | {v} |",
+                        f"| {labels.get(m, m)} | {w.loc[m, 'AP@0.5']:.3f} | {w.loc[m, 'AP@0.75']:.3f} | {w.loc[m, 'AP@0.9']:.3f} | **{v}** |")
+    return md
