@@ -50,12 +50,32 @@ def md_cell(text): return dict(cell_type='markdown', metadata={}, source=text)
 
 def doc_markdown(obj, name, level=3):
     "Signature and docstring of `obj`, as nbdev's show_doc gives them, in Markdown."
-    try: sig = str(inspect.signature(obj))
+    try:
+        sig = inspect.signature(obj)
+        ps = list(sig.parameters.values())
+        if ps and ps[0].name in ('self', 'cls'): sig = sig.replace(parameters=ps[1:])   # as show_doc shows methods
+        sig = str(sig)
     except (TypeError, ValueError): sig = '(...)'
     kind = 'class ' if inspect.isclass(obj) else ''
     doc = inspect.getdoc(obj) or ''
     if inspect.isclass(obj) and doc == inspect.getdoc(object): doc = ''
     return f"{'#' * level} {name}\n\n```python\n{kind}{name.split('.')[-1]}{sig}\n```\n\n{doc}".rstrip() + '\n'
+
+
+def _member(cls, name):
+    "The function behind `cls.name` (a method, classmethod, staticmethod or property)."
+    a = inspect.getattr_static(cls, name)
+    if isinstance(a, property): return a.fget
+    b = getattr(cls, name)
+    return getattr(b, '__func__', b)
+
+
+def _patched_class(node, module):
+    "The class a `@patch`-decorated function is attached to (its first argument's annotation), else None."
+    decos = [ast.unparse(d) for d in getattr(node, 'decorator_list', [])]
+    if not any(d == 'patch' or d.startswith('patch(') for d in decos) or not node.args.args: return None
+    ann = node.args.args[0].annotation
+    return getattr(module, ast.unparse(ann).strip("'\""), None) if ann is not None else None
 
 
 def exported_docs(src, module):
@@ -66,6 +86,9 @@ def exported_docs(src, module):
     for node in tree.body:
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or node.name.startswith('_'):
             continue
+        patched = _patched_class(node, module)
+        if patched is not None:                        # a method attached with fastcore's @patch: Class.name
+            out.append(doc_markdown(_member(patched, node.name), f'{patched.__name__}.{node.name}', 4)); continue
         obj = getattr(module, node.name, None)
         if obj is None: continue
         out.append(doc_markdown(obj, node.name))
@@ -134,7 +157,8 @@ def execute(args):
     except Exception as e: raise RuntimeError(f"{src.name}: a cell failed while building the docs:\n{shell.prettytb(fname=src)}") from e
     finally: os.chdir(cwd)
     write_nb(nb, dst)
-    return src.stem, time.time() - t
+    import resource; r = resource.getrusage(resource.RUSAGE_SELF)
+    return src.stem, time.time() - t, r.ru_utime + r.ru_stime
 
 
 def mkdocs_yml(pages):
@@ -162,7 +186,7 @@ def main():
     import multiprocessing as mp      # a fresh process per notebook (IPython's shell takes over __main__)
     with ProcessPoolExecutor(int(os.environ.get('DOCS_JOBS', 2)), mp_context=mp.get_context('spawn'),
                              max_tasks_per_child=1) as ex:
-        for name, dt in ex.map(execute, todo): print(f"executed {name} in {dt:.0f} s", flush=True)
+        for name, dt, cpu in ex.map(execute, todo): print(f"executed {name} in {dt:.0f} s ({cpu:.0f} s CPU)", flush=True)
     (BUILD / 'mkdocs.yml').write_text(mkdocs_yml(pages))
     subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '--strict', '-q', '-f', str(BUILD / 'mkdocs.yml')], check=True,
                    env={**os.environ, 'NO_MKDOCS_2_WARNING': '1'})
