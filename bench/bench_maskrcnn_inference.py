@@ -8,7 +8,7 @@ millisecond; peak memory = highest sample (and ru_maxrss) minus RSS before the c
 median of `--repeats` runs in that child. Prints both figures and the ratios torchvision / ours.
 
     python bench/bench_maskrcnn_inference.py [--backbone resnet50] [--threads 2] [--repeats 1]
-    python bench/bench_maskrcnn_inference.py --check    # CI: resnet18, a 256 x 256 image, 300 detections, ~40 s CPU
+    python bench/bench_maskrcnn_inference.py --check    # CI: resnet18, one thread, a 256 x 256 image, 300 detections
 
 Both paths' cells are compared pixel for pixel (each detection's mask > 0.5, in score order). `--check` asserts
 that, and that ours is no slower (time ratio torchvision / ours >= 0.8) and uses less peak memory (>= 2x).
@@ -66,7 +66,7 @@ def main():
     ap.add_argument('--repeats', type=int, default=1); ap.add_argument('--child')
     ap.add_argument('--check', action='store_true', help='small CI run: assert identical cells and the bounds')
     a = ap.parse_args()
-    if a.check and not a.child: a.backbone = 'resnet18'
+    if a.check and not a.child: a.backbone, a.threads = 'resnet18', 1
     if a.child: return child(a.child, a.backbone, a.threads, a.repeats, a.check)
     import tempfile
     tmp = tempfile.mkdtemp(prefix='bench_mrcnn_')

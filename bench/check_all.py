@@ -3,7 +3,9 @@
 The rule: every `bench/bench_*.py` whose source mentions `--check` is run as `python bench/bench_X.py --check`,
 except a file holding the line `# not in CI` (a check that trains models for minutes, run by hand). Each check
 asserts identical outputs between ours and the peer and its ratio bound, and exits non-zero when one is missed.
-Prints each check's wall and CPU time, and exits 1 if any check failed.
+Prints each check's wall and CPU time, and exits 1 if any check failed. `-j N` (default 2) runs N checks at a
+time: each check times single-threaded work in CPU time (or, for Mask R-CNN, one torch thread), so checks on
+separate cores do not disturb each other's ratios much.
 """
 import os, resource, subprocess, sys, time
 from pathlib import Path
@@ -28,24 +30,37 @@ def cpu_children():
     r = resource.getrusage(resource.RUSAGE_CHILDREN); return r.ru_utime + r.ru_stime
 
 
-def main(names=()):
+def run_one(p, env):
+    "Run one check; returns (path, CompletedProcess, wall seconds)."
+    t = time.time()
+    r = subprocess.Popen([sys.executable, str(p), '--check'], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    out, err = r.communicate()
+    return p, subprocess.CompletedProcess(r.args, r.returncode, out, err), time.time() - t
+
+
+def main(names=(), jobs=2):
     env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'PYTHONPATH': os.pathsep.join(
         [str(BENCH.parent)] + ([os.environ['PYTHONPATH']] if os.environ.get('PYTHONPATH') else []))}
     failed, t_all = [], time.time()
     todo = checks(names)
-    for p in todo:
-        t, c = time.time(), cpu_children()
-        r = subprocess.run([sys.executable, str(p), '--check'], env=env, capture_output=True, text=True)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(jobs) as ex:
+        results = list(ex.map(lambda p: run_one(p, env), todo))
+    for p, r, wall in results:
         lines = [l for l in r.stdout.splitlines() if l.startswith(('OK', 'MISSED'))]
-        print(f"{'passed' if r.returncode == 0 else 'FAILED'} {p.name} --check: {time.time() - t:.0f} s wall, "
-              f"{cpu_children() - c:.0f} s CPU", flush=True)
+        print(f"{'passed' if r.returncode == 0 else 'FAILED'} {p.name} --check: {wall:.0f} s wall", flush=True)
         for l in lines: print('    ' + l)
         if r.returncode:
             failed.append(p.name)
             print(r.stdout[-3000:] + r.stderr[-3000:])
-    print(f"bench checks: {len(todo) - len(failed)} passed, {len(failed)} failed in {time.time() - t_all:.0f} s")
+    print(f"bench checks: {len(todo) - len(failed)} passed, {len(failed)} failed in {time.time() - t_all:.0f} s wall, "
+          f"{cpu_children():.0f} s CPU")
     if failed: sys.exit(1)
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    import argparse
+    ap = argparse.ArgumentParser(); ap.add_argument('names', nargs='*'); ap.add_argument('-j', '--jobs', type=int, default=2)
+    a = ap.parse_args()
+    main(a.names, a.jobs)
