@@ -124,6 +124,8 @@ def prepare(nb_path: Path):
     out = []
     for c in cells:
         src = _src(c)
+        if c['cell_type'] == 'markdown' and mod and src.startswith(f'# {mod[0]}\n'):
+            src = f'# cellseg_nb.{mod[0]}' + src[len(mod[0]) + 2:]     # the module's page title (and a unique anchor)
         if c['cell_type'] == 'markdown':
             out.append(md_cell(fix_links(src))); continue
         if c['cell_type'] != 'code': continue
@@ -146,7 +148,6 @@ def execute(args):
     "Execute the prepared notebook `dst` (made from `src`) in place, in `src`'s folder, as nbdev_test does."
     src, dst = map(Path, args)
     os.environ['IN_TEST'] = '1'
-    import matplotlib; matplotlib.use('Agg')
     from execnb.nbio import read_nb, write_nb
     from execnb.shell import CaptureShell
     nb = read_nb(dst)
@@ -163,8 +164,8 @@ def execute(args):
 
 def mkdocs_yml(pages):
     "mkdocs.yml for the build: the committed base config plus the navigation."
-    lib = [p for p in pages if p[:2].isdigit() and int(p[:2]) < 20]
-    flow = [p for p in pages if p[:2].isdigit() and int(p[:2]) >= 20]
+    flow = [p for p in pages if p[:2].isdigit() and 20 <= int(p[:2]) < 80]       # the workflow notebooks 20-24
+    lib = [p for p in pages if p not in flow]                                      # library: 00-19, 80 pipeline, 90 cli
     nav = ['  - Home: index.md', '  - Facts: facts.md', '  - Library:'] + [f'    - {p}: {p}.ipynb' for p in lib]
     nav += ['  - Workflow:'] + [f'    - {p}: {p}.ipynb' for p in flow]
     base = (Path(__file__).parent / 'mkdocs.base.yml').read_text()

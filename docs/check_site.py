@@ -68,8 +68,9 @@ def check_links(site: Path) -> list:
 
 def serve(folder: Path):
     "Serve `folder` on a free localhost port in a thread; returns (server, base URL)."
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *a, **k: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args): pass
+    handler = functools.partial(Quiet, directory=str(folder))
     srv = socketserver.ThreadingTCPServer(('127.0.0.1', 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv, f"http://127.0.0.1:{srv.server_address[1]}/"
