@@ -140,8 +140,27 @@ def prepare(nb_path: Path):
         if skip: out.append(md_cell(f"*Not run in the docs build (`{'`, `'.join(skip)}`).*"))
         if module is not None and ('export' in d or 'exports' in d):
             out.extend(md_cell(m) for m in exported_docs(src, module))
-    nb['cells'] = out
+    nb['cells'] = _unique_headings(out)
     return nb
+
+
+def _unique_headings(cells):
+    """Headings whose anchor repeats an earlier one get ' API' (API docs) or ' 2' appended: mkdocs-jupyter's
+    table of contents numbers repeated anchors (`train_1`) while nbconvert's heading ids do not."""
+    seen = set()
+    slug = lambda t: re.sub(r'[^\w]+', '-', t.strip().lower()).strip('-')
+    for c in cells:
+        if c['cell_type'] != 'markdown': continue
+        lines, fence = c['source'].split('\n'), False
+        for i, l in enumerate(lines):
+            if l.lstrip().startswith('```'): fence = not fence
+            m = None if fence else re.match(r'(#{1,6}) (.*)$', l)
+            if not m: continue
+            text = m.group(2)
+            while slug(text) in seen: text += ' API' if m.group(1) in ('###', '####') and not text.endswith(' API') else ' 2'
+            seen.add(slug(text)); lines[i] = f'{m.group(1)} {text}'
+        c['source'] = '\n'.join(lines)
+    return cells
 
 
 def execute(args):

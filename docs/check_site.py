@@ -24,7 +24,13 @@ window.addEventListener('load', function () {
   var bad = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).map(function (i) { return i.src.slice(0, 80); });
   var figs = imgs.filter(function (i) { return i.closest('.jp-OutputArea, .jp-RenderedImage, .output_png') && i.naturalWidth > 50; });
   document.body.setAttribute('data-imgcheck', JSON.stringify({n: imgs.length, figures: figs.length, bad: bad}));
-  if (location.search.indexOf('shot') >= 0 && figs.length) figs[0].scrollIntoView({block: 'start'});
+  if (location.search.indexOf('shot') >= 0 && figs.length) {   // screenshot: hide the cells above the first figure's
+    var cell = figs[0].closest('.jp-Cell');                       // code cell (but the title), so it shows on screen
+    document.querySelectorAll('.jp-Cell').forEach(function (c) {
+      if (c !== cell && !c.contains(cell) && !c.querySelector('h1') &&
+          (c.compareDocumentPosition(cell) & Node.DOCUMENT_POSITION_FOLLOWING)) c.style.display = 'none';
+    });
+  }
 });
 </script>"""
 
