@@ -1,4 +1,4 @@
-"""Build the documentation site from the notebooks: `python docs/build.py` -> build/site/ (about 3 minutes on 2 cores).
+"""Build the documentation site from the notebooks: `python docs/build.py` -> build/site/ (about 3.5 CPU-minutes).
 
 Needs the `[docs]` extra (`pip install -c constraints.txt -e ".[dev,docs]"`): mkdocs-material renders the pages,
 mkdocs-jupyter renders the notebooks with their outputs. Steps:
@@ -9,7 +9,8 @@ mkdocs-jupyter renders the notebooks with their outputs. Steps:
    tables are the point) are executed, as `nbdev_test` runs them (cells flagged slow / gpu / notest skipped, each
    notebook in its own process, two at a time); the library notebooks are their tests, already run by
    `nbdev_test`, and are shown as source. Executing at build time keeps the committed notebooks output-free (small
-   diffs, no stale figures) and costs about two minutes of CI on two cores;
+   diffs, no stale figures, no merge conflicts in outputs) and costs about three CPU-minutes, 1.5-2 minutes of CI
+   on two cores;
 3. `nbs/index.ipynb` (the README's source) becomes the home page and `docs/facts.md` the facts page;
 4. `mkdocs build --strict` writes `build/site/` (plain .html files, so the site also opens from disk).
 Prints the build time and the number of pages.

@@ -55,3 +55,11 @@ def test_every_speed_benchmark_runs_in_ci():
         src = p.read_text()
         marked = any(l.strip() == '# not in CI' for l in src.splitlines())
         assert (p.name in names) == ("'--check'" in src and not marked), p.name
+
+
+def test_repeated_headings_get_unique_anchors():
+    import build
+    cells = [dict(cell_type='markdown', source='# m\n## train'), dict(cell_type='code', source='## x'),
+             dict(cell_type='markdown', source='### train\n```\n## train\n```\n## train')]
+    out = build._unique_headings(cells)
+    assert out[2]['source'] == '### train API\n```\n## train\n```\n## train 2' and out[1]['source'] == '## x'
