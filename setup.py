@@ -19,6 +19,7 @@ py_versions = '3.9 3.10 3.11 3.12'.split()
 
 requirements = cfg.get('requirements', '').split()
 dev_requirements = (cfg.get('dev_requirements') or '').split()
+docs_requirements = (cfg.get('docs_requirements') or '').split()   # the documentation site (docs/build.py)
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 min_python = cfg['min_python']
 min_idx = [tuple(map(int, v.split('.'))) for v in py_versions].index(tuple(map(int, min_python.split('.'))))
@@ -35,7 +36,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['cellseg_nb', 'cellseg_nb.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'docs': docs_requirements},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),

@@ -81,3 +81,35 @@ def race(funcs: dict, rounds=7, min_time=0.02, clock='wall'):
             cpu[k] = min(cpu[k], (time.process_time() - c) / number[k])
     if clock == 'both': return {k: (wall[k], cpu[k]) for k in funcs}
     return cpu if clock == 'cpu' else wall
+
+
+# --- output files and bounds shared by every benchmark ---------------------------------------------------------
+RESULTS = __import__('pathlib').Path(__file__).resolve().parent / 'results'
+
+
+def save_results(name, rows, meta=None):
+    """Write a full run's rows (list of dicts) to `bench/results/<name>.json` (temp name, then rename): the README's
+    benchmark table is made from these files by `python bench/table.py`. `--check` runs write nothing."""
+    import json, os, platform
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f'{name}.json'
+    tmp = out.with_suffix('.json.tmp')
+    doc = dict(benchmark=name, machine=dict(cpus=os.cpu_count(), python=platform.python_version()),
+               meta=meta or {}, rows=rows)
+    tmp.write_text(json.dumps(doc, indent=1, default=float) + '\n')
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+
+
+def check_bound(what, ratio, bound):
+    "Assert that `ratio` (peer time / our time, larger is better) is at least `bound`; print the outcome either way."
+    ok = ratio >= bound
+    print(f"{'OK    ' if ok else 'MISSED'} {what}: {ratio:.2f}x (bound >= {bound}x)")
+    assert ok, f"{what}: ratio {ratio:.2f}x is below its bound {bound}x"
+
+
+def check_at_most(what, ratio, bound):
+    "Assert that `ratio` (our time / peer time, smaller is better) is at most `bound`; print the outcome either way."
+    ok = ratio <= bound
+    print(f"{'OK    ' if ok else 'MISSED'} {what}: {ratio:.3f} (bound <= {bound})")
+    assert ok, f"{what}: ratio {ratio:.3f} is above its bound {bound}"

@@ -5,6 +5,7 @@
 # %% ../nbs/00_instances.ipynb 3
 from __future__ import annotations
 import numpy as np
+from fastcore.basics import patch
 from .rle import (parse_rles, format_rles, canonical_runs, runs_to_pixels, pixels_to_runs,
                             coco_rle_runs, to_coco_rle)
 
@@ -25,7 +26,7 @@ def _opt(x, n, dtype, name):
     if x.shape != (n,): raise ValueError(f"`{name}` has shape {x.shape}, expected ({n},)")
     return x
 
-# %% ../nbs/00_instances.ipynb 7
+# %% ../nbs/00_instances.ipynb 8
 class Instances:
     """N cell masks on one (H, W) image as canonical row-major runs.
 
@@ -41,148 +42,12 @@ class Instances:
         self.scores, self.labels = _opt(scores, n, np.float32, 'scores'), _opt(labels, n, np.int64, 'labels')
         self.meta = dict(meta or {})
 
-    # ---- constructors ---------------------------------------------------------------------------
-    @classmethod
-    def empty(cls, shape=(520, 704), scores=False, labels=False):
-        "A set of no instances (with empty `scores`/`labels` arrays when asked)."
-        z = np.zeros(0, np.int64)
-        return cls(z, z, [0], shape, scores=z if scores else None, labels=z if labels else None, canonical=True)
-
-    @classmethod
-    def from_rles(cls, rles, shape=(520, 704), scores=None, labels=None, ids=None, meta=None):
-        "From N Sartorius RLE strings (row-major, 1-indexed); `ids` name the annotations in errors."
-        s, l, ro = parse_rles(list(rles), shape, ids=ids)
-        return cls(s, l, ro, shape, scores, labels, meta, canonical=True)
-
-    @classmethod
-    def from_pixels(cls, pixels, offsets, shape=(520, 704), scores=None, labels=None, meta=None, sorted=False):
-        """From flat row-major pixel indices (P,) grouped by instance with `offsets` (N+1,).
-        Within an instance pixels must be unique; pass `sorted=True` when they are also ascending."""
-        pixels, offsets = np.asarray(pixels, np.int64), np.asarray(offsets, np.int64)
-        n = len(offsets) - 1
-        owner = np.repeat(np.arange(n), np.diff(offsets))
-        if not sorted:
-            order = np.lexsort((pixels, owner)); pixels = pixels[order]
-        brk = np.ones(len(pixels), bool)
-        if len(pixels): brk[1:] = (np.diff(pixels) != 1) | (owner[1:] != owner[:-1])
-        first = np.flatnonzero(brk)
-        last = np.concatenate([first[1:], [len(pixels)]])
-        counts = np.bincount(owner[first], minlength=n) if len(first) else np.zeros(n, np.int64)
-        return cls(pixels[first], last - first, np.concatenate([[0], np.cumsum(counts)]), shape, scores, labels,
-                   meta, canonical=True)
-
-    @classmethod
-    def from_label_image(cls, label_image, scores=None, labels=None, meta=None):
-        """From an integer label image (H, W): one instance per non-zero id, in ascending id order (ids need not
-        be 1..N). The ids are kept in `meta['label_ids']`. Works on runs of equal value along the row-major
-        pixels, so the cost beyond one pass over the image grows with the run count, not the pixel count."""
-        lab = np.asarray(label_image)
-        if lab.ndim != 2: raise ValueError(f"label image must be 2-D, got shape {lab.shape}")
-        flat = lab.ravel()
-        if flat.size == 0: return cls.empty(lab.shape).with_(meta={**(meta or {}), 'label_ids': flat[:0]})
-        chg = np.flatnonzero(flat[1:] != flat[:-1]) + 1                  # maximal runs of one value
-        starts = np.concatenate([[0], chg]); ends = np.concatenate([chg, [flat.size]])
-        vals = flat[starts]
-        nz = vals != 0
-        starts, lengths, vals = starts[nz], (ends - starts)[nz], vals[nz]
-        order = np.argsort(vals, kind='stable')                          # group by id, keep row-major order
-        starts, lengths, vals = starts[order], lengths[order], vals[order]
-        first = np.flatnonzero(np.concatenate([[True], vals[1:] != vals[:-1]])) if len(vals) else np.zeros(0, np.int64)
-        meta = {**(meta or {}), 'label_ids': vals[first]}
-        return cls(starts, lengths, np.concatenate([first, [len(vals)]]), lab.shape, scores, labels, meta,
-                   canonical=True)
-
-    @classmethod
-    def from_masks(cls, masks, scores=None, labels=None, meta=None):
-        "From a bool (N, H, W) stack."
-        masks = np.asarray(masks)
-        if masks.ndim != 3: raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
-        n, h, w = masks.shape
-        own, pix = np.nonzero(masks.reshape(n, h * w))
-        offsets = np.concatenate([[0], np.cumsum(np.bincount(own, minlength=n))])
-        return cls.from_pixels(pix, offsets, (h, w), scores, labels, meta, sorted=True)
-
-    @classmethod
-    def from_coco(cls, segmentations, shape, scores=None, labels=None, meta=None):
-        """From N COCO segmentations of one image: polygons (list of flat xy lists) or RLE dicts (compressed or
-        not), rasterized by pycocotools exactly as COCO evaluation does."""
-        from pycocotools import mask as mask_util
-        h, w = shape
-        runs = []
-        for seg in segmentations:
-            if isinstance(seg, list): seg = mask_util.merge(mask_util.frPyObjects(seg, h, w)) if len(seg) else \
-                {'size': [h, w], 'counts': [h * w]}
-            elif isinstance(seg.get('counts'), list): seg = mask_util.frPyObjects(seg, h, w)
-            s, l, _ = coco_rle_runs(seg)
-            runs.append((s, l))
-        counts = [len(s) for s, _ in runs]
-        s = np.concatenate([r[0] for r in runs]) if runs else np.zeros(0, np.int64)
-        l = np.concatenate([r[1] for r in runs]) if runs else np.zeros(0, np.int64)
-        return cls(s, l, np.concatenate([[0], np.cumsum(counts)]), shape, scores, labels, meta, canonical=True)
-
-    # ---- basic views ----------------------------------------------------------------------------
     def __len__(self): return len(self.run_offsets) - 1
-    @property
-    def n_pixels(self) -> int: return int(self.lengths.sum(dtype=np.int64))
     def __repr__(self):
         extra = ''.join(f', {k}' for k in ('scores', 'labels') if getattr(self, k) is not None)
         return f"Instances(n={len(self)}, shape={self.shape}, pixels={self.n_pixels}{extra})"
-
-    @property
-    def areas(self) -> np.ndarray:
-        "Pixel count per instance, int64 (N,)."
-        cl = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
-        return cl[self.run_offsets[1:]] - cl[self.run_offsets[:-1]]
-
-    @property
-    def run_owner(self) -> np.ndarray:
-        "Instance index of every run, int64 (R,)."
-        return np.repeat(np.arange(len(self)), np.diff(self.run_offsets))
-
-    def pixels(self):
-        "Flat row-major pixel indices of all instances, int64 (P,), grouped by instance and ascending within one."
-        return runs_to_pixels(self.starts, self.lengths)
-
-    def pixel_owner(self) -> np.ndarray:
-        "Instance index of every pixel of `pixels()`, int64 (P,)."
-        return np.repeat(np.arange(len(self)), self.areas)
-
-    @property
-    def boxes(self) -> np.ndarray:
-        "Boxes `(x0, y0, x1, y1)` float32 (N, 4), pixel edges (`x1` = max column + 1); zeros for empty masks."
-        h, w = self.shape
-        s = self.starts.astype(np.int64); e = s + self.lengths - 1
-        r0, r1 = s // w, e // w
-        wraps = r1 > r0
-        x0 = np.where(wraps, 0, s % w); x1 = np.where(wraps, w - 1, e % w)
-        out = np.zeros((len(self), 4), np.float32)
-        nz = np.flatnonzero(np.diff(self.run_offsets) > 0)
-        if len(nz):
-            idx = self.run_offsets[nz]
-            out[nz, 0] = np.minimum.reduceat(x0, idx)[:len(nz)] if len(idx) else 0
-            out[nz, 1] = r0[idx]
-            out[nz, 2] = np.maximum.reduceat(x1, idx)[:len(nz)] + 1
-            out[nz, 3] = r1[self.run_offsets[nz + 1] - 1] + 1
-        return out
-
-    # ---- selection and combination --------------------------------------------------------------
-    def select(self, idx) -> 'Instances':
-        "Subset by int indices, a bool mask (N,) or a slice; order follows `idx`."
-        idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx)
-        if idx.dtype == bool:
-            if idx.shape != (len(self),): raise ValueError(f"bool index of shape {idx.shape} for {len(self)} instances")
-            idx = np.flatnonzero(idx)
-        idx = idx.astype(np.int64).reshape(-1)
-        ro = self.run_offsets
-        runs = _ranges(ro[idx], ro[idx + 1])
-        counts = ro[idx + 1] - ro[idx]
-        pick = lambda x: None if x is None else x[idx]
-        return Instances(self.starts[runs], self.lengths[runs], np.concatenate([[0], np.cumsum(counts)]), self.shape,
-                         pick(self.scores), pick(self.labels), self.meta, canonical=True)
-
     def __getitem__(self, idx):
         return self.select([idx] if isinstance(idx, (int, np.integer)) else idx)
-
     @staticmethod
     def concat(items) -> 'Instances':
         "Concatenate sets on the same image shape; `scores`/`labels` are kept when every set has them."
@@ -198,94 +63,243 @@ class Instances:
                          np.concatenate([[0], np.cumsum(counts)]), shape, both('scores'), both('labels'),
                          items[0].meta, canonical=True)
 
-    def with_(self, scores=..., labels=..., meta=...) -> 'Instances':
-        "A copy sharing the runs, with `scores`, `labels` or `meta` replaced."
-        return Instances(self.starts, self.lengths, self.run_offsets, self.shape,
-                         self.scores if scores is ... else scores, self.labels if labels is ... else labels,
-                         self.meta if meta is ... else meta, canonical=True)
+# %% ../nbs/00_instances.ipynb 10
+@patch(cls_method=True)
+def empty(cls: Instances, shape=(520, 704), scores=False, labels=False):
+    "A set of no instances (with empty `scores`/`labels` arrays when asked)."
+    z = np.zeros(0, np.int64)
+    return cls(z, z, [0], shape, scores=z if scores else None, labels=z if labels else None, canonical=True)
 
-    def sort_by_score(self, descending=True) -> 'Instances':
-        "Instances ordered by score (stable); unchanged order when there are no scores."
-        if self.scores is None: return self
-        key = -self.scores.astype(np.float64) if descending else self.scores
-        return self.select(np.argsort(key, kind='stable'))
+@patch(cls_method=True)
+def from_rles(cls: Instances, rles, shape=(520, 704), scores=None, labels=None, ids=None, meta=None):
+    "From N Sartorius RLE strings (row-major, 1-indexed); `ids` name the annotations in errors."
+    s, l, ro = parse_rles(list(rles), shape, ids=ids)
+    return cls(s, l, ro, shape, scores, labels, meta, canonical=True)
 
-    # ---- other views ----------------------------------------------------------------------------
-    def to_rles(self) -> list:
-        "Canonical Sartorius RLE strings (row-major, 1-indexed, maximal ascending runs), one per instance."
-        return format_rles(self.starts.astype(np.int64), self.lengths, self.run_offsets)
+@patch(cls_method=True)
+def from_pixels(cls: Instances, pixels, offsets, shape=(520, 704), scores=None, labels=None, meta=None, sorted=False):
+    """From flat row-major pixel indices (P,) grouped by instance with `offsets` (N+1,).
+    Within an instance pixels must be unique; pass `sorted=True` when they are also ascending."""
+    pixels, offsets = np.asarray(pixels, np.int64), np.asarray(offsets, np.int64)
+    n = len(offsets) - 1
+    owner = np.repeat(np.arange(n), np.diff(offsets))
+    if not sorted:
+        order = np.lexsort((pixels, owner)); pixels = pixels[order]
+    brk = np.ones(len(pixels), bool)
+    if len(pixels): brk[1:] = (np.diff(pixels) != 1) | (owner[1:] != owner[:-1])
+    first = np.flatnonzero(brk)
+    last = np.concatenate([first[1:], [len(pixels)]])
+    counts = np.bincount(owner[first], minlength=n) if len(first) else np.zeros(n, np.int64)
+    return cls(pixels[first], last - first, np.concatenate([[0], np.cumsum(counts)]), shape, scores, labels,
+               meta, canonical=True)
 
-    def to_coco_rles(self) -> list:
-        """COCO compressed RLE dicts (column-major), one per instance, equal to `pycocotools.mask.encode`.
-        All instances at once: column-major runs are the row-major runs of the transposed image."""
-        from pycocotools import mask as mask_util
-        h, w = self.shape; n = len(self)
-        if n == 0: return []
-        p = self.pixels()
-        t = Instances.from_pixels((p % w) * h + p // w, np.concatenate([[0], np.cumsum(self.areas)]), (w, h))
-        s = t.starts.astype(np.int64); e = s + t.lengths; ro = t.run_offsets
-        nonempty = np.diff(ro) > 0
-        prev = np.concatenate([[0], e[:-1]]); prev[ro[:-1][nonempty]] = 0       # first run of a mask: gap from 0
-        pairs = np.stack([s - prev, t.lengths.astype(np.int64)], 1).ravel().tolist()
-        tail = np.full(n, h * w, np.int64); tail[nonempty] = h * w - e[ro[1:][nonempty] - 1]
-        tail, ro2 = tail.tolist(), (2 * ro).tolist()
-        objs = [{'size': [h, w], 'counts': pairs[ro2[i]:ro2[i + 1]] + ([tail[i]] if tail[i] else [])} for i in range(n)]
-        return mask_util.frPyObjects(objs, h, w)
+@patch(cls_method=True)
+def from_label_image(cls: Instances, label_image, scores=None, labels=None, meta=None):
+    """From an integer label image (H, W): one instance per non-zero id, in ascending id order (ids need not
+    be 1..N). The ids are kept in `meta['label_ids']`. Works on runs of equal value along the row-major
+    pixels, so the cost beyond one pass over the image grows with the run count, not the pixel count."""
+    lab = np.asarray(label_image)
+    if lab.ndim != 2: raise ValueError(f"label image must be 2-D, got shape {lab.shape}")
+    flat = lab.ravel()
+    if flat.size == 0: return cls.empty(lab.shape).with_(meta={**(meta or {}), 'label_ids': flat[:0]})
+    chg = np.flatnonzero(flat[1:] != flat[:-1]) + 1                  # maximal runs of one value
+    starts = np.concatenate([[0], chg]); ends = np.concatenate([chg, [flat.size]])
+    vals = flat[starts]
+    nz = vals != 0
+    starts, lengths, vals = starts[nz], (ends - starts)[nz], vals[nz]
+    order = np.argsort(vals, kind='stable')                          # group by id, keep row-major order
+    starts, lengths, vals = starts[order], lengths[order], vals[order]
+    first = np.flatnonzero(np.concatenate([[True], vals[1:] != vals[:-1]])) if len(vals) else np.zeros(0, np.int64)
+    meta = {**(meta or {}), 'label_ids': vals[first]}
+    return cls(starts, lengths, np.concatenate([first, [len(vals)]]), lab.shape, scores, labels, meta,
+               canonical=True)
 
-    def to_masks(self) -> np.ndarray:
-        "Bool (N, H, W) stack. Dense: use for small N only."
-        h, w = self.shape
-        out = np.zeros((len(self), h * w), bool)
-        out[self.pixel_owner(), self.pixels()] = True
-        return out.reshape(len(self), h, w)
+@patch(cls_method=True)
+def from_masks(cls: Instances, masks, scores=None, labels=None, meta=None):
+    "From a bool (N, H, W) stack."
+    masks = np.asarray(masks)
+    if masks.ndim != 3: raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+    n, h, w = masks.shape
+    own, pix = np.nonzero(masks.reshape(n, h * w))
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(own, minlength=n))])
+    return cls.from_pixels(pix, offsets, (h, w), scores, labels, meta, sorted=True)
 
-    def overlap_count(self) -> np.ndarray:
-        "How many instances cover each pixel: uint16 (H, W)."
-        return np.bincount(self.pixels(), minlength=self.shape[0] * self.shape[1]).astype(np.uint16).reshape(self.shape)
+@patch(cls_method=True)
+def from_coco(cls: Instances, segmentations, shape, scores=None, labels=None, meta=None):
+    """From N COCO segmentations of one image: polygons (list of flat xy lists) or RLE dicts (compressed or
+    not), rasterized by pycocotools exactly as COCO evaluation does."""
+    from pycocotools import mask as mask_util
+    h, w = shape
+    runs = []
+    for seg in segmentations:
+        if isinstance(seg, list): seg = mask_util.merge(mask_util.frPyObjects(seg, h, w)) if len(seg) else \
+            {'size': [h, w], 'counts': [h * w]}
+        elif isinstance(seg.get('counts'), list): seg = mask_util.frPyObjects(seg, h, w)
+        s, l, _ = coco_rle_runs(seg)
+        runs.append((s, l))
+    counts = [len(s) for s, _ in runs]
+    s = np.concatenate([r[0] for r in runs]) if runs else np.zeros(0, np.int64)
+    l = np.concatenate([r[1] for r in runs]) if runs else np.zeros(0, np.int64)
+    return cls(s, l, np.concatenate([[0], np.cumsum(counts)]), shape, scores, labels, meta, canonical=True)
 
-    def to_label_image(self, dtype=np.int32) -> np.ndarray:
-        """Label image (H, W): instance i gets id i+1, background 0. Where instances overlap, the lower index
-        wins (call `sort_by_score()` first to let the highest score win)."""
-        h, w = self.shape
-        pix, own = self.pixels(), self.pixel_owner()
-        lab = np.zeros(h * w, dtype)
-        if len(pix) and np.bincount(pix, minlength=h * w).max() > 1:    # overlaps: keep each pixel's first owner
-            order = np.lexsort((own, pix)); sp = pix[order]
-            keep = order[np.concatenate([[True], sp[1:] != sp[:-1]])]
-            pix, own = pix[keep], own[keep]
-        lab[pix] = own + 1
-        return lab.reshape(h, w)
+# %% ../nbs/00_instances.ipynb 12
+@patch(as_prop=True)
+def n_pixels(self: Instances) -> int: return int(self.lengths.sum(dtype=np.int64))
 
-    # ---- geometry -------------------------------------------------------------------------------
-    def _remap(self, new_pixels, new_shape, keep=None) -> 'Instances':
-        own = self.pixel_owner()
-        if keep is not None: new_pixels, own = new_pixels[keep], own[keep]
-        offsets = np.concatenate([[0], np.cumsum(np.bincount(own, minlength=len(self)))])
-        return Instances.from_pixels(new_pixels, offsets, new_shape, self.scores, self.labels, self.meta)
+@patch(as_prop=True)
+def areas(self: Instances) -> np.ndarray:
+    "Pixel count per instance, int64 (N,)."
+    cl = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
+    return cl[self.run_offsets[1:]] - cl[self.run_offsets[:-1]]
 
-    def flip(self, axis) -> 'Instances':
-        "Mirror: `axis=1` left-right (horizontal), `axis=0` up-down."
-        h, w = self.shape; p = self.pixels(); r, c = p // w, p % w
-        return self._remap((h - 1 - r) * w + c if axis == 0 else r * w + (w - 1 - c), self.shape)
+@patch(as_prop=True)
+def run_owner(self: Instances) -> np.ndarray:
+    "Instance index of every run, int64 (R,)."
+    return np.repeat(np.arange(len(self)), np.diff(self.run_offsets))
 
-    def rot90(self, k=1) -> 'Instances':
-        "Rotate like `np.rot90(image, k)` (counter-clockwise); shape becomes (W, H) for odd k."
-        k %= 4
-        if k == 0: return self
-        h, w = self.shape; p = self.pixels(); r, c = p // w, p % w
-        if k == 1: return self._remap((w - 1 - c) * h + r, (w, h))
-        if k == 2: return self._remap((h - 1 - r) * w + (w - 1 - c), (h, w))
-        return self._remap(c * h + (h - 1 - r), (w, h))
+@patch
+def pixels(self: Instances):
+    "Flat row-major pixel indices of all instances, int64 (P,), grouped by instance and ascending within one."
+    return runs_to_pixels(self.starts, self.lengths)
 
-    def crop(self, y0, x0, h, w, min_area=1) -> 'Instances':
-        """The window `[y0:y0+h, x0:x0+w]` (clipped pixels dropped; the window may reach outside the image).
-        Instances with fewer than `min_area` pixels left are removed (pass 0 to keep them all)."""
-        H, W = self.shape; p = self.pixels(); r, c = p // W - y0, p % W - x0
-        inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
-        out = self._remap(r * w + c, (h, w), keep=inside)
-        return out.select(out.areas >= min_area) if min_area > 0 else out
+@patch
+def pixel_owner(self: Instances) -> np.ndarray:
+    "Instance index of every pixel of `pixels()`, int64 (P,)."
+    return np.repeat(np.arange(len(self)), self.areas)
+
+@patch(as_prop=True)
+def boxes(self: Instances) -> np.ndarray:
+    "Boxes `(x0, y0, x1, y1)` float32 (N, 4), pixel edges (`x1` = max column + 1); zeros for empty masks."
+    h, w = self.shape
+    s = self.starts.astype(np.int64); e = s + self.lengths - 1
+    r0, r1 = s // w, e // w
+    wraps = r1 > r0
+    x0 = np.where(wraps, 0, s % w); x1 = np.where(wraps, w - 1, e % w)
+    out = np.zeros((len(self), 4), np.float32)
+    nz = np.flatnonzero(np.diff(self.run_offsets) > 0)
+    if len(nz):
+        idx = self.run_offsets[nz]
+        out[nz, 0] = np.minimum.reduceat(x0, idx)[:len(nz)] if len(idx) else 0
+        out[nz, 1] = r0[idx]
+        out[nz, 2] = np.maximum.reduceat(x1, idx)[:len(nz)] + 1
+        out[nz, 3] = r1[self.run_offsets[nz + 1] - 1] + 1
+    return out
+
+# %% ../nbs/00_instances.ipynb 14
+@patch
+def select(self: Instances, idx) -> 'Instances':
+    "Subset by int indices, a bool mask (N,) or a slice; order follows `idx`."
+    idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx)
+    if idx.dtype == bool:
+        if idx.shape != (len(self),): raise ValueError(f"bool index of shape {idx.shape} for {len(self)} instances")
+        idx = np.flatnonzero(idx)
+    idx = idx.astype(np.int64).reshape(-1)
+    ro = self.run_offsets
+    runs = _ranges(ro[idx], ro[idx + 1])
+    counts = ro[idx + 1] - ro[idx]
+    pick = lambda x: None if x is None else x[idx]
+    return Instances(self.starts[runs], self.lengths[runs], np.concatenate([[0], np.cumsum(counts)]), self.shape,
+                     pick(self.scores), pick(self.labels), self.meta, canonical=True)
+
+@patch
+def with_(self: Instances, scores=..., labels=..., meta=...) -> 'Instances':
+    "A copy sharing the runs, with `scores`, `labels` or `meta` replaced."
+    return Instances(self.starts, self.lengths, self.run_offsets, self.shape,
+                     self.scores if scores is ... else scores, self.labels if labels is ... else labels,
+                     self.meta if meta is ... else meta, canonical=True)
+
+@patch
+def sort_by_score(self: Instances, descending=True) -> 'Instances':
+    "Instances ordered by score (stable); unchanged order when there are no scores."
+    if self.scores is None: return self
+    key = -self.scores.astype(np.float64) if descending else self.scores
+    return self.select(np.argsort(key, kind='stable'))
+
+# %% ../nbs/00_instances.ipynb 16
+@patch
+def to_rles(self: Instances) -> list:
+    "Canonical Sartorius RLE strings (row-major, 1-indexed, maximal ascending runs), one per instance."
+    return format_rles(self.starts.astype(np.int64), self.lengths, self.run_offsets)
+
+@patch
+def to_coco_rles(self: Instances) -> list:
+    """COCO compressed RLE dicts (column-major), one per instance, equal to `pycocotools.mask.encode`.
+    All instances at once: column-major runs are the row-major runs of the transposed image."""
+    from pycocotools import mask as mask_util
+    h, w = self.shape; n = len(self)
+    if n == 0: return []
+    p = self.pixels()
+    t = Instances.from_pixels((p % w) * h + p // w, np.concatenate([[0], np.cumsum(self.areas)]), (w, h))
+    s = t.starts.astype(np.int64); e = s + t.lengths; ro = t.run_offsets
+    nonempty = np.diff(ro) > 0
+    prev = np.concatenate([[0], e[:-1]]); prev[ro[:-1][nonempty]] = 0       # first run of a mask: gap from 0
+    pairs = np.stack([s - prev, t.lengths.astype(np.int64)], 1).ravel().tolist()
+    tail = np.full(n, h * w, np.int64); tail[nonempty] = h * w - e[ro[1:][nonempty] - 1]
+    tail, ro2 = tail.tolist(), (2 * ro).tolist()
+    objs = [{'size': [h, w], 'counts': pairs[ro2[i]:ro2[i + 1]] + ([tail[i]] if tail[i] else [])} for i in range(n)]
+    return mask_util.frPyObjects(objs, h, w)
+
+@patch
+def to_masks(self: Instances) -> np.ndarray:
+    "Bool (N, H, W) stack. Dense: use for small N only."
+    h, w = self.shape
+    out = np.zeros((len(self), h * w), bool)
+    out[self.pixel_owner(), self.pixels()] = True
+    return out.reshape(len(self), h, w)
+
+@patch
+def overlap_count(self: Instances) -> np.ndarray:
+    "How many instances cover each pixel: uint16 (H, W)."
+    return np.bincount(self.pixels(), minlength=self.shape[0] * self.shape[1]).astype(np.uint16).reshape(self.shape)
+
+@patch
+def to_label_image(self: Instances, dtype=np.int32) -> np.ndarray:
+    """Label image (H, W): instance i gets id i+1, background 0. Where instances overlap, the lower index
+    wins (call `sort_by_score()` first to let the highest score win)."""
+    h, w = self.shape
+    pix, own = self.pixels(), self.pixel_owner()
+    lab = np.zeros(h * w, dtype)
+    if len(pix) and np.bincount(pix, minlength=h * w).max() > 1:    # overlaps: keep each pixel's first owner
+        order = np.lexsort((own, pix)); sp = pix[order]
+        keep = order[np.concatenate([[True], sp[1:] != sp[:-1]])]
+        pix, own = pix[keep], own[keep]
+    lab[pix] = own + 1
+    return lab.reshape(h, w)
 
 # %% ../nbs/00_instances.ipynb 18
+@patch
+def _remap(self: Instances, new_pixels, new_shape, keep=None) -> 'Instances':
+    own = self.pixel_owner()
+    if keep is not None: new_pixels, own = new_pixels[keep], own[keep]
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(own, minlength=len(self)))])
+    return Instances.from_pixels(new_pixels, offsets, new_shape, self.scores, self.labels, self.meta)
+
+@patch
+def flip(self: Instances, axis) -> 'Instances':
+    "Mirror: `axis=1` left-right (horizontal), `axis=0` up-down."
+    h, w = self.shape; p = self.pixels(); r, c = p // w, p % w
+    return self._remap((h - 1 - r) * w + c if axis == 0 else r * w + (w - 1 - c), self.shape)
+
+@patch
+def rot90(self: Instances, k=1) -> 'Instances':
+    "Rotate like `np.rot90(image, k)` (counter-clockwise); shape becomes (W, H) for odd k."
+    k %= 4
+    if k == 0: return self
+    h, w = self.shape; p = self.pixels(); r, c = p // w, p % w
+    if k == 1: return self._remap((w - 1 - c) * h + r, (w, h))
+    if k == 2: return self._remap((h - 1 - r) * w + (w - 1 - c), (h, w))
+    return self._remap(c * h + (h - 1 - r), (w, h))
+
+@patch
+def crop(self: Instances, y0, x0, h, w, min_area=1) -> 'Instances':
+    """The window `[y0:y0+h, x0:x0+w]` (clipped pixels dropped; the window may reach outside the image).
+    Instances with fewer than `min_area` pixels left are removed (pass 0 to keep them all)."""
+    H, W = self.shape; p = self.pixels(); r, c = p // W - y0, p % W - x0
+    inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+    out = self._remap(r * w + c, (h, w), keep=inside)
+    return out.select(out.areas >= min_area) if min_area > 0 else out
+
+# %% ../nbs/00_instances.ipynb 29
 def _run_ends(x, by_start=False):
     "Runs of `x` as `(start, end, owner)` (int32, int32, int64; (R,) each), sorted by start when `by_start`."
     s = x.starts; e = s + x.lengths; o = x.run_owner
@@ -293,7 +307,7 @@ def _run_ends(x, by_start=False):
         order = np.argsort(s); s, e, o = s[order], e[order], o[order]
     return s, e, o
 
-# %% ../nbs/00_instances.ipynb 19
+# %% ../nbs/00_instances.ipynb 30
 def _pairs_by_runs(a, b, budget, max_walk=8):
     "Overlapping run pairs: `(ia, ib, overlap)` int64, unaggregated; None when more than `budget` candidates."
     sa, ea, oa = _run_ends(a, by_start=True); sb, eb, ob = _run_ends(b)
@@ -318,7 +332,7 @@ def _pairs_by_runs(a, b, budget, max_walk=8):
     keep = ov > 0
     return oa[ja[keep]], ob[jb[keep]], ov[keep].astype(np.int64)
 
-# %% ../nbs/00_instances.ipynb 20
+# %% ../nbs/00_instances.ipynb 31
 def _layers(pix, own):
     "Split (pixel, owner) pairs into layers in which every pixel occurs once."
     order = np.argsort(pix, kind='stable'); sp = pix[order]
@@ -327,7 +341,7 @@ def _layers(pix, own):
     rank = np.arange(len(sp)) - np.flatnonzero(new)[grp]
     return [(pix[order[rank == k]], own[order[rank == k]]) for k in range(int(rank.max()) + 1)]
 
-# %% ../nbs/00_instances.ipynb 21
+# %% ../nbs/00_instances.ipynb 32
 def _pairs_by_pixels(a, b):
     "Pixel path: `(ia, ib, count)` int64, unaggregated (runs of equal pairs along `b`'s pixels collapsed)."
     pa, oa = a.pixels(), a.pixel_owner()
@@ -349,7 +363,7 @@ def _pairs_by_pixels(a, b):
     key = np.concatenate(keys)
     return key // m, key % m, np.concatenate(weights)
 
-# %% ../nbs/00_instances.ipynb 22
+# %% ../nbs/00_instances.ipynb 33
 def intersections(a: Instances, b: Instances, budget=None):
     """Pixel counts of every intersecting pair: `(ia, ib, count)`, int64 arrays (K,), sorted by (ia, ib).
     Exact with overlapping masks in either set. `budget`: most candidate run pairs before the pixel path is
@@ -370,13 +384,13 @@ def intersections(a: Instances, b: Instances, budget=None):
     ukey = key[first]
     return ukey // m, ukey % m, np.add.reduceat(w, first)
 
-# %% ../nbs/00_instances.ipynb 23
+# %% ../nbs/00_instances.ipynb 34
 def pairwise_iou(a: Instances, b: Instances):
     "IoU of every intersecting pair: `(ia, ib, iou)` with iou float64 (K,); pairs not listed have IoU 0."
     ia, ib, inter = intersections(a, b)
     return ia, ib, inter / (a.areas[ia] + b.areas[ib] - inter)
 
-# %% ../nbs/00_instances.ipynb 24
+# %% ../nbs/00_instances.ipynb 35
 def iou_matrix(a: Instances, b: Instances) -> np.ndarray:
     "Dense IoU matrix float64 (len(a), len(b)); built from the sparse pairs."
     ia, ib, v = pairwise_iou(a, b)

@@ -1,0 +1,219 @@
+"""Build the documentation site from the notebooks: `python docs/build.py` -> build/site/ (about 3.5 CPU-minutes).
+
+Needs the `[docs]` extra (`pip install -c constraints.txt -e ".[dev,docs]"`): mkdocs-material renders the pages,
+mkdocs-jupyter renders the notebooks with their outputs. Steps:
+1. every notebook of `nbs/` is copied to `build/docs_src/`; in library notebooks (those with `#| default_exp`),
+   each exported function and class gets its signature and docstring (what nbdev's `show_doc` gives) in a
+   Markdown cell right after the cell that defines it; nbdev directive lines and `#| hide` cells are dropped;
+2. the notebooks in `EXECUTE` (the workflow notebooks 20-24 and the analysis notebook 16, where the figures and
+   tables are the point) are executed, as `nbdev_test` runs them (cells flagged slow / gpu / notest skipped, each
+   notebook in its own process, two at a time); the library notebooks are their tests, already run by
+   `nbdev_test`, and are shown as source. Executing at build time keeps the committed notebooks output-free (small
+   diffs, no stale figures, no merge conflicts in outputs) and costs about three CPU-minutes, 1.5-2 minutes of CI
+   on two cores;
+3. `nbs/index.ipynb` (the README's source) becomes the home page and `docs/facts.md` the facts page;
+4. `mkdocs build --strict` writes `build/site/` (plain .html files, so the site also opens from disk).
+Prints the build time and the number of pages.
+"""
+import ast, inspect, json, os, re, shutil, subprocess, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS, BUILD = ROOT / 'nbs', ROOT / 'build'
+SRC, SITE = BUILD / 'docs_src', BUILD / 'site'
+EXECUTE = ('16_analysis', '20_eda', '21_train_maskrcnn', '22_train_cellpose', '23_inference_analysis',
+           '24_what_the_winners_did')
+SKIP_FLAGS = {'slow', 'gpu', 'notest'}
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+from readme import cell_markdown
+
+
+def _src(cell): return ''.join(cell['source']) if isinstance(cell['source'], list) else cell['source']
+
+
+def directives(src):
+    "nbdev directives of a cell source: {'export': [], 'default_exp': ['metric'], ...} from its leading `#|` lines."
+    out = {}
+    for line in src.splitlines():
+        if not line.startswith('#|'): break
+        words = line[2:].split()
+        if words: out[words[0].rstrip(':')] = words[1:]
+    return out
+
+
+def strip_directives(src): return '\n'.join(l for l in src.splitlines() if not l.startswith('#|')).strip('\n')
+
+
+def md_cell(text): return dict(cell_type='markdown', metadata={}, source=text)
+
+
+def doc_markdown(obj, name, level=3):
+    "Signature and docstring of `obj`, as nbdev's show_doc gives them, in Markdown."
+    try:
+        sig = inspect.signature(obj)
+        ps = list(sig.parameters.values())
+        if ps and ps[0].name in ('self', 'cls'): sig = sig.replace(parameters=ps[1:])   # as show_doc shows methods
+        sig = str(sig)
+    except (TypeError, ValueError): sig = '(...)'
+    kind = 'class ' if inspect.isclass(obj) else ''
+    doc = inspect.getdoc(obj) or ''
+    if inspect.isclass(obj) and doc == inspect.getdoc(object): doc = ''
+    return f"{'#' * level} {name}\n\n```python\n{kind}{name.split('.')[-1]}{sig}\n```\n\n{doc}".rstrip() + '\n'
+
+
+def _member(cls, name):
+    "The function behind `cls.name` (a method, classmethod, staticmethod or property)."
+    a = inspect.getattr_static(cls, name)
+    if isinstance(a, property): return a.fget
+    b = getattr(cls, name)
+    return getattr(b, '__func__', b)
+
+
+def _patched_class(node, module):
+    "The class a `@patch`-decorated function is attached to (its first argument's annotation), else None."
+    decos = [ast.unparse(d) for d in getattr(node, 'decorator_list', [])]
+    if not any(d == 'patch' or d.startswith('patch(') for d in decos) or not node.args.args: return None
+    ann = node.args.args[0].annotation
+    return getattr(module, ast.unparse(ann).strip("'\""), None) if ann is not None else None
+
+
+def exported_docs(src, module):
+    "Markdown docs of the public functions and classes (and their public methods) that the cell `src` defines."
+    try: tree = ast.parse(strip_directives(src))
+    except SyntaxError: return []
+    out = []
+    for node in tree.body:
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or node.name.startswith('_'):
+            continue
+        patched = _patched_class(node, module)
+        if patched is not None:                        # a method attached with fastcore's @patch: Class.name
+            out.append(doc_markdown(_member(patched, node.name), f'{patched.__name__}.{node.name}', 4)); continue
+        obj = getattr(module, node.name, None)
+        if obj is None: continue
+        out.append(doc_markdown(obj, node.name))
+        if isinstance(node, ast.ClassDef):
+            for m in node.body:
+                if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)) and not m.name.startswith('_'):
+                    meth = inspect.getattr_static(obj, m.name, None)
+                    meth = getattr(meth, '__func__', getattr(meth, 'fget', meth))
+                    if meth is not None and inspect.getdoc(meth): out.append(doc_markdown(meth, f'{node.name}.{m.name}', 4))
+    return out
+
+
+def fix_links(text):
+    """Links that work in the repository (nbs/X.ipynb, docs/facts.md) made to work on the site; backticks dropped
+    from headings (mkdocs-jupyter's table of contents and nbconvert's heading ids disagree on them)."""
+    lines, fence = text.split('\n'), False
+    for i, l in enumerate(lines):
+        if l.lstrip().startswith('```'): fence = not fence
+        elif not fence and re.match(r'#{1,6} ', l): lines[i] = l.replace('`', '')
+    text = '\n'.join(lines)
+    text = re.sub(r'\]\((?:\.\./)?docs/facts\.md', '](facts.md', text)
+    return re.sub(r'\]\((?:\.\./)?nbs/([\w-]+)\.ipynb', r'](\1.ipynb', text)
+
+
+def prepare(nb_path: Path):
+    "The notebook as the site shows it (not executed yet): directives dropped, API docs added. Returns the dict."
+    import importlib
+    nb = json.loads(nb_path.read_text())
+    cells = nb['cells']
+    mod = next((directives(_src(c)).get('default_exp') for c in cells if c['cell_type'] == 'code'
+                and 'default_exp' in directives(_src(c))), None)
+    module = importlib.import_module(f'cellseg_nb.{mod[0]}') if mod else None
+    out = []
+    for c in cells:
+        src = _src(c)
+        if c['cell_type'] == 'markdown' and mod and src.startswith(f'# {mod[0]}\n'):
+            src = f'# cellseg_nb.{mod[0]}' + src[len(mod[0]) + 2:]     # the module's page title (and a unique anchor)
+        if c['cell_type'] == 'markdown':
+            out.append(md_cell(fix_links(src))); continue
+        if c['cell_type'] != 'code': continue
+        d = directives(src)
+        if 'hide' in d or 'default_exp' in d and not strip_directives(src): continue
+        skip = sorted(SKIP_FLAGS & d.keys())
+        code = strip_directives(src)
+        if not code: continue
+        cell = dict(c, source=code, outputs=[], execution_count=None, metadata=dict(c.get('metadata', {})))
+        if skip or (d.get('eval', [''])[0].lower() == 'false'): cell['metadata']['docs_skip'] = True
+        out.append(cell)
+        if skip: out.append(md_cell(f"*Not run in the docs build (`{'`, `'.join(skip)}`).*"))
+        if module is not None and ('export' in d or 'exports' in d):
+            out.extend(md_cell(m) for m in exported_docs(src, module))
+    nb['cells'] = _unique_headings(out)
+    return nb
+
+
+def _unique_headings(cells):
+    """Headings whose anchor repeats an earlier one get ' API' (API docs) or ' 2' appended: mkdocs-jupyter's
+    table of contents numbers repeated anchors (`train_1`) while nbconvert's heading ids do not."""
+    seen = set()
+    slug = lambda t: re.sub(r'[^\w]+', '-', t.strip().lower()).strip('-')
+    for c in cells:
+        if c['cell_type'] != 'markdown': continue
+        lines, fence = c['source'].split('\n'), False
+        for i, l in enumerate(lines):
+            if l.lstrip().startswith('```'): fence = not fence
+            m = None if fence else re.match(r'(#{1,6}) (.*)$', l)
+            if not m: continue
+            text = m.group(2)
+            while slug(text) in seen: text += ' API' if m.group(1) in ('###', '####') and not text.endswith(' API') else ' 2'
+            seen.add(slug(text)); lines[i] = f'{m.group(1)} {text}'
+        c['source'] = '\n'.join(lines)
+    return cells
+
+
+def execute(args):
+    "Execute the prepared notebook `dst` (made from `src`) in place, in `src`'s folder, as nbdev_test does."
+    src, dst = map(Path, args)
+    os.environ['IN_TEST'] = '1'
+    from execnb.nbio import read_nb, write_nb
+    from execnb.shell import CaptureShell
+    nb = read_nb(dst)
+    t = time.time()
+    shell = CaptureShell(src)
+    cwd = os.getcwd(); os.chdir(src.parent)
+    try: shell.run_all(nb, exc_stop=True, preproc=lambda c: c.cell_type != 'code' or c.metadata.get('docs_skip'))
+    except Exception as e: raise RuntimeError(f"{src.name}: a cell failed while building the docs:\n{shell.prettytb(fname=src)}") from e
+    finally: os.chdir(cwd)
+    write_nb(nb, dst)
+    import resource; r = resource.getrusage(resource.RUSAGE_SELF)
+    return src.stem, time.time() - t, r.ru_utime + r.ru_stime
+
+
+def mkdocs_yml(pages):
+    "mkdocs.yml for the build: the committed base config plus the navigation."
+    flow = [p for p in pages if p[:2].isdigit() and 20 <= int(p[:2]) < 80]       # the workflow notebooks 20-24
+    lib = [p for p in pages if p not in flow]                                      # library: 00-19, 80 pipeline, 90 cli
+    nav = ['  - Home: index.md', '  - Facts: facts.md', '  - Library:'] + [f'    - {p}: {p}.ipynb' for p in lib]
+    nav += ['  - Workflow:'] + [f'    - {p}: {p}.ipynb' for p in flow]
+    base = (Path(__file__).parent / 'mkdocs.base.yml').read_text()
+    return base.replace('{docs_dir}', str(SRC)).replace('{site_dir}', str(SITE)) + '\nnav:\n' + '\n'.join(nav) + '\n'
+
+
+def main():
+    t0 = time.time()
+    if SRC.exists(): shutil.rmtree(SRC)
+    SRC.mkdir(parents=True)
+    index = json.loads((NBS / 'index.ipynb').read_text())
+    (SRC / 'index.md').write_text(fix_links('\n\n'.join(t for t in map(cell_markdown, index['cells']) if t)) + '\n')
+    shutil.copy(Path(__file__).parent / 'facts.md', SRC / 'facts.md')
+    pages = []
+    for p in sorted(NBS.glob('[0-9]*.ipynb')):
+        (SRC / p.name).write_text(json.dumps(prepare(p), indent=1, ensure_ascii=False))
+        pages.append(p.stem)
+    todo = [(NBS / f'{s}.ipynb', SRC / f'{s}.ipynb') for s in EXECUTE if s in pages and '--no-execute' not in sys.argv]
+    import multiprocessing as mp      # a fresh process per notebook (IPython's shell takes over __main__)
+    with ProcessPoolExecutor(int(os.environ.get('DOCS_JOBS', 2)), mp_context=mp.get_context('spawn'),
+                             max_tasks_per_child=1) as ex:
+        for name, dt, cpu in ex.map(execute, todo): print(f"executed {name} in {dt:.0f} s ({cpu:.0f} s CPU)", flush=True)
+    (BUILD / 'mkdocs.yml').write_text(mkdocs_yml(pages))
+    subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '--strict', '-q', '-f', str(BUILD / 'mkdocs.yml')], check=True,
+                   env={**os.environ, 'NO_MKDOCS_2_WARNING': '1'})
+    n = len(list(SITE.rglob('*.html'))) - (1 if (SITE / '404.html').exists() else 0)
+    print(f"docs: {n} pages in {SITE.relative_to(ROOT)} built in {time.time() - t0:.0f} s")
+
+
+if __name__ == '__main__':
+    main()

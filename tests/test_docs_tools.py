@@ -1,0 +1,65 @@
+"The docs and benchmark tooling: README in sync with index.ipynb, API docs in the site, link check, bench discovery."
+import json, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'docs')); sys.path.insert(0, str(ROOT / 'bench'))
+import readme, check_site, check_all
+
+
+def test_readme_is_generated_from_index():
+    assert (ROOT / 'README.md').read_text() == readme.readme_text(), "run python docs/readme.py"
+
+
+def test_readme_code_cells_and_outputs(tmp_path):
+    nb = dict(cells=[dict(cell_type='markdown', metadata={}, source='# T\n\ntext'),
+                     dict(cell_type='code', metadata={}, source='#| hide\nx = 1', outputs=[]),
+                     dict(cell_type='code', metadata={}, source='#| eval: false\n1 + 1', outputs=[
+                         dict(output_type='execute_result', data={'text/plain': '2'}, metadata={})])],
+              metadata={}, nbformat=4, nbformat_minor=5)
+    p = tmp_path / 'i.ipynb'; p.write_text(json.dumps(nb))
+    assert readme.readme_text(p) == readme.HEADER + "# T\n\ntext\n\n```python\n1 + 1\n```\n\n```\n2\n```\n"
+
+
+def test_api_docs_follow_exported_cells():
+    pytest.importorskip('nbdev')
+    import build
+    nb = build.prepare(ROOT / 'nbs' / '02_metric.ipynb')
+    md = [c['source'] for c in nb['cells'] if c['cell_type'] == 'markdown']
+    doc = next(m for m in md if m.startswith('### score_image'))
+    assert 'def' not in doc and 'score_image(gt' in doc and 'Competition score of one image' in doc
+    assert not any(c['source'].startswith('#|') for c in nb['cells'] if c['cell_type'] == 'code')
+
+
+def test_fix_links():
+    import build
+    assert build.fix_links('[a](nbs/20_eda.ipynb) [b](docs/facts.md)') == '[a](20_eda.ipynb) [b](facts.md)'
+    assert build.fix_links('## The `x` command\n```\n# `y`\n```') == '## The x command\n```\n# `y`\n```'
+
+
+def test_link_check_finds_broken_links(tmp_path):
+    (tmp_path / 'index.html').write_text('<a href="a.html#sec">ok</a><a href="b.html">gone</a><img src="i.png">'
+                                         '<a href="a.html#nope">bad</a><a href="https://x.org/">ext</a>')
+    (tmp_path / 'a.html').write_text('<h2 id="sec">S</h2><a href="/index.html">home</a>')
+    problems = check_site.check_links(tmp_path)
+    assert sorted(p.split(' -> ')[0] for p in problems) == ['index.html: a.html#nope', 'index.html: b.html',
+                                                             'index.html: i.png']
+
+
+def test_every_speed_benchmark_runs_in_ci():
+    names = {p.name for p in check_all.checks()}
+    assert {'bench_metric.py', 'bench_rle.py', 'bench_postprocess.py', 'bench_data.py', 'bench_tune.py',
+            'bench_cpose.py', 'bench_maskrcnn_inference.py'} <= names
+    for p in (ROOT / 'bench').glob('bench_*.py'):
+        src = p.read_text()
+        marked = any(l.strip() == '# not in CI' for l in src.splitlines())
+        assert (p.name in names) == ("'--check'" in src and not marked), p.name
+
+
+def test_repeated_headings_get_unique_anchors():
+    import build
+    cells = [dict(cell_type='markdown', source='# m\n## train'), dict(cell_type='code', source='## x'),
+             dict(cell_type='markdown', source='### train\n```\n## train\n```\n## train')]
+    out = build._unique_headings(cells)
+    assert out[2]['source'] == '### train API\n```\n## train\n```\n## train 2' and out[1]['source'] == '## x'
