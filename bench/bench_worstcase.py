@@ -15,6 +15,8 @@ at the full size. Peak memory: `tracemalloc` (numpy allocations are traced) arou
     python bench/bench_worstcase.py                 # peer vs ours at --peer-n, then ours at the full worst case
     python bench/bench_worstcase.py --check         # < 1 min: ours at the full worst case, asserts the bounds
     python bench/bench_worstcase.py --model         # also an untrained R50-FPN (1000 detections): plain vs TTA
+    python bench/bench_worstcase.py --kernel DIR    # the Kaggle kernel's predictors on 520 x 704 images, untrained
+                                                    # models built in DIR (`build_fullsize`): s/image, TTA off/on
 """
 import argparse, sys, time, tracemalloc
 import numpy as np
@@ -146,13 +148,81 @@ def model_pass(threads=2):
           f"peak traced {m_tta:.0f} MB")
 
 
+def build_fullsize(root) -> 'Path':
+    """A folder like /kaggle/input under `root`: `sartorius-cell-instance-segmentation/` (synthetic, 520 x 704,
+    2 test images) and `cellseg-weights/` with an *untrained* small Mask R-CNN at native resolution (its near-uniform
+    class scores pass the box threshold: up to 1000 detections per pass) and an untrained Cellpose (0 epochs)."""
+    import torch
+    from pathlib import Path
+    from cellseg_nb.synth import make_competition
+    from cellseg_nb.data import SartoriusData
+    from cellseg_nb.maskrcnn import build_model
+    from cellseg_nb.pipeline import maskrcnn_demo_options, CELLPOSE_DEMO
+    from cellseg_nb.cpose import train_cellpose
+    root = Path(root)
+    comp = make_competition(root / 'sartorius-cell-instance-segmentation', n_images=3, seed=0, image_shape=SHAPE,
+                            n_test=2, n_semi=0)
+    w = root / 'cellseg-weights'; w.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = build_model(3, 'resnet18', **maskrcnn_demo_options(SHAPE))
+    torch.save({'model': model.state_dict(), 'config': model.config}, w / 'maskrcnn.pth')
+    cp = Path(train_cellpose(SartoriusData(comp), root / 'cp_train', n_epochs=0, **{**CELLPOSE_DEMO, 'nimg_per_epoch': 2}))
+    for f in cp.parent.glob(cp.name + '*'):
+        if f.is_file(): (w / ('cellpose' + f.name[len(cp.name):])).write_bytes(f.read_bytes())
+    return root
+
+
+KERNEL_CHILD = """
+import json, resource, sys, time, torch
+torch.set_num_threads(2)
+from cellseg_nb.pipeline import load_predictor
+from cellseg_nb.inference import predict_images, postprocess_all, list_images
+root, which, tta = sys.argv[1], sys.argv[2], sys.argv[3] == '1'
+w = f'{root}/cellseg-weights'
+pred = load_predictor(maskrcnn=f'{w}/maskrcnn.pth' if which != 'cellpose' else None,
+                      cellpose=f'{w}/cellpose' if which != 'maskrcnn' else None, device='cpu')
+imgs = list_images(f'{root}/sartorius-cell-instance-segmentation/test')
+t, c = time.perf_counter(), time.process_time()
+raw = predict_images(pred, imgs, tta=tta, progress=False)
+final = postprocess_all(raw)
+n = len(imgs)
+print(json.dumps(dict(model=which, tta=tta, images=n, cpu_s_per_image=(time.process_time() - c) / n,
+                      wall_s_per_image=(time.perf_counter() - t) / n, raw_per_image=[len(r) for r in raw.values()],
+                      max_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)))
+"""
+
+
+def kernel_timings(root):
+    """Seconds per 520 x 704 image of the kernel's predictor + post-processing (CPU, 2 threads), each model and
+    both, TTA off and on, each in a fresh child process; a DataFrame. Models from `build_fullsize(root)`."""
+    import json, subprocess
+    import pandas as pd
+    from pathlib import Path
+    root = Path(root)
+    if not (root / 'cellseg-weights' / 'maskrcnn.pth').is_file(): build_fullsize(root)
+    rows = []
+    for which in ('maskrcnn', 'cellpose', 'both'):
+        for tta in (0, 1):
+            r = subprocess.run([sys.executable, '-c', KERNEL_CHILD, str(root), which, str(tta)], capture_output=True,
+                               text=True, check=True)
+            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    df = pd.DataFrame(rows)
+    df['hours_240_images'] = df.wall_s_per_image * 240 / 3600
+    return df
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--check', action='store_true', help='ours only at the full worst case; assert the bounds')
     ap.add_argument('--n', type=int, default=1000, help='candidates per pass')
     ap.add_argument('--peer-n', type=int, default=300, help='candidates per pass for the peer comparison')
     ap.add_argument('--model', action='store_true', help='also time an untrained R50-FPN, plain vs TTA')
+    ap.add_argument('--kernel', metavar='DIR', help="time the kernel's predictors on 520 x 704 images (models in DIR)")
     a = ap.parse_args(argv)
+    if a.kernel:
+        import pandas as pd
+        with pd.option_context('display.width', 200, 'display.max_columns', 20): print(kernel_timings(a.kernel))
+        return
     passes = worst_case(a.n)
     px = sum(p.n_pixels for p in passes)
     print(f"worst case: {len(passes)} passes x {a.n} cells, {px / 1e6:.1f} M pixels in all "
