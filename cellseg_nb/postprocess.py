@@ -145,22 +145,39 @@ def ious_with(instances: Instances, i: int, others, keys=None) -> np.ndarray:
 
 
 # %% ../nbs/03_postprocess.ipynb 20
-def mask_nms(instances: Instances, iou_threshold: float | None, return_index=False):
+def _max_depth(x: Instances) -> int:
+    "Most masks covering one pixel, from the runs' start/end events (no pixel array)."
+    if len(x.starts) == 0: return 0
+    s = x.starts.astype(np.int64)
+    pos = np.concatenate([s + x.lengths, s]); step = np.concatenate([-np.ones(len(s), np.int64), np.ones(len(s), np.int64)])
+    o = np.lexsort((step, pos))                               # at one position, ends before starts
+    return int(np.cumsum(step[o]).max())
+
+def mask_nms(instances: Instances, iou_threshold: float | None, return_index=False, work_budget: int = 20_000_000):
     """Greedy mask NMS: walk by descending score, drop a mask whose IoU with a kept higher mask is `> iou_threshold`.
     Returns the kept instances in descending score order (and their indices into the input, int64, when
-    `return_index`). `iou_threshold=None` keeps everything (still sorted). Only the `candidate_pairs` of a *kept*
+    `return_index`). `iou_threshold=None` keeps everything (still sorted). When all pairs are cheap (pile depth x
+    pixels <= `work_budget`) they come from one `pairwise_iou`; otherwise only the `candidate_pairs` of a *kept*
     mask are intersected (`ious_with`, on runs), so cost stays bounded for any number and size of masks."""
     order = score_order(instances)
     n = len(instances)
     keep = np.ones(n, bool)
     if iou_threshold is not None and n > 1:
         x = instances.select(order)
-        ia, ib = candidate_pairs(x, iou_threshold)
-        start, keys = np.searchsorted(ia, np.arange(n + 1)), run_keys(x)
-        for i in np.unique(ia).tolist():             # only cells with a lower neighbour that may pass the threshold
-            if not keep[i]: continue
-            nb = ib[start[i]:start[i + 1]]; nb = nb[keep[nb]]
-            if len(nb): keep[nb[ious_with(x, i, nb, keys) > iou_threshold]] = False
+        if _max_depth(x) * (x.n_pixels + x.shape[0] * x.shape[1]) <= work_budget:
+            ia, ib, iou = pairwise_iou(x, x)
+            sel = (ia < ib) & (iou > iou_threshold)
+            ia, ib = ia[sel], ib[sel]
+            start = np.searchsorted(ia, np.arange(n + 1))
+            for i in np.unique(ia).tolist():          # only cells with a lower neighbour above the threshold
+                if keep[i]: keep[ib[start[i]:start[i + 1]]] = False
+        else:
+            ia, ib = candidate_pairs(x, iou_threshold)
+            start, keys = np.searchsorted(ia, np.arange(n + 1)), run_keys(x)
+            for i in np.unique(ia).tolist():          # only cells with a lower neighbour that may pass the threshold
+                if not keep[i]: continue
+                nb = ib[start[i]:start[i + 1]]; nb = nb[keep[nb]]
+                if len(nb): keep[nb[ious_with(x, i, nb, keys) > iou_threshold]] = False
     idx = order[keep]
     out = instances.select(idx)
     return (out, idx) if return_index else out

@@ -76,6 +76,7 @@ def test_mask_nms_equals_loop(seed):
         out, idx = mask_nms(c, thr, return_index=True)
         assert np.array_equal(idx, dense_nms(masks, c.scores, thr)), (seed, thr)
         assert np.array_equal(out.to_masks(), masks[idx])
+        assert np.array_equal(mask_nms(c, thr, return_index=True, work_budget=0)[1], idx)
 
 
 @pytest.mark.parametrize('seed', range(6))
@@ -180,8 +181,9 @@ def test_bounded_paths_equal_dense_on_piled_candidates(seed):
     c = piled_set(seed)
     masks = c.to_masks()
     for thr in (0.1, 0.5, 0.9):
-        idx = mask_nms(c, thr, return_index=True)[1]
-        assert np.array_equal(idx, dense_nms(masks, c.scores, thr)), (seed, thr)
+        for wb in (0, 10 ** 12):                   # the bounded greedy path, the all-pairs path
+            idx = mask_nms(c, thr, return_index=True, work_budget=wb)[1]
+            assert np.array_equal(idx, dense_nms(masks, c.scores, thr)), (seed, thr, wb)
     for mk, ma in [(0.0, 0), (0.5, 20), (0.9, 5)]:
         ref_idx, ref_masks = dense_remove_overlaps(masks, c.scores, mk, ma)
         for budget in (None, 0, 10 ** 9):          # default, the one-cell walk, the segment path always
