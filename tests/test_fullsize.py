@@ -70,14 +70,14 @@ OUTPUT = {out!r}
 INSTALL = False
 """
 shell = CaptureShell()
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 shell.run_all(nb, exc_stop=True, inject_code=params, inject_idx=idx)
-dt = time.perf_counter() - t
+dt, dc = time.perf_counter() - t, time.process_time() - c
 ns = shell.user_ns
 res = ns['result']
 res.table.to_csv(f'{out}/table.csv', index=False)
 outputs = ''.join(str(o) for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []))
-json.dump(dict(seconds=dt, n_images=len(res.raw), tta=ns['TTA'], device=str(ns['device']),
+json.dump(dict(seconds=dt, cpu_seconds=dc, n_images=len(res.raw), tta=ns['TTA'], device=str(ns['device']),
                predictor=repr(ns['predictor']), validated='wrote and validated' in outputs), open(f'{out}/run.json', 'w'))
 '''
 
@@ -86,6 +86,11 @@ json.dump(dict(seconds=dt, n_images=len(res.raw), tta=ns['TTA'], device=str(ns['
 def kaggle_input(tmp_path_factory):
     t = time.perf_counter()
     root = build_fullsize(tmp_path_factory.mktemp('input'))
+    from cellseg_nb.postprocess import PostprocessConfig, PostprocessConfigs
+    from cellseg_nb.celltypes import CELL_TYPES
+    # every candidate passes the score threshold, so NMS and overlap removal work on the whole flood of cells
+    PostprocessConfigs({ct: PostprocessConfig(score_threshold=0.0, min_area=20) for ct in CELL_TYPES}).save(
+        root / 'cellseg-weights' / 'postprocess.yaml')
     print(f"\nfull-size inputs and untrained models built in {time.perf_counter() - t:.0f} s")
     return root
 
@@ -130,6 +135,8 @@ def test_kernel_defaults_fullsize_offline(kaggle_input, tmp_path):
     df = pd.read_csv(out / 'submission.csv', keep_default_na=False)
     assert list(df.columns) == ['id', 'predicted'] and sorted(df.id.unique()) == ids
     table = pd.read_csv(out / 'table.csv')
-    assert (table.n_raw > 0).all(), table                           # the untrained models do output candidates
-    print(f"\nkernel (TTA, Mask R-CNN + Cellpose, untrained, CPU): {run['seconds'] / run['n_images']:.1f} s per "
-          f"520 x 704 image incl. start-up; raw candidates per image {table.n_raw.tolist()}, kept {table.n_cells.tolist()}")
+    assert (table.n_raw > 500).all(), table                        # the untrained models flood the merge
+    assert (table.n_cells > 0).all(), table                         # ... and post-processing keeps some of them
+    print(f"\nkernel (TTA, Mask R-CNN + Cellpose, untrained, CPU): {run['seconds'] / run['n_images']:.1f} s wall, "
+          f"{run['cpu_seconds'] / run['n_images']:.1f} s CPU per 520 x 704 image incl. start-up; raw candidates "
+          f"per image {table.n_raw.tolist()}, kept {table.n_cells.tolist()}")
