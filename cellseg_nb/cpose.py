@@ -14,9 +14,10 @@ from .data import as_image_list
 from .celltypes import CELL_TYPES, class_id
 
 # %% auto 0
-__all__ = ['OVERLAP_RULES', 'BUILTIN_MODEL_NAMES', 'DIAMETER_MODES', 'label_image', 'cell_diameters', 'image_diameter',
-           'cell_type_diameters', 'TrainingSet', 'training_set', 'check_model_path', 'train_cellpose', 'CellposeBundle',
-           'load_model', 'to_instances', 'predict', 'train_size_model', 'compare_diameters', 'diameter_summary']
+__all__ = ['OVERLAP_RULES', 'BUILTIN_MODEL_NAMES', 'DIAMETER_MODES', 'DIAMETER_RANGE', 'label_image', 'cell_diameters',
+           'image_diameter', 'cell_type_diameters', 'TrainingSet', 'training_set', 'check_model_path', 'train_cellpose',
+           'CellposeBundle', 'load_model', 'clamp_diameter', 'to_instances', 'predict', 'train_size_model',
+           'compare_diameters', 'diameter_summary']
 
 # %% ../nbs/12_cpose.ipynb 6
 OVERLAP_RULES = ('smaller', 'larger', 'order', 'drop')
@@ -271,6 +272,21 @@ def load_model(path, gpu: bool = False, mkldnn: bool = True) -> CellposeBundle:
 
 # %% ../nbs/12_cpose.ipynb 32
 DIAMETER_MODES = (None, 'size_model', 'cell_type')
+DIAMETER_RANGE = (8.0, 100.0)      # px: the diameters cells have in the competition and LIVECell images
+
+def clamp_diameter(diameter: float, diameter_range=DIAMETER_RANGE, where: str = 'image', fallback: float = 30.0) -> float:
+    """`diameter` (px) clipped into `diameter_range` `(low, high)`; a non-finite or non-positive value becomes
+    `fallback` (clipped too). Warns (`UserWarning`, naming `where`) whenever the value is changed."""
+    import warnings
+    lo, hi = map(float, diameter_range)
+    if not 0 < lo <= hi: raise ValueError(f"diameter_range={diameter_range!r}: expected 0 < low <= high")
+    d = float(diameter)
+    if not np.isfinite(d) or d <= 0:
+        out = float(np.clip(fallback, lo, hi))
+        warnings.warn(f"{where}: diameter estimate {d:g} is not a positive number; using {out:g} px"); return out
+    out = float(np.clip(d, lo, hi))
+    if out != d: warnings.warn(f"{where}: diameter estimate {d:.3g} px is outside {lo:g}-{hi:g} px; clamped to {out:g} px")
+    return out
 
 def _as_image_list(images) -> list:
     "uint8 (H, W) images by the project's one image rule (`cellseg_nb.data.as_image_list`)."
@@ -298,13 +314,14 @@ def to_instances(masks: np.ndarray, cellprob: np.ndarray, label: int = 0, meta: 
 
 def predict(model, images, diameter=None, cell_types=None, flow_threshold: float = 0.4, cellprob_threshold: float = 0.0,
             min_size: int = 15, batch_size: int = 8, bsize: int = 224, augment: bool = False, postprocess=False,
-            progress: bool = False) -> list:
+            progress: bool = False, diameter_range=DIAMETER_RANGE) -> list:
     """Cellpose predictions as `Instances`, one per image of `images` (one image, a stack or a list;
     each uint8 (H, W), (H, W, 3) with equal channels, 16-bit or float in [0, 1]: `cellseg_nb.data.as_image_list`).
     `model`: a `CellposeBundle` or a model file path. `diameter`: None, a number, a list (one per image),
     `"size_model"` or `"cell_type"` (see above). `cell_types`: None, one name for all images, or one per image.
     `flow_threshold`, `cellprob_threshold`, `min_size`, `batch_size`, `bsize`, `augment`: as cellpose's `eval`.
-    `postprocess`: False (raw), True or a config for `cellseg_nb.postprocess.postprocess` (as Mask R-CNN's predict)."""
+    `postprocess`: False (raw), True or a config for `cellseg_nb.postprocess.postprocess` (as Mask R-CNN's predict).
+    `diameter_range`: every diameter used is clipped into it (`clamp_diameter`, a warning naming the image)."""
     from tqdm.auto import tqdm
     bundle = model if isinstance(model, CellposeBundle) else load_model(model)
     imgs = _as_image_list(images)
@@ -331,6 +348,7 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
             d = float(bundle.type_diameters[ct])
         elif isinstance(diameter, (list, tuple, np.ndarray)): d = float(diameter[i])
         else: d = None if diameter is None else float(diameter)
+        if d is not None: d = clamp_diameter(d, diameter_range, f"image {i}", fallback=float(cp.diam_mean))
         masks, flows, styles = cp.eval(img, diameter=d, flow_threshold=flow_threshold,
                                        cellprob_threshold=cellprob_threshold, min_size=min_size, **kw)
         if ct is None: ct = _nearest_type(styles, bundle.type_centroids)
@@ -342,7 +360,7 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
         out = [_post(r, r.meta.get('cell_type'), cfg) for r in out]
     return out
 
-# %% ../nbs/12_cpose.ipynb 43
+# %% ../nbs/12_cpose.ipynb 44
 def train_size_model(model, data, ids=None, n_epochs: int = 10, batch_size: int = 8, bsize: int = 224,
                      overlap: str = 'smaller', min_train_masks: int = 1, gpu: bool = False) -> Path:
     """Train cellpose's SizeModel for the model file `model` on `data` (`SartoriusData`, root path or `TrainingSet`;

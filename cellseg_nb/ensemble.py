@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .instances import Instances, pairwise_iou
-from .postprocess import postprocess, image_cell_type, PostprocessConfigs, CLASS_NAMES
+from .postprocess import postprocess, image_cell_type, PostprocessConfigs, CLASS_NAMES, candidate_pairs, ious_with, run_keys
 from .metric import evaluate
 
 # %% auto 0
@@ -25,7 +25,8 @@ def match_groups(preds: list, weights=None, iou_threshold: float = 0.5):
     """Group the cells of `preds` (K `Instances` of one image) across models. Returns `(allc, src, group)`:
     all cells concatenated, the model index of each (int64 (N,)) and its group id (int64 (N,), 0..G-1, numbered by
     leader in descending weighted score). A group holds at most one cell per model; a member's IoU with the group's
-    leader is > `iou_threshold`."""
+    leader is > `iou_threshold`. Only the `candidate_pairs` of a leader with cells still free are intersected
+    (`ious_with`, on runs), so cost stays bounded for any number and size of cells."""
     preds = [_with_scores(p) for p in preds]
     k = len(preds)
     w = np.ones(k) if weights is None else np.asarray(weights, np.float64)
@@ -35,26 +36,51 @@ def match_groups(preds: list, weights=None, iou_threshold: float = 0.5):
     src = np.repeat(np.arange(k), [len(p) for p in preds]).astype(np.int64)
     group = np.full(n, -1, np.int64)
     if n == 0: return allc, src, group
-    ia, ib, iou = pairwise_iou(allc, allc)
-    sel = (iou > iou_threshold) & (src[ia] != src[ib])
-    ia, ib, iou = ia[sel], ib[sel], iou[sel]
-    o = np.lexsort((-iou, ia)); ia, ib, iou = ia[o], ib[o], iou[o]          # per cell: partners by falling IoU
-    start = np.searchsorted(ia, np.arange(n + 1))
+    ia, ib = candidate_pairs(allc, iou_threshold)
+    sel = src[ia] != src[ib]
+    ia, ib = np.concatenate([ia[sel], ib[sel]]), np.concatenate([ib[sel], ia[sel]])    # both directions
+    o = np.lexsort((ib, ia)); ia, ib = ia[o], ib[o]
+    start, keys = np.searchsorted(ia, np.arange(n + 1)), run_keys(allc)
     order = np.argsort(-(allc.scores * w[src]), kind='stable')
     g = 0
-    for i in order:
+    for i in order.tolist():
         if group[i] >= 0: continue
-        group[i] = g; taken = {src[i]}
-        for j in ib[start[i]:start[i + 1]]:
-            if group[j] < 0 and src[j] not in taken: group[j] = g; taken.add(src[j])
+        group[i] = g
+        nb = ib[start[i]:start[i + 1]]; nb = nb[group[nb] < 0]
+        if len(nb):
+            iou = ious_with(allc, i, nb, keys)
+            ok = iou > iou_threshold
+            nb, iou = nb[ok], iou[ok]
+            taken = {int(src[i])}
+            for j in nb[np.lexsort((nb, -iou))].tolist():            # partners by falling IoU, ties by index
+                if src[j] not in taken: group[j] = g; taken.add(int(src[j]))
         g += 1
     return allc, src, group
+
+def _vote_runs(allc: Instances, src, group, w, gw, vote, ng):
+    """Per group the runs where the covering members hold >= `vote` of the group's member weight `gw`, from the
+    members' run boundaries (never per pixel). Returns `(starts, lengths, offsets)` int64, offsets (ng+1,)."""
+    k = len(w)
+    s = allc.starts.astype(np.int64); e = s + allc.lengths
+    own = allc.run_owner
+    pos = np.concatenate([s, e]); grp = np.concatenate([group[own], group[own]])
+    srcs = np.concatenate([src[own], src[own]]); step = np.concatenate([np.ones(len(s), np.int64), -np.ones(len(s), np.int64)])
+    o = np.lexsort((pos, grp)); pos, grp, srcs, step = pos[o], grp[o], srcs[o], step[o]
+    pw = np.zeros(len(pos))
+    for m in range(k):                               # covering weight, summed in model order (as a pixel vote does)
+        cover = np.cumsum(np.where(srcs == m, step, 0))
+        pw = pw + np.where(cover > 0, w[m], 0.0)
+    seg_end = np.append(pos[1:], 0)
+    same = np.append(grp[1:] == grp[:-1], False)
+    kept = same & (seg_end > pos) & (pw >= vote * gw[grp] - 1e-9)
+    return pos[kept], (seg_end - pos)[kept], np.concatenate([[0], np.cumsum(np.bincount(grp[kept], minlength=ng))])
 
 def merge_models(preds: list, weights=None, iou_threshold: float = 0.5, vote: float = 0.5) -> Instances:
     """Merge K models' raw predictions of one image (`Instances` with scores; missing scores count as 1) into one
     candidate set (groups may still overlap: post-process to remove that). `weights` (K,) default equal, normalized
     to sum 1. Group mask: pixels whose covering members hold >= `vote` of the group's member weight; score: sum of
-    weight x score over the members (float32); label: the leader's; `meta['n_models']`: members per group."""
+    weight x score over the members (float32); label: the leader's; `meta['n_models']`: members per group.
+    Cost grows with the number of runs, not of pixels (see `match_groups`)."""
     if not preds: raise ValueError("merge_models needs at least one prediction")
     k = len(preds)
     w = np.ones(k) if weights is None else np.asarray(weights, np.float64)
@@ -66,25 +92,18 @@ def merge_models(preds: list, weights=None, iou_threshold: float = 0.5, vote: fl
     ng = int(group.max()) + 1
     wi = w[src]
     gw = np.bincount(group, weights=wi, minlength=ng)                         # member weight per group
-    hw = shape[0] * shape[1]
-    own = allc.pixel_owner()
-    key = group[own] * hw + allc.pixels()
-    ukey, inv = np.unique(key, return_inverse=True)
-    pw = np.bincount(inv, weights=wi[own])                                      # weight covering each (group, pixel)
-    g_of = ukey // hw
-    kept = pw >= vote * gw[g_of] - 1e-9
-    ukey, g_of = ukey[kept], g_of[kept]
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(g_of, minlength=ng))])
+    starts, lengths, offsets = _vote_runs(allc, src, group, w, gw, vote, ng)
     scores = np.bincount(group, weights=wi * allc.scores, minlength=ng).astype(np.float32)
     leader = np.full(ng, -1, np.int64)
     order = np.argsort(-(allc.scores * wi), kind='stable')
     first = order[np.unique(group[order], return_index=True)[1]]               # highest weighted member per group
     leader[group[first]] = first
     labels = allc.labels[leader] if allc.labels is not None else None
-    out = Instances.from_pixels(ukey % hw, offsets, shape, scores, labels,
-                                {**allc.meta, 'n_models': np.bincount(group, minlength=ng)}, sorted=True)
+    n_models = np.bincount(group, minlength=ng)
+    out = Instances(starts, lengths, offsets, shape, scores, labels, allc.meta)
     keep = out.areas > 0
-    return out.select(keep).with_(meta={**allc.meta, 'n_models': np.bincount(group, minlength=ng)[keep]})
+    return out.select(keep).with_(meta={**allc.meta, 'n_models': n_models[keep]})
+
 
 # %% ../nbs/13_ensemble.ipynb 12
 @dataclass

@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_inference.ipynb 3
 from __future__ import annotations
-import os, math
+import os, math, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -75,10 +75,14 @@ def _as_images(images):
     if isinstance(images, dict): return dict(images)
     return {Path(p).stem: p for p in images}
 
+def _named(message: str, iid) -> str:
+    "A predictor's warning about its one image ('image 0: ...') reworded to name the image `iid`."
+    return f"image {iid}: {message[len('image 0: '):]}" if message.startswith('image 0: ') else f"image {iid}: {message}"
+
 def predict_images(predictor, images, tta: bool | tuple = False, progress: bool = True, desc='predict') -> dict:
     """Run `predictor` over `images` (a folder, `{id: path or uint8 (H, W) array}` or a list of paths).
     `tta=True` uses flips ('none', 'h', 'v'); a tuple picks the flips. Returns `{id: Instances}` (raw, with the
-    predictor's scores and labels)."""
+    predictor's scores and labels). The predictor's warnings are passed on naming the image."""
     from tqdm.auto import tqdm
     items = _as_images(images)
     flips = ('none', 'h', 'v') if tta is True else (tuple(tta) if tta else None)
@@ -86,7 +90,10 @@ def predict_images(predictor, images, tta: bool | tuple = False, progress: bool 
     for iid, im in tqdm(items.items(), desc=desc, disable=not progress, leave=False):
         image = read_image(im, rescale=True) if isinstance(im, (str, os.PathLike)) else np.asarray(im)
         if image.ndim != 2: raise ValueError(f"image {iid}: expected a grayscale (H, W) image, got shape {image.shape}")
-        pred = tta_predict(predictor, image, flips) if flips else predictor(image)
+        with warnings.catch_warnings(record=True) as caught:             # name the image in the model's warnings
+            warnings.simplefilter('always')
+            pred = tta_predict(predictor, image, flips) if flips else predictor(image)
+        for w in caught: warnings.warn(_named(str(w.message), iid), w.category, stacklevel=2)
         if not isinstance(pred, Instances): raise TypeError(f"image {iid}: predictor returned {type(pred).__name__}, expected Instances")
         if pred.shape != image.shape: raise ValueError(f"image {iid}: prediction shape {pred.shape} != image shape {image.shape}")
         out[iid] = pred

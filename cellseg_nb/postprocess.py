@@ -14,8 +14,9 @@ from .instances import Instances, pairwise_iou
 from .celltypes import CELL_TYPES
 
 # %% auto 0
-__all__ = ['CLASS_NAMES', 'DEFAULT_CONFIGS', 'random_candidates', 'score_order', 'filter_scores', 'min_area', 'mask_nms',
-           'remove_overlaps', 'fill_holes', 'image_cell_type', 'PostprocessConfig', 'PostprocessConfigs', 'postprocess']
+__all__ = ['CLASS_NAMES', 'DEFAULT_CONFIGS', 'random_candidates', 'score_order', 'filter_scores', 'min_area', 'candidate_pairs',
+           'run_keys', 'ious_with', 'mask_nms', 'remove_overlaps', 'fill_holes', 'image_cell_type', 'PostprocessConfig',
+           'PostprocessConfigs', 'postprocess']
 
 # %% ../nbs/03_postprocess.ipynb 6
 def _ellipse_pixels(cy, cx, a, b, theta, shape):
@@ -70,73 +71,156 @@ def min_area(instances: Instances, min_area: int) -> Instances:
     return instances.select(instances.areas >= min_area)
 
 # %% ../nbs/03_postprocess.ipynb 19
-def _csr(src, dst, n):
-    "Neighbour lists of directed edges src -> dst as (indptr (n+1,), dst sorted by src)."
-    order = np.argsort(src, kind='stable')
-    return np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))]), dst[order]
+def _iou_bound(areas, boxes, ia, ib) -> np.ndarray:
+    """Upper bound (float64 (K,)) of the mask IoU of the pairs `(ia, ib)` from `areas` and `boxes` (float64) alone:
+    an intersection is at most the smaller area and the boxes' overlap."""
+    ba, bb = boxes[ia], boxes[ib]
+    iw = np.maximum(np.minimum(ba[:, 2], bb[:, 2]) - np.maximum(ba[:, 0], bb[:, 0]), 0)
+    ih = np.maximum(np.minimum(ba[:, 3], bb[:, 3]) - np.maximum(ba[:, 1], bb[:, 1]), 0)
+    aa, ab = areas[ia], areas[ib]
+    inter = np.minimum(np.minimum(iw * ih, aa), ab)
+    with np.errstate(invalid='ignore', divide='ignore'): return inter / (aa + ab - inter)
+
+def candidate_pairs(instances: Instances, iou_threshold: float, chunk: int = 1_000_000):
+    """All pairs `(ia, ib)` (int64 (K,), `ia < ib`, sorted) whose IoU *can* exceed `iou_threshold` by their areas and
+    boxes (no pixel is looked at): the only pairs mask NMS and model matching must intersect. A sweep over the
+    boxes' rows lists the pairs whose rows overlap, `chunk` at a time, so memory stays bounded for any N."""
+    n = len(instances)
+    areas, boxes = instances.areas.astype(np.float64), instances.boxes.astype(np.float64)
+    by_y = np.argsort(boxes[:, 1], kind='stable')
+    y0 = boxes[by_y, 1]
+    hi = np.searchsorted(y0, boxes[by_y, 3], 'left')            # later boxes (in row order) starting above my end
+    lo = np.arange(n) + 1
+    cnt = np.maximum(hi - lo, 0)
+    ends = np.cumsum(cnt)
+    ia, ib = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    a = 0
+    while a < n:                                                  # groups of rows with about `chunk` pairs
+        b = max(int(np.searchsorted(ends, (ends[a - 1] if a else 0) + chunk, 'right')), a + 1)
+        c = cnt[a:b]
+        if c.sum():
+            p = np.repeat(np.arange(a, b), c)
+            q = np.repeat(lo[a:b] - np.concatenate([[0], np.cumsum(c)[:-1]]), c) + np.arange(int(c.sum()))
+            i, j = by_y[p], by_y[q]
+            ok = _iou_bound(areas, boxes, i, j) > iou_threshold
+            i, j = i[ok], j[ok]
+            ia.append(np.minimum(i, j)); ib.append(np.maximum(i, j))
+        a = b
+    ia, ib = np.concatenate(ia), np.concatenate(ib)
+    o = np.lexsort((ib, ia))
+    return ia[o], ib[o]
+
+def run_keys(instances: Instances):
+    """Sort keys of the runs for `ious_with`: `(owner * (H*W + 1) + start, owner * (H*W + 1) + end)`, int64 (R,)
+    each, both ascending (runs are grouped by instance and ascending within one)."""
+    x = instances
+    base = x.run_owner * (x.shape[0] * x.shape[1] + 1)
+    s = x.starts.astype(np.int64)
+    return base + s, base + s + x.lengths
+
+def ious_with(instances: Instances, i: int, others, keys=None) -> np.ndarray:
+    """Exact mask IoU (float64, (len(others),)) of cell `i` with cells `others` (int64) of `instances`, on runs:
+    cost and memory grow with the flat span of cell `i` plus the runs of `others` inside that span, never with a
+    full mask per cell. `keys`: `run_keys(instances)`, when calling many times on one set."""
+    x, others = instances, np.asarray(others, np.int64)
+    ro = x.run_offsets
+    if len(others) == 0 or ro[i + 1] == ro[i]: return np.zeros(len(others))
+    s = x.starts[ro[i]:ro[i + 1]].astype(np.int64); e = s + x.lengths[ro[i]:ro[i + 1]]
+    lo, hi = int(s[0]), int(e[-1])
+    edge = np.zeros(hi - lo + 1, np.int64)
+    edge[s - lo] += 1; edge[e - lo] -= 1                   # canonical runs: starts and ends are all distinct
+    covered = np.concatenate([[0], np.cumsum(np.cumsum(edge[:-1]))])   # pixels of cell i in [lo, lo + k)
+    start_key, end_key = run_keys(x) if keys is None else keys
+    base = others * (x.shape[0] * x.shape[1] + 1)
+    a = np.searchsorted(end_key, base + lo, 'right')          # the runs of each other cell that reach into [lo, hi)
+    b = np.maximum(np.searchsorted(start_key, base + hi, 'left'), a)
+    cnt = b - a
+    r = np.repeat(a - np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt) + np.arange(int(cnt.sum()))
+    rs, rl = x.starts[r].astype(np.int64), x.lengths[r].astype(np.int64)
+    per_run = covered[np.minimum(rs + rl, hi) - lo] - covered[np.maximum(rs, lo) - lo]
+    inter = np.bincount(np.repeat(np.arange(len(others)), cnt), per_run, minlength=len(others))   # exact integers
+    cl = np.concatenate([[0], np.cumsum(x.lengths, dtype=np.int64)])
+    area_o = (cl[ro[others + 1]] - cl[ro[others]]).astype(np.float64)
+    return inter / (float((e - s).sum()) + area_o - inter)
+
 
 # %% ../nbs/03_postprocess.ipynb 20
-def mask_nms(instances: Instances, iou_threshold: float | None, return_index=False):
+def _max_depth(x: Instances) -> int:
+    "Most masks covering one pixel, from the runs' start/end events (no pixel array)."
+    if len(x.starts) == 0: return 0
+    s = x.starts.astype(np.int64)
+    pos = np.concatenate([s + x.lengths, s]); step = np.concatenate([-np.ones(len(s), np.int64), np.ones(len(s), np.int64)])
+    o = np.lexsort((step, pos))                               # at one position, ends before starts
+    return int(np.cumsum(step[o]).max())
+
+def mask_nms(instances: Instances, iou_threshold: float | None, return_index=False, work_budget: int = 20_000_000):
     """Greedy mask NMS: walk by descending score, drop a mask whose IoU with a kept higher mask is `> iou_threshold`.
     Returns the kept instances in descending score order (and their indices into the input, int64, when
-    `return_index`). `iou_threshold=None` keeps everything (still sorted)."""
+    `return_index`). `iou_threshold=None` keeps everything (still sorted). When all pairs are cheap (pile depth x
+    pixels <= `work_budget`) they come from one `pairwise_iou`; otherwise only the `candidate_pairs` of a *kept*
+    mask are intersected (`ious_with`, on runs), so cost stays bounded for any number and size of masks."""
     order = score_order(instances)
     n = len(instances)
     keep = np.ones(n, bool)
     if iou_threshold is not None and n > 1:
         x = instances.select(order)
-        ia, ib, iou = pairwise_iou(x, x)
-        sel = (ia < ib) & (iou > iou_threshold)
-        if sel.any():
-            indptr, nbr = _csr(ia[sel], ib[sel], n)
-            for i in np.unique(ia[sel]).tolist():   # only cells with a lower neighbour above the threshold
-                if keep[i]: keep[nbr[indptr[i]:indptr[i + 1]]] = False
+        if _max_depth(x) * (x.n_pixels + x.shape[0] * x.shape[1]) <= work_budget:
+            ia, ib, iou = pairwise_iou(x, x)
+            sel = (ia < ib) & (iou > iou_threshold)
+            ia, ib = ia[sel], ib[sel]
+            start = np.searchsorted(ia, np.arange(n + 1))
+            for i in np.unique(ia).tolist():          # only cells with a lower neighbour above the threshold
+                if keep[i]: keep[ib[start[i]:start[i + 1]]] = False
+        else:
+            ia, ib = candidate_pairs(x, iou_threshold)
+            start, keys = np.searchsorted(ia, np.arange(n + 1)), run_keys(x)
+            for i in np.unique(ia).tolist():          # only cells with a lower neighbour that may pass the threshold
+                if not keep[i]: continue
+                nb = ib[start[i]:start[i + 1]]; nb = nb[keep[nb]]
+                if len(nb): keep[nb[ious_with(x, i, nb, keys) > iou_threshold]] = False
     idx = order[keep]
     out = instances.select(idx)
     return (out, idx) if return_index else out
 
-# %% ../nbs/03_postprocess.ipynb 24
+
+# %% ../nbs/03_postprocess.ipynb 25
 def _keep_rule(kept, areas, min_kept, min_area):
     "Survival of candidates with `kept` remaining pixels out of `areas`: bool array."
     return (kept >= max(int(min_area), 1)) & (kept >= float(min_kept) * areas)
 
-# %% ../nbs/03_postprocess.ipynb 25
+# %% ../nbs/03_postprocess.ipynb 26
 def _first_owner(seg, own, sel, nseg, n):
     "Per segment the lowest owner among selected (segment, owner) pairs; `n` where none. int32 (nseg,)."
     fo = np.full(nseg, n, np.int32)
     np.minimum.at(fo, seg[sel], own[sel])
     return fo
 
-# %% ../nbs/03_postprocess.ipynb 26
-def _segments(x: Instances):
+# %% ../nbs/03_postprocess.ipynb 27
+def _segments(x: Instances, budget: int | None = None):
     """Cut all runs of `x` at every run boundary: elementary segments `[bounds[k], bounds[k+1])` and the
     (segment, owner) pairs covering them, grouped by instance and ascending within one.
-    Returns `bounds` int64 (B,), `seg` int64 (Q,), `own` int32 (Q,)."""
+    Returns `bounds` int64 (B,), `seg` int64 (Q,), `own` int32 (Q,); None when Q would exceed `budget`."""
     s = x.starts.astype(np.int64); e = s + x.lengths
     bounds = np.unique(np.concatenate([s, e]))
-    lut = np.zeros(x.shape[0] * x.shape[1] + 1, np.int64)    # pixel boundary -> its index in `bounds`
-    lut[bounds] = np.arange(len(bounds))
-    lo, hi = lut[s], lut[e]
+    lo, hi = np.searchsorted(bounds, s), np.searchsorted(bounds, e)      # run boundary -> its index in `bounds`
+    if budget is not None and int((hi - lo).sum()) > budget: return None
     seg = runs_to_pixels(lo, hi - lo)
     own = np.repeat(x.run_owner.astype(np.int32), hi - lo)
     return bounds, seg, own
 
-# %% ../nbs/03_postprocess.ipynb 27
-def remove_overlaps(instances: Instances, min_kept: float = 0.0, min_area: int = 0, return_index=False):
-    """Walk by descending score; each candidate loses the pixels taken by kept higher-scored ones and is dropped
-    when it keeps fewer than `max(min_area, 1)` pixels or less than `min_kept` (fraction) of its own.
-    Returns the non-overlapping kept instances in descending score order (with their indices into the input,
-    int64, when `return_index`). Equal to the sequential full-size `used`-mask loop."""
-    order = score_order(instances)
-    x = instances.select(order)
+
+# %% ../nbs/03_postprocess.ipynb 28
+def _remove_overlaps_segments(x: Instances, bounds, seg, own, min_kept, min_area, budget):
+    """The vectorized walk on segments (see above) of `x` in score order: `(kept indices int64, Instances)`, or
+    None when the passes would do more than `8 * budget` (segment, owner) visits."""
     n = len(x)
-    bounds, seg, own = _segments(x)
     seg = seg.astype(np.int32)
     wt = (bounds[seg + 1] - bounds[seg]).astype(np.float64)     # pixels per (segment, owner) pair
     nseg = max(len(bounds) - 1, 0)
     areas = x.areas
     alive = np.ones(n, bool)
-    while True:
+    max_passes = max(2, 8 * budget // max(len(seg), 1))
+    for _ in range(max_passes):
         sel = alive[own]
         fo = _first_owner(seg, own, sel, nseg, n)
         mine = sel & (fo[seg] == own)
@@ -150,15 +234,54 @@ def remove_overlaps(instances: Instances, min_kept: float = 0.0, min_area: int =
         upper = np.rint(np.bincount(own[free], wt[free], minlength=n)).astype(np.int64)
         drop = fail & ~_keep_rule(upper, areas, min_kept, min_area)
         alive &= ~drop
+    else: return None
     idx = np.flatnonzero(alive)
     counts = np.bincount(own[mine], minlength=n)[idx]
     sm = seg[mine]
-    out = Instances(bounds[sm], bounds[sm + 1] - bounds[sm], np.concatenate([[0], np.cumsum(counts)]), x.shape,
-                    None if x.scores is None else x.scores[idx],
-                    None if x.labels is None else x.labels[idx], x.meta)
+    return idx, Instances(bounds[sm], bounds[sm + 1] - bounds[sm], np.concatenate([[0], np.cumsum(counts)]), x.shape,
+                          None if x.scores is None else x.scores[idx], None if x.labels is None else x.labels[idx], x.meta)
+
+
+# %% ../nbs/03_postprocess.ipynb 29
+def _remove_overlaps_walk(x: Instances, min_kept, min_area):
+    """The sequential walk itself on `x` (in score order), one cell at a time with a flat `used` mask: cost the sum
+    of the areas, memory one image plus one cell. Returns the kept cells' indices (int64) and their `Instances`."""
+    h, w = x.shape
+    used = np.zeros(h * w, bool)
+    areas, ro = x.areas, x.run_offsets
+    kept_idx, parts = [], []
+    for i in range(len(x)):
+        p = runs_to_pixels(x.starts[ro[i]:ro[i + 1]], x.lengths[ro[i]:ro[i + 1]])
+        free = p[~used[p]]
+        if _keep_rule(np.array([len(free)]), areas[i:i + 1], min_kept, min_area)[0]:
+            used[free] = True; kept_idx.append(i); parts.append(free)
+    idx = np.array(kept_idx, np.int64)
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+    pix = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return idx, Instances.from_pixels(pix, offsets, x.shape, None if x.scores is None else x.scores[idx],
+                                      None if x.labels is None else x.labels[idx], x.meta, sorted=True)
+
+
+# %% ../nbs/03_postprocess.ipynb 30
+def remove_overlaps(instances: Instances, min_kept: float = 0.0, min_area: int = 0, return_index=False,
+                    budget: int | None = None):
+    """Walk by descending score; each candidate loses the pixels taken by kept higher-scored ones and is dropped
+    when it keeps fewer than `max(min_area, 1)` pixels or less than `min_kept` (fraction) of its own.
+    Returns the non-overlapping kept instances in descending score order (with their indices into the input,
+    int64, when `return_index`). Equal to the sequential full-size `used`-mask loop. `budget`: most (segment,
+    owner) pairs times passes for the vectorized path (default `4 * (H * W + runs)`); past it the walk runs one cell
+    at a time (`_remove_overlaps_walk`), so memory stays bounded for any candidates."""
+    order = score_order(instances)
+    x = instances.select(order)
+    n = len(x)
+    if budget is None: budget = 4 * (x.shape[0] * x.shape[1] + len(x.starts))
+    segs = _segments(x, budget)
+    res = None if segs is None else _remove_overlaps_segments(x, *segs, min_kept, min_area, budget)
+    idx, out = res if res is not None else _remove_overlaps_walk(x, min_kept, min_area)
     return (out, order[idx]) if return_index else out
 
-# %% ../nbs/03_postprocess.ipynb 34
+
+# %% ../nbs/03_postprocess.ipynb 37
 def _hole_candidates(instances: Instances) -> np.ndarray:
     "Indices of instances with two runs in one row (only these can have holes), int64."
     w = instances.shape[1]
@@ -167,7 +290,7 @@ def _hole_candidates(instances: Instances) -> np.ndarray:
     same_row = (own[1:] == own[:-1]) & (e[:-1] // w == s[1:] // w)
     return np.unique(own[1:][same_row])
 
-# %% ../nbs/03_postprocess.ipynb 35
+# %% ../nbs/03_postprocess.ipynb 38
 def fill_holes(instances: Instances) -> Instances:
     "Fill the holes of every mask (background not 4-connected to the mask's box border). Order and extras kept."
     from scipy.ndimage import binary_fill_holes
@@ -187,10 +310,10 @@ def fill_holes(instances: Instances) -> Instances:
     return Instances.from_pixels(np.concatenate(parts), offsets, instances.shape, instances.scores, instances.labels,
                                  instances.meta, sorted=True)
 
-# %% ../nbs/03_postprocess.ipynb 38
+# %% ../nbs/03_postprocess.ipynb 41
 CLASS_NAMES = {i + 1: name for i, name in enumerate(CELL_TYPES)}
 
-# %% ../nbs/03_postprocess.ipynb 39
+# %% ../nbs/03_postprocess.ipynb 42
 def image_cell_type(instances: Instances, names=CLASS_NAMES, default=None):
     """The image's cell type by score-weighted vote of `instances.labels`: `names[label]` (or the int label when
     `names` is None); `default` when there are no instances. Ties go to the lower label."""
@@ -203,7 +326,7 @@ def image_cell_type(instances: Instances, names=CLASS_NAMES, default=None):
     try: return names[k]
     except (KeyError, IndexError): raise ValueError(f"image_cell_type: label {k} has no name in {names!r}") from None
 
-# %% ../nbs/03_postprocess.ipynb 42
+# %% ../nbs/03_postprocess.ipynb 45
 @dataclass
 class PostprocessConfig:
     "Post-processing settings of one cell type."
@@ -231,13 +354,13 @@ class PostprocessConfig:
 
     def replace(self, **changes) -> 'PostprocessConfig': return dataclasses.replace(self, **changes)
 
-# %% ../nbs/03_postprocess.ipynb 43
+# %% ../nbs/03_postprocess.ipynb 46
 DEFAULT_CONFIGS = {'shsy5y': dict(score_threshold=0.15, min_area=75),
                    'astro': dict(score_threshold=0.35, min_area=150),
                    'cort': dict(score_threshold=0.55, min_area=75)}
 _FIELDS = tuple(f.name for f in dataclasses.fields(PostprocessConfig))
 
-# %% ../nbs/03_postprocess.ipynb 44
+# %% ../nbs/03_postprocess.ipynb 47
 class PostprocessConfigs:
     """`PostprocessConfig` per cell type (a dict-like keyed by cell type). Default: the three competition types
     with the FACTS.md defaults. `save(path)` / `load(path)` as YAML."""
@@ -298,7 +421,7 @@ class PostprocessConfigs:
         except yaml.YAMLError as e: raise ValueError(f"{path}: not valid YAML: {e}") from None
         return cls.from_dict(d, cell_types, source=str(path))
 
-# %% ../nbs/03_postprocess.ipynb 47
+# %% ../nbs/03_postprocess.ipynb 50
 def postprocess(instances: Instances, cell_type: str | None = None, config=None, names=CLASS_NAMES,
                 return_index=False):
     """Raw candidates -> non-overlapping cells in descending score order. `config`: a `PostprocessConfig`, or a

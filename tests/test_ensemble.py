@@ -112,3 +112,49 @@ def test_settings_roundtrip_and_errors(tmp_path):
     g = random_candidates(5, (32, 32), seed=0)
     with pytest.raises(ValueError, match="no predictions of model"): ensemble({'cellpose': g}, s, 'shsy5y')
     with pytest.raises(ValueError, match='expected 2'): merge_models([g, g], weights=[1, 2, 3])
+
+
+# ---- bounded matching and vote (issue 9, section 4): equal to a dense computation exactly ----
+def dense_match_groups(preds, w, thr):
+    "The grouping rule on a dense IoU matrix: leaders by weighted score, partners by falling IoU, one per model."
+    allc = Instances.concat([p if p.scores is not None else p.with_(scores=np.ones(len(p), np.float32)) for p in preds])
+    src = np.repeat(np.arange(len(preds)), [len(p) for p in preds])
+    m = allc.to_masks().reshape(len(allc), -1).astype(np.int64)
+    inter = m @ m.T; a = m.sum(1)
+    with np.errstate(invalid='ignore', divide='ignore'): iou = inter / (a[:, None] + a[None, :] - inter)
+    group = np.full(len(allc), -1)
+    g = 0
+    for i in np.argsort(-(allc.scores * np.asarray(w)[src]), kind='stable'):
+        if group[i] >= 0: continue
+        group[i] = g; taken = {src[i]}
+        for j in sorted(range(len(allc)), key=lambda j: (-iou[i, j], j)):
+            if j != i and iou[i, j] > thr and group[j] < 0 and src[j] not in taken: group[j] = g; taken.add(src[j])
+        g += 1
+    return group
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_match_and_merge_equal_dense_on_piled_candidates(seed):
+    "Three passes of large candidates piled on each other (flip TTA of a half-trained model)."
+    rng = np.random.default_rng(seed)
+    shape = (36, 48)
+    base = random_candidates(20, shape, seed=seed, area=(60, 1200), dup_frac=0.5)
+    preds = [_scored(Instances.concat([random_candidates(10, shape, seed=50 + 7 * seed + j, area=(60, 1400)),
+                                       base.select(rng.permutation(len(base))[:14])]), 3 * seed + j) for j in range(3)]
+    w = rng.uniform(0.5, 2, 3)
+    for thr in (0.3, 0.5, 0.7):
+        allc, src, group = match_groups(preds, w, thr)
+        assert np.array_equal(group, dense_match_groups(preds, w, thr)), (seed, thr)
+    vote = 0.5
+    wn = w / w.sum()
+    allc, src, group = match_groups(preds, wn, 0.5)
+    m = merge_models(preds, w, 0.5, vote)
+    dense = allc.to_masks()
+    exp = []
+    for g in range(group.max() + 1):
+        mem = np.flatnonzero(group == g)
+        cover = np.zeros(shape)
+        for j in mem: cover = cover + wn[src[j]] * dense[j]          # in model order, as the merge sums
+        km = cover >= vote * np.bincount(group, weights=wn[src])[g] - 1e-9
+        if km.any(): exp.append(km)
+    assert np.array_equal(m.to_masks(), np.stack(exp))

@@ -76,6 +76,7 @@ def test_mask_nms_equals_loop(seed):
         out, idx = mask_nms(c, thr, return_index=True)
         assert np.array_equal(idx, dense_nms(masks, c.scores, thr)), (seed, thr)
         assert np.array_equal(out.to_masks(), masks[idx])
+        assert np.array_equal(mask_nms(c, thr, return_index=True, work_budget=0)[1], idx)
 
 
 @pytest.mark.parametrize('seed', range(6))
@@ -136,3 +137,67 @@ def test_config_yaml_roundtrip_and_errors(tmp_path):
     with pytest.raises(ValueError, match='no such config file'): PostprocessConfigs.load(tmp_path / 'nope.yaml')
     p.write_text("huh7: {min_area: 3}\n")
     assert PostprocessConfigs.load(p, cell_types=None)['huh7'].min_area == 3
+
+
+# ---- bounded paths (issue 9, section 4): pruned / chunked / walk paths equal the dense computations exactly ----
+from cellseg_nb.postprocess import candidate_pairs, ious_with, run_keys
+
+
+def piled_set(seed, n=45, shape=(40, 56)):
+    "Large candidates piled on each other (a half-trained model's output), some covering most of the image."
+    rng = np.random.default_rng(seed)
+    c = random_candidates(n, shape, seed=seed, area=(100, int(0.8 * shape[0] * shape[1])), dup_frac=0.6)
+    if seed % 2: c = c.with_(scores=np.round(c.scores * 3) / 3)     # ties
+    return c
+
+
+def dense_iou(masks):
+    m = masks.reshape(len(masks), -1).astype(np.int64)
+    inter = m @ m.T
+    a = m.sum(1)
+    with np.errstate(invalid='ignore', divide='ignore'): return inter / (a[:, None] + a[None, :] - inter)
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_ious_with_and_candidate_pairs_equal_dense(seed):
+    c = piled_set(seed)
+    iou = dense_iou(c.to_masks())
+    keys = run_keys(c)
+    rng = np.random.default_rng(seed)
+    for i in rng.choice(len(c), 6, replace=False):
+        others = rng.permutation(len(c))[:20]
+        assert np.array_equal(ious_with(c, int(i), others, keys), iou[i, others])     # exact, not close
+        assert np.array_equal(ious_with(c, int(i), others), iou[i, others])
+    for thr in (0.0, 0.3, 0.5, 0.8):
+        for chunk in (1, 50, 10 ** 6):
+            ia, ib = candidate_pairs(c, thr, chunk=chunk)
+            assert (ia < ib).all() and np.all(np.diff(ia * len(c) + ib) > 0)      # sorted, unique
+            want = set(zip(*np.nonzero(np.triu(iou > thr, 1))))
+            assert want <= set(zip(ia.tolist(), ib.tolist())), (seed, thr, chunk)
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_bounded_paths_equal_dense_on_piled_candidates(seed):
+    c = piled_set(seed)
+    masks = c.to_masks()
+    for thr in (0.1, 0.5, 0.9):
+        for wb in (0, 10 ** 12):                   # the bounded greedy path, the all-pairs path
+            idx = mask_nms(c, thr, return_index=True, work_budget=wb)[1]
+            assert np.array_equal(idx, dense_nms(masks, c.scores, thr)), (seed, thr, wb)
+    for mk, ma in [(0.0, 0), (0.5, 20), (0.9, 5)]:
+        ref_idx, ref_masks = dense_remove_overlaps(masks, c.scores, mk, ma)
+        for budget in (None, 0, 10 ** 9):          # default, the one-cell walk, the segment path always
+            out, idx = remove_overlaps(c, mk, ma, return_index=True, budget=budget)
+            assert np.array_equal(idx, ref_idx), (seed, mk, ma, budget)
+            assert np.array_equal(out.to_masks(), ref_masks)
+            assert np.array_equal(out.scores, c.scores[idx]) and np.array_equal(out.labels, c.labels[idx])
+
+
+def test_remove_overlaps_switches_to_the_walk_when_piled_deep():
+    "The segment path's (segment, owner) pairs are counted first; past the budget the walk runs instead."
+    from cellseg_nb.postprocess import _segments
+    c = piled_set(0, n=60)
+    assert _segments(c) is not None and len(_segments(c)[1]) > 0
+    assert _segments(c, budget=10) is None
+    out_walk = remove_overlaps(c, 0.5, 10, budget=10)
+    assert out_walk.to_rles() == remove_overlaps(c, 0.5, 10, budget=10 ** 9).to_rles()
