@@ -10,7 +10,6 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT, RESULTS = BENCH.parent, BENCH / 'results'
 INDEX = ROOT / 'nbs' / 'index.ipynb'
-START, END = '<!-- bench-table:start -->', '<!-- bench-table:end -->'
 HEAD = "| what | ours | peer (same inputs, same run) | ratio | script |\n|---|---|---|---|---|"
 
 
@@ -88,18 +87,10 @@ def table(old_table: str) -> str:
 
 
 def main():
-    nb = json.loads(INDEX.read_text())
-    for c in nb['cells']:
-        src = ''.join(c['source'])
-        if START in src:
-            a, b = src.index(START) + len(START), src.index(END)
-            src = src[:a] + '\n' + table(src[a:b]) + '\n' + src[b:]
-            lines = src.split('\n'); c['source'] = [l + '\n' for l in lines[:-1]] + [lines[-1]]
-            break
-    else: sys.exit(f"no {START} marker in {INDEX}")
-    INDEX.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n')
     sys.path.insert(0, str(ROOT / 'docs'))
-    import readme; readme.main()
+    import readme
+    readme.set_block('bench-table', table(readme.block('bench-table')))
+    readme.main()
     print(f"benchmark table rewritten in {INDEX.relative_to(ROOT)} from {RESULTS.relative_to(ROOT)}/")
 
 

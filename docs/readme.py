@@ -36,6 +36,33 @@ def readme_text(index=INDEX) -> str:
     return HEADER + '\n\n'.join(t for t in map(cell_markdown, cells) if t) + '\n'
 
 
+def markers(name): return f'<!-- {name}:start -->', f'<!-- {name}:end -->'
+
+
+def block(name, index=INDEX) -> str:
+    "The text between the `name` markers of a Markdown cell of `index` (ValueError when there are none)."
+    start, end = markers(name)
+    for c in json.loads(Path(index).read_text())['cells']:
+        src = _text(c['source'])
+        if start in src: return src[src.index(start) + len(start):src.index(end)].strip('\n')
+    raise ValueError(f"{index}: no {start} marker")
+
+
+def set_block(name, text, index=INDEX):
+    "Replace the text between the `name` markers of `index` by `text` (temporary file + rename)."
+    start, end = markers(name)
+    nb = json.loads(Path(index).read_text())
+    for c in nb['cells']:
+        src = _text(c['source'])
+        if start in src:
+            src = src[:src.index(start) + len(start)] + '\n' + text.strip('\n') + '\n' + src[src.index(end):]
+            lines = src.split('\n'); c['source'] = [l + '\n' for l in lines[:-1]] + [lines[-1]]
+            break
+    else: raise ValueError(f"{index}: no {start} marker")
+    tmp = Path(index).with_suffix('.ipynb.tmp'); tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n')
+    os.replace(tmp, index)
+
+
 def main(check=False):
     text = readme_text()
     if check:
