@@ -17,8 +17,8 @@ from bench_rle import public_rle_decode   # the same peer decoder in both benchm
 from _inputs import save_results, check_bound
 
 SHAPE = (520, 704)
-REAL = {'cort': (320, 10_777), 'shsy5y': (155, 52_286), 'astro': (131, 10_522)}   # images, cells (FACTS.md)
-MAX_CELLS = {'cort': 108, 'shsy5y': 790, 'astro': 594}                           # per image (FACTS.md)
+REAL = {'cort': (320, 10_777), 'shsy5y': (155, 52_286), 'astro': (131, 10_522)}   # images, cells (docs/facts.md)
+MAX_CELLS = {'cort': 108, 'shsy5y': 790, 'astro': 594}                           # per image (docs/facts.md)
 
 
 def make_real_size_csv(root, seed=0, scale=1.0):

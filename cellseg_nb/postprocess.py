@@ -363,7 +363,7 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(PostprocessConfig))
 # %% ../nbs/03_postprocess.ipynb 47
 class PostprocessConfigs:
     """`PostprocessConfig` per cell type (a dict-like keyed by cell type). Default: the three competition types
-    with the FACTS.md defaults. `save(path)` / `load(path)` as YAML."""
+    with the docs/facts.md defaults. `save(path)` / `load(path)` as YAML."""
     def __init__(self, configs: dict | None = None):
         if configs is None: configs = {k: PostprocessConfig(**v) for k, v in DEFAULT_CONFIGS.items()}
         for k, v in configs.items():

@@ -335,13 +335,13 @@ def _samples(rng, cell_type, n):
                                        'level']).sort_values('i').reset_index(drop=True)
 
 # %% ../nbs/04_synth.ipynb 23
-REAL_IMAGES = {'cort': 320, 'shsy5y': 155, 'astro': 131}   # train images per type in the real data (FACTS.md)
+REAL_IMAGES = {'cort': 320, 'shsy5y': 155, 'astro': 131}   # train images per type in the real data (docs/facts.md)
 
 CORT_DUPLICATES = 0.03    # fraction of cort cells annotated twice (a known defect of the real train.csv; rate not measured)
 
 def make_competition(root, n_images=12, seed=0, image_shape=FULL_SHAPE, n_test=3, n_semi=3, livecell=0,
                      cort_duplicates: float = CORT_DUPLICATES, progress=None) -> Path:
-    """Write a synthetic Sartorius competition folder at `root` (the real layout, FACTS.md):
+    """Write a synthetic Sartorius competition folder at `root` (the real layout, docs/facts.md):
     `train.csv` (id, annotation, width, height, cell_type, plate_time, sample_date, sample_id, elapsed_timedelta;
     one row per cell), `train/{id}.png`, `test/{id}.png` (12-hex ids), `train_semi_supervised/{name}.png` (named as
     released, see `_semi_supervised_names`), `sample_submission.csv` (`id,predicted`, the test ids) and, when

@@ -9,7 +9,7 @@ from cellseg_nb.celltypes import CELL_TYPES, LIVECELL_TYPES
 from cellseg_nb.synth import (make_competition, make_livecell, synth_instances, synth_image, _split_counts,
                               STYLES, FULL_SHAPE)
 
-REAL = {'shsy5y': (337, 225), 'astro': (80, 906), 'cort': (34, 240)}     # cells / image, mean area (FACTS.md)
+REAL = {'shsy5y': (337, 225), 'astro': (80, 906), 'cort': (34, 240)}     # cells / image, mean area (docs/facts.md)
 COLUMNS = ['id', 'annotation', 'width', 'height', 'cell_type', 'plate_time', 'sample_date', 'sample_id',
            'elapsed_timedelta']
 
