@@ -12,6 +12,25 @@ def test_readme_is_generated_from_index():
     assert (ROOT / 'README.md').read_text() == readme.readme_text(), "run python docs/readme.py"
 
 
+def test_readme_demo_table_is_the_demo_results():
+    "The README's demo numbers are what results/demo_results.csv (a demo's results.csv) gives, not typed."
+    from cellseg_nb.pipeline import results_markdown, results_wide
+    csv = ROOT / 'results' / 'demo_results.csv'
+    assert readme.block('demo-table') == results_markdown(csv).strip('\n'), "run python docs/demo_table.py"
+    assert {'maskrcnn', 'cellpose', 'ensemble'} <= {m.split()[0] for m in results_wide(csv).index}
+
+
+def test_marker_blocks_round_trip(tmp_path):
+    nb = dict(cells=[dict(cell_type='markdown', metadata={}, source='a\n<!-- t:start -->\nold\n<!-- t:end -->\nb')],
+              metadata={}, nbformat=4, nbformat_minor=5)
+    p = tmp_path / 'i.ipynb'; p.write_text(json.dumps(nb))
+    assert readme.block('t', p) == 'old'
+    readme.set_block('t', '| x |\n|---|', p)
+    assert readme.block('t', p) == '| x |\n|---|'
+    assert readme.readme_text(p).endswith('a\n<!-- t:start -->\n| x |\n|---|\n<!-- t:end -->\nb\n')
+    with pytest.raises(ValueError, match='no <!-- u:start --> marker'): readme.block('u', p)
+
+
 def test_readme_code_cells_and_outputs(tmp_path):
     nb = dict(cells=[dict(cell_type='markdown', metadata={}, source='# T\n\ntext'),
                      dict(cell_type='code', metadata={}, source='#| hide\nx = 1', outputs=[]),
