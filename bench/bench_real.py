@@ -86,7 +86,7 @@ def maskrcnn_train(images, insts, work: Path, seed: int):
     from cellseg_nb.pipeline import maskrcnn_demo_options
     c0 = cpu()
     it, c = MASKRCNN['iterations'], MASKRCNN['crop']
-    r = train((ArraySource(images, insts), None), work / 'maskrcnn', backbone='resnet18',
+    r = train((ArraySource(images, [x.with_(labels=None) for x in insts]), None),   # one class: cell work / 'maskrcnn', backbone='resnet18',
               model_options=maskrcnn_demo_options(images[0].shape), iterations=it, batch_size=MASKRCNN['batch_size'],
               optimizer='adamw', lr=2e-3, warmup=min(20, it // 5), val_every=10 ** 9, checkpoint_every=10 ** 9,
               augment=dict(crop_size=(c, c)), seed=seed, progress=False, device='cpu')
