@@ -15,9 +15,9 @@ from .celltypes import CELL_TYPES, class_id
 
 # %% auto 0
 __all__ = ['OVERLAP_RULES', 'BUILTIN_MODEL_NAMES', 'DIAMETER_MODES', 'DIAMETER_RANGE', 'label_image', 'cell_diameters',
-           'image_diameter', 'cell_type_diameters', 'TrainingSet', 'training_set', 'check_model_path', 'train_cellpose',
-           'CellposeBundle', 'load_model', 'clamp_diameter', 'to_instances', 'predict', 'train_size_model',
-           'compare_diameters', 'diameter_summary']
+           'image_diameter', 'cell_type_diameters', 'TrainingSet', 'training_set', 'check_model_path',
+           'training_progress', 'train_cellpose', 'CellposeBundle', 'load_model', 'clamp_diameter', 'to_instances',
+           'predict', 'train_size_model', 'compare_diameters', 'diameter_summary']
 
 # %% ../nbs/12_cpose.ipynb 6
 OVERLAP_RULES = ('smaller', 'larger', 'order', 'drop')
@@ -167,7 +167,39 @@ def _cellpose_model(path=None, diam_mean: float = 30., gpu: bool = False, mkldnn
         raise RuntimeError(f"cellpose replaced the model path {path} by {m.pretrained_model}")
     return m
 
-# %% ../nbs/12_cpose.ipynb 28
+# %% ../nbs/12_cpose.ipynb 29
+class training_progress:
+    """Context manager: a tqdm bar over cellpose's training epochs, with the epoch's mean loss and the time left.
+    `cellpose.train.train_seg` reports only through `logging` (every 10 epochs); this wraps its loss function
+    (`cellpose.train._loss_fn_seg`, restored on exit) to see every batch's loss: `n_batches` batches make one epoch.
+    `losses`: the mean loss of each finished epoch (float, as `train_seg` returns them)."""
+    def __init__(self, n_epochs: int, n_batches: int, desc: str = 'cellpose', disable: bool = False):
+        self.n_epochs, self.n_batches, self.desc, self.disable = int(n_epochs), max(1, int(n_batches)), desc, disable
+        self.losses = []
+    def __enter__(self):
+        from tqdm.auto import tqdm
+        from cellpose import train
+        self._train, self._loss_fn = train, train._loss_fn_seg
+        self.bar = tqdm(total=self.n_epochs, desc=self.desc, unit='epoch', disable=self.disable)
+        self._batch, self._sum, self._n = 0, 0., 0
+        def loss_fn(lbl, y, device):
+            loss = self._loss_fn(lbl, y, device)
+            self._record(float(loss.detach()), len(lbl))
+            return loss
+        train._loss_fn_seg = loss_fn
+        return self
+    def _record(self, loss: float, n: int):
+        self._batch += 1; self._sum += loss * n; self._n += n
+        if self._batch % self.n_batches: return
+        self.losses.append(self._sum / self._n); self._sum, self._n = 0., 0
+        self.bar.set_postfix_str(f"loss {self.losses[-1]:.4f}", refresh=False)
+        self.bar.update(1)
+    def __exit__(self, *exc):
+        self._train._loss_fn_seg = self._loss_fn
+        self.bar.close()
+
+
+# %% ../nbs/12_cpose.ipynb 30
 def _as_training_set(x, ids, overlap, min_masks):
     return x if isinstance(x, TrainingSet) else training_set(x, ids, overlap, min_masks)
 
@@ -177,17 +209,19 @@ def _write_json(path, obj):
     os.replace(tmp, path)
 
 def _train_stage(net, ts: TrainingSet, out_dir: Path, name: str, n_epochs, learning_rate, weight_decay, batch_size,
-                 bsize, nimg_per_epoch, SGD):
+                 bsize, nimg_per_epoch, SGD, progress=True):
     from cellpose import train
     if len(ts) == 0: raise ValueError(f"train_cellpose: no training images left for {name!r} (all skipped: {ts.skipped[:5]})")
     work = Path(tempfile.mkdtemp(dir=out_dir, prefix=f'.{name}.'))
     t0 = time.time()
+    n_batches = -(-int(nimg_per_epoch or len(ts)) // int(batch_size))
     try:
-        path, losses, _ = train.train_seg(net, train_data=ts.images, train_labels=ts.labels, channels=list(_CHANNELS),
-            normalize=dict(_NORMALIZE), n_epochs=int(n_epochs), learning_rate=float(learning_rate),
-            weight_decay=float(weight_decay), batch_size=int(batch_size), bsize=int(bsize), SGD=bool(SGD),
-            nimg_per_epoch=nimg_per_epoch, min_train_masks=0, rescale=True, save_path=work, save_every=int(n_epochs) + 1,
-            model_name=name)
+        with training_progress(n_epochs, n_batches, desc=f'cellpose {name}', disable=not progress):
+            path, losses, _ = train.train_seg(net, train_data=ts.images, train_labels=ts.labels, channels=list(_CHANNELS),
+                normalize=dict(_NORMALIZE), n_epochs=int(n_epochs), learning_rate=float(learning_rate),
+                weight_decay=float(weight_decay), batch_size=int(batch_size), bsize=int(bsize), SGD=bool(SGD),
+                nimg_per_epoch=nimg_per_epoch, min_train_masks=0, rescale=True, save_path=work, save_every=int(n_epochs) + 1,
+                model_name=name)
         final = out_dir / name
         os.replace(path, final)
     finally: shutil.rmtree(work, ignore_errors=True)
@@ -196,10 +230,10 @@ def _train_stage(net, ts: TrainingSet, out_dir: Path, name: str, n_epochs, learn
                        losses=[round(float(x), 5) for x in losses])
 
 def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pretrained_model=None,
-                   n_epochs: int = 100, livecell_epochs: int = 50, learning_rate: float = 0.01,
+                   n_epochs: int = 100, livecell_epochs: int = 50, learning_rate: float = 0.005,
                    weight_decay: float = 1e-5, batch_size: int = 8, bsize: int = 224, nimg_per_epoch: int | None = None,
                    min_train_masks: int = 1, diam_mean: float = 30., overlap: str = 'smaller', SGD: bool = False,
-                   model_name: str = 'cellpose', seed: int = 0, gpu: bool = False) -> Path:
+                   model_name: str = 'cellpose', seed: int = 0, gpu: bool = False, progress: bool = True) -> Path:
     """Train a cellpose-3 U-Net and return the path of the saved model file `out_dir/model_name`.
 
     `data`: competition data (`SartoriusData`, its root path or a `TrainingSet`), `ids` its training images
@@ -209,6 +243,7 @@ def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pr
     `bsize`: training crop size; `nimg_per_epoch`: images drawn per epoch (default the training set size);
     `min_train_masks`: images with fewer cells are left out (and reported); `diam_mean`: the diameter the network
     sees cells at (from scratch only; a pretrained file keeps its own); `overlap`: rule of `label_image`.
+    `progress`: a bar per stage with epoch, loss and time left (`training_progress`).
     `out_dir` is created; the model file is `out_dir/model_name`, with `model_name.json` beside it."""
     import torch
     pre = None if pretrained_model is None or pretrained_model is False else check_model_path(pretrained_model)
@@ -223,7 +258,7 @@ def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pr
     torch.manual_seed(seed); np.random.seed(seed)
     model = _cellpose_model(pre, diam_mean=diam_mean, gpu=gpu, mkldnn=False)
     kw = dict(learning_rate=learning_rate, weight_decay=weight_decay, batch_size=batch_size, bsize=bsize,
-              nimg_per_epoch=nimg_per_epoch, SGD=SGD)
+              nimg_per_epoch=nimg_per_epoch, SGD=SGD, progress=progress)
     stages = []
     if lc is not None:
         _, info = _train_stage(model.net, lc, out_dir, f'{model_name}_livecell', livecell_epochs, **kw)
@@ -238,7 +273,7 @@ def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pr
     _write_json(out_dir / f'{model_name}.json', meta)
     return path
 
-# %% ../nbs/12_cpose.ipynb 30
+# %% ../nbs/12_cpose.ipynb 32
 @dataclass
 class CellposeBundle:
     """A trained cellpose model and its companions: `cp` (`cellpose.models.CellposeModel`), `path`, `size`
@@ -270,7 +305,7 @@ def load_model(path, gpu: bool = False, mkldnn: bool = True) -> CellposeBundle:
     cents = {k: np.asarray(v, np.float32) for k, v in json.loads(types.read_text()).items()} if types.is_file() else {}
     return CellposeBundle(cp, path, size, dict(info.get('type_diameters', {})), cents)
 
-# %% ../nbs/12_cpose.ipynb 32
+# %% ../nbs/12_cpose.ipynb 34
 DIAMETER_MODES = (None, 'size_model', 'cell_type')
 DIAMETER_RANGE = (8.0, 100.0)      # px: the diameters cells have in the competition and LIVECell images
 
@@ -360,7 +395,7 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
         out = [_post(r, r.meta.get('cell_type'), cfg) for r in out]
     return out
 
-# %% ../nbs/12_cpose.ipynb 44
+# %% ../nbs/12_cpose.ipynb 46
 def train_size_model(model, data, ids=None, n_epochs: int = 10, batch_size: int = 8, bsize: int = 224,
                      overlap: str = 'smaller', min_train_masks: int = 1, gpu: bool = False) -> Path:
     """Train cellpose's SizeModel for the model file `model` on `data` (`SartoriusData`, root path or `TrainingSet`;

@@ -14,6 +14,7 @@ from cellseg_nb.synth import synth_image, make_competition
 from cellseg_nb.data import SartoriusData
 from cellseg_nb.metric import evaluate
 from cellseg_nb.celltypes import class_id
+from cellseg_nb.instances import Instances
 
 torch.set_num_threads(1)
 TYPES = ['shsy5y', 'astro']                     # two types of clearly different size (about 15 and 31 px)
@@ -191,3 +192,46 @@ def test_label_image_smaller_rule_against_dense():
     new_id = np.cumsum(alive) * alive
     exp = np.where(m.any(0), new_id[winner], 0)
     assert np.array_equal(lab, exp)
+
+
+def test_training_shows_progress(capfd, tmp_path):
+    "A short training prints a bar per stage with the epoch count, the epoch's loss and the time left."
+    items = _images([7], shape=(96, 96))
+    ts = TrainingSet.from_arrays([x[1] for x in items], [x[2] for x in items], [x[0] for x in items])
+    path = train_cellpose(ts, tmp_path / 'm', n_epochs=3, bsize=64, batch_size=2, nimg_per_epoch=4, diam_mean=12.)
+    err = capfd.readouterr().err
+    assert 'cellpose cellpose' in err and '3/3' in err and 'epoch' in err, err[-1500:]
+    losses = json.loads(Path(str(path) + '.json').read_text())['stages'][-1]['losses']
+    shown = [float(x) for x in __import__('re').findall(r'loss (\d+\.\d+)', err)]
+    assert len(losses) == 3 and shown and shown[-1] == pytest.approx(losses[-1], abs=6e-5), (shown, losses)
+    path = train_cellpose(ts, tmp_path / 'q', n_epochs=2, bsize=64, batch_size=2, nimg_per_epoch=4, diam_mean=12.,
+                          progress=False)
+    assert 'epoch' not in capfd.readouterr().err
+    from cellpose import train
+    assert train._loss_fn_seg.__module__ == 'cellpose.train'               # the loss hook is removed afterwards
+
+
+def test_training_equals_cellpose_train_seg(tmp_path):
+    """Our training is cellpose's own: same seed, same images and labels (no overlaps, so every label rule agrees)
+    -> bit-identical network weights after `train_cellpose` and after a direct `train.train_seg` at cellpose's
+    documented defaults (learning rate, normalization, rescaling, crops)."""
+    import inspect
+    from cellpose import models, train
+    defaults = {k: v.default for k, v in inspect.signature(train.train_seg).parameters.items()}
+    ours = {k: v.default for k, v in inspect.signature(train_cellpose).parameters.items()}
+    for k in ('learning_rate', 'weight_decay', 'batch_size', 'bsize', 'nimg_per_epoch', 'SGD'):
+        assert ours[k] == defaults[k], (k, ours[k], defaults[k])
+    items = _images([8], shape=(96, 96))
+    labels = [label_image(x[2], 'order') for x in items]
+    clean = [Instances.from_label_image(l) for l in labels]                 # the same cells, without overlaps
+    kw = dict(n_epochs=3, bsize=64, batch_size=2, nimg_per_epoch=4)
+    ts = TrainingSet.from_arrays([x[1] for x in items], clean, [x[0] for x in items])
+    for lab, other in zip(ts.labels, labels): assert np.array_equal(lab, other)
+    path = train_cellpose(ts, tmp_path / 'ours', diam_mean=12., seed=3, progress=False, **kw)
+    (tmp_path / 'peer').mkdir()                                            # cellpose needs save_path to exist
+    torch.manual_seed(3); np.random.seed(3)
+    m = models.CellposeModel(gpu=False, pretrained_model=False, model_type=None, nchan=2, diam_mean=12., mkldnn=False)
+    peer, _, _ = train.train_seg(m.net, train_data=[x[1] for x in items], train_labels=labels, channels=[0, 0],
+                                 save_path=tmp_path / 'peer', **kw)
+    a, b = torch.load(path, weights_only=True), torch.load(peer, weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
