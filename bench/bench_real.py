@@ -157,6 +157,14 @@ def run_fold(k: int, epochs: int, with_maskrcnn: bool, seed: int = SEED, ours_op
     return rows
 
 
+def table_markdown(table) -> str:
+    "The README's table (Markdown) from `results/bench_real.csv` (a path or its DataFrame)."
+    from cellseg_nb.pipeline import markdown_table
+    table = pd.read_csv(table) if isinstance(table, (str, os.PathLike)) else table
+    cols = ['fold', 'held_out', 'model', 'mAP', 'ap50', 'ap75', 'n_pred', 'diameter', 'train_cpu_s']
+    return markdown_table(table[cols], index=False)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--folds', type=int, nargs='*', default=[0, 1, 2, 3, 4])
@@ -170,6 +178,7 @@ def main(argv=None):
     ap.add_argument('--jobs', type=int, default=1, help='folds run in parallel processes (one CPU thread each)')
     ap.add_argument('--out', default=str(REPO / 'results' / 'bench_real.csv'))
     ap.add_argument('--markdown', default=None, help='also write the table as Markdown to this file')
+    ap.add_argument('--readme', action='store_true', help='also rewrite the README table (nbs/index.ipynb, README.md)')
     ap.add_argument('--ours-lr', type=float, default=None, help="our learning rate (default: train_cellpose's)")
     a = ap.parse_args(argv)
     folds = [0] if a.check else a.folds
@@ -201,10 +210,12 @@ def main(argv=None):
           f"{BUDGET['diam_mean']:.0f} px), seed {SEED}, 1 thread; wall {time.time() - t0:.0f} s")
     for k, v in ours.items(): print(f"{k}: mAP {v:.3f} vs peer {peer:.3f}: ratio {v / max(peer, 1e-9):.2f}")
     if a.markdown:
-        from cellseg_nb.pipeline import markdown_table
-        cols = ['fold', 'held_out', 'model', 'mAP', 'ap50', 'ap75', 'n_pred', 'diameter', 'train_cpu_s']
         md = Path(a.markdown); tmp = md.with_name(md.name + '.tmp')
-        tmp.write_text(markdown_table(table[cols], index=False) + '\n'); os.replace(tmp, md)
+        tmp.write_text(table_markdown(table) + '\n'); os.replace(tmp, md)
+    if a.readme:
+        sys.path.insert(0, str(REPO / 'docs'))
+        import readme
+        readme.set_block('real-bench-table', table_markdown(out)); readme.main()
     if a.check:
         low = {k: v for k, v in ours.items() if k.startswith('ours') and v < peer}
         if low: sys.exit(f"FAIL: ours below the peer (mAP {peer:.3f}): {low}")
