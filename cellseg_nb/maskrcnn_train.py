@@ -306,7 +306,7 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     `(train_source, val_source_or_None)` of in-memory sources (`ArraySource`, all their ids used).
     `backbone`, `weights` (local file), `model_options` (`MODEL_DEFAULTS` keys): passed to `build_model`; the
     class count defaults to the dataset's (3 or 8). `options`: any of `TRAIN_DEFAULTS` (iterations, batch_size per
-    process, optimizer 'sgd'/'adamw', lr, warmup, schedule 'cosine'/'step'/'constant', clip_grad, amp (CUDA only),
+    process, optimizer 'sgd'/'adamw', lr, warmup, schedule 'cosine'/'step'/'constant', clip_grad, amp (True: float16 autocast + GradScaler on CUDA only; 'any': on every device, slow on CPU, a way to step the AMP path without a GPU),
     checkpoint_every, val_every (iterations; validation = our competition metric on fold `fold` after
     post-processing), val_images (cap), log_every, seed, num_workers, augment (bool or dict of
     `AUGMENT_DEFAULTS`), val_postprocess, fold, n_folds).
@@ -354,8 +354,8 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     if cfg['optimizer'] == 'sgd': opt = torch.optim.SGD(params, cfg['lr'], momentum=cfg['momentum'], weight_decay=cfg['weight_decay'])
     elif cfg['optimizer'] == 'adamw': opt = torch.optim.AdamW(params, cfg['lr'], weight_decay=cfg['weight_decay'])
     else: raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg['optimizer']!r}")
-    use_amp = bool(cfg['amp']) and device.type == 'cuda'
-    scaler = torch.amp.GradScaler('cuda', enabled=use_amp)
+    use_amp = cfg['amp'] == 'any' or (bool(cfg['amp']) and device.type == 'cuda')
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     start, acc = 0, {}
     torch.manual_seed(cfg['seed'] + 1 + rank)
     if rank == 0:

@@ -174,6 +174,22 @@ def test_transfer_resumes_inside_the_livecell_stage(driver, tmp_path):
         _assert_same_log(tmp_path / 'ref' / s / 'log.csv', out / s / 'log.csv')
 
 
+def test_amp_gradscaler_steps_on_cpu(root, tmp_path):
+    """amp='any' runs the AMP path (float16 autocast, GradScaler scale / unscale before clipping / step / update,
+    skipped steps on overflow) on the CPU: losses finite, the first one within 5% of float32's (the same sample and
+    initial weights), the scaler's state checkpointed, the weights kept in float32."""
+    kw = {**RUN, 'iterations': 5, 'checkpoint_every': 5, 'val_every': 5}
+    fp32 = train(root, tmp_path / 'fp32', **kw, amp=False)
+    amp = train(root, tmp_path / 'amp', **kw, amp='any')
+    assert np.isfinite(amp['log'].loss).all()
+    assert amp['log'].loss.iloc[0] == pytest.approx(fp32['log'].loss.iloc[0], rel=0.05)
+    assert not amp['log'].loss.equals(fp32['log'].loss)      # float16 arithmetic really ran
+    st = read_checkpoint(amp['checkpoint'])['scaler']
+    assert st and 0 < st['scale'] <= 65536.0                 # an enabled scaler (a disabled one saves {})
+    assert not read_checkpoint(fp32['checkpoint'])['scaler']
+    assert all(p.dtype == torch.float32 for p in amp['model'].parameters())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP (float16 autocast + GradScaler) runs on CUDA only")
 def test_amp_gradscaler_steps_on_gpu(root, tmp_path):
     """The default amp=True on a GPU: float16 autocast and the GradScaler (scale, unscale before clipping, step,
