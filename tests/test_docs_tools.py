@@ -12,6 +12,14 @@ def test_readme_is_generated_from_index():
     assert (ROOT / 'README.md').read_text() == readme.readme_text(), "run python docs/readme.py"
 
 
+def test_readme_demo_table_is_the_demo_results():
+    "The README's demo numbers are what results/demo_results.csv (a demo's results.csv) gives, not typed."
+    from cellseg_nb.pipeline import results_markdown, results_wide
+    csv = ROOT / 'results' / 'demo_results.csv'
+    assert readme.block('demo-table') == results_markdown(csv).strip('\n'), "run python docs/demo_table.py"
+    assert {'maskrcnn', 'cellpose', 'ensemble'} <= {m.split()[0] for m in results_wide(csv).index}
+
+
 def test_readme_real_benchmark_table_is_its_csv():
     import bench_real
     assert readme.block('real-bench-table') == bench_real.table_markdown(ROOT / 'results' / 'bench_real.csv').strip('\n')
