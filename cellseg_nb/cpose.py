@@ -323,10 +323,6 @@ def clamp_diameter(diameter: float, diameter_range=DIAMETER_RANGE, where: str = 
     if out != d: warnings.warn(f"{where}: diameter estimate {d:.3g} px is outside {lo:g}-{hi:g} px; clamped to {out:g} px")
     return out
 
-def _as_image_list(images) -> list:
-    "uint8 (H, W) images by the project's one image rule (`cellseg_nb.data.as_image_list`)."
-    return as_image_list(images)
-
 def _nearest_type(style, centroids: dict):
     "Cell type whose unit centroid has the largest cosine with `style` (None without centroids)."
     if not centroids: return None
@@ -359,7 +355,7 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
     `diameter_range`: every diameter used is clipped into it (`clamp_diameter`, a warning naming the image)."""
     from tqdm.auto import tqdm
     bundle = model if isinstance(model, CellposeBundle) else load_model(model)
-    imgs = _as_image_list(images)
+    imgs = as_image_list(images)
     n = len(imgs)
     if cell_types is None or isinstance(cell_types, str): cell_types = [cell_types] * n
     cell_types = list(cell_types)
