@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / 'shared' / 'realdata' / 'livecell_val5' / 'LIVECell_dataset_2021'
 BUDGET = dict(n_epochs=100, bsize=64, batch_size=2, nimg_per_epoch=4, diam_mean=17.)   # the same for ours and the peer
 SIZE_EPOCHS = 5                                                                  # our SizeModel
-MASKRCNN = dict(iterations=12, batch_size=2, crop=256)                           # about half the CPU of one Cellpose training
+MASKRCNN = dict(iterations=150, batch_size=2, crop=256)          # about the CPU of one Cellpose training (ours)
 SEED = 0
 
 
@@ -87,7 +87,8 @@ def maskrcnn_train(images, insts, work: Path, seed: int):
     from cellseg_nb.pipeline import maskrcnn_demo_options
     c0 = cpu()
     it, c = MASKRCNN['iterations'], MASKRCNN['crop']
-    r = train((ArraySource(images, [x.with_(labels=None) for x in insts]), None),   # one class: cell work / 'maskrcnn', backbone='resnet18',
+    one_class = [x.with_(labels=None) for x in insts]                    # one class: cell (any line)
+    r = train((ArraySource(images, one_class), None), work / 'maskrcnn', backbone='resnet18',
               model_options=maskrcnn_demo_options(images[0].shape), iterations=it, batch_size=MASKRCNN['batch_size'],
               optimizer='adamw', lr=2e-3, warmup=min(20, it // 5), val_every=10 ** 9, checkpoint_every=10 ** 9,
               augment=dict(crop_size=(c, c)), seed=seed, progress=False, device='cpu')
