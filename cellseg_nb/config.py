@@ -218,6 +218,11 @@ class ModelConfig(Config):
         "Keyword arguments of `build_model` besides `num_classes` and `backbone` (tuples kept)."
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ('num_classes', 'backbone')}
 
+    def changed_options(self) -> dict:
+        "The `build_options` that differ from the `ModelConfig` defaults (a short `model_options` dict)."
+        d = ModelConfig().build_options()
+        return {k: v for k, v in self.build_options().items() if v != d[k]}
+
 @dataclass
 class AugmentConfig(Config):
     "Training augmentation of Mask R-CNN (`maskrcnn_train.augment_sample`)."
