@@ -412,10 +412,14 @@ def _competition() -> Recipe:
             min_train_masks=1, size_model=True, size_epochs=10),
         demo=DemoConfig())
 
-RECIPES = {'tiny': _tiny, 'demo': _demo, 'quick': _quick, 'competition': _competition}
+def _default() -> Recipe:
+    "The library defaults (what `cellseg train` uses without --recipe): R50-FPN at native scale, SGD 0.02, 1000 iterations; LIVECell stage 2000."
+    return Recipe(name='default', pretrain=TrainConfig(iterations=2000))
+
+RECIPES = {'default': _default, 'tiny': _tiny, 'demo': _demo, 'quick': _quick, 'competition': _competition}
 
 def get_recipe(name_or_path) -> Recipe:
-    """A fresh copy of the named recipe (`RECIPES`: tiny, demo, quick, competition) or the recipe in a YAML file
+    """A fresh copy of the named recipe (`RECIPES`: default, tiny, demo, quick, competition) or the recipe in a YAML file
     (missing keys take the `Recipe` defaults). ConfigError for an unknown name or a bad file."""
     if isinstance(name_or_path, Recipe): return name_or_path
     s = str(name_or_path)
