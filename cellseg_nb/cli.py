@@ -477,10 +477,8 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
         res = train(lc, out, livecell_dataset(lines), **common, **{**o, 'fold': 0})
         log = res['log']
     elif lc is not None:
-        p = r.maskrcnn_options('pretrain')
         res = transfer(root, out, lc, backbone=o['backbone'], model_options=o['model_options'], livecell_types=lines,
-                       pretrain={k: v for k, v in p.items() if k not in ('backbone', 'model_options')} | {'fold': 0},
-                       finetune={k: v for k, v in o.items() if k not in ('backbone', 'model_options')}, **common)
+                       pretrain={**r.stage_options('pretrain'), 'fold': 0}, finetune=r.stage_options('train'), **common)
         log = res['competition']['log']
     else:
         res = train(root, out, **common, **o)

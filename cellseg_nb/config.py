@@ -313,16 +313,21 @@ class Recipe(Config):
         from cellseg_nb.ensemble import EnsembleSettings
         return typing.get_type_hints(cls, localns=dict(PostprocessConfigs=PostprocessConfigs, EnsembleSettings=EnsembleSettings))
 
-    def maskrcnn_options(self, stage: str = 'train') -> dict:
-        """Options of `maskrcnn_train.train` for `stage` ('train' or 'pretrain'): the stage's `TrainConfig` with
-        `augment` as the augmentation settings (or False), plus `model_options` (`build_model` keywords)."""
-        t = self.train if stage == 'train' else (self.pretrain or self.train)
+    def stage_options(self, stage: str = 'train') -> dict:
+        """Training options of one stage ('train', or 'pretrain': the LIVECell stage, `train` when None): the
+        stage's `TrainConfig` fields with `augment` as the augmentation settings (or False)."""
         if stage not in ('train', 'pretrain'): raise ValueError(f"stage must be 'train' or 'pretrain', got {stage!r}")
+        t = self.train if stage == 'train' else (self.pretrain or self.train)
         opts = {f.name: getattr(t, f.name) for f in dataclasses.fields(t)}
         opts['augment'] = dataclasses.asdict(self.augment) if t.augment else False
+        return opts
+
+    def maskrcnn_options(self, stage: str = 'train') -> dict:
+        """All keyword options of `maskrcnn_train.train` for `stage`: `backbone`, `model_options` (`build_model`
+        keywords) and `stage_options(stage)`."""
         mo = self.model.build_options()
         if self.model.num_classes is not None: mo['num_classes'] = self.model.num_classes
-        return dict(backbone=self.model.backbone, model_options=mo, **opts)
+        return dict(backbone=self.model.backbone, model_options=mo, **self.stage_options(stage))
 
     def describe(self) -> str:
         "The recipe as YAML text (what a run prints at its start)."
