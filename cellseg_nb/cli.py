@@ -515,7 +515,7 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
                        epochs: int = None,  # training epochs (default: recipe)
                        lr: float = None,  # learning rate (default: recipe)
                        bsize: int = None,  # training crop size (default: recipe)
-                       no_size_model: bool = False,  # skip the SizeModel (diameter per image)
+                       no_size_model: bool = False,  # skip the SizeModel (diameter per image): cellpose.size_epochs=0
                        device: str = 'auto'):  # cpu, cuda or auto
     """Train a Cellpose 3 U-Net (from scratch or a local model) and its SizeModel on the competition data (optionally
     LIVECell first, or LIVECell alone when no competition folder is given: the epochs on its train split, diameters
@@ -528,7 +528,7 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
     if pseudo_labels and root is None: raise ValueError("--pseudo_labels needs the competition folder (--data or $CELLSEG_DATA)")
     r = resolve_recipe(recipe, {'cellpose.livecell_epochs': livecell_epochs, 'cellpose.epochs': epochs,
                                 'cellpose.learning_rate': lr, 'cellpose.bsize': bsize,
-                                'cellpose.size_model': False if no_size_model else None}, set)
+                                'cellpose.size_epochs': 0 if no_size_model else None}, set)
     c = r.cellpose
     lcd = None if lc is None else LiveCellData(lc, 'train', lines)
     if root is None:                                   # LIVECell alone: train split, held-out = val split
@@ -546,7 +546,7 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
     path = cpose.train_cellpose(train_data, out, ids=ids, livecell=lcd, pretrained_model=pretrained, gpu=gpu,
                                 **c.train_options())
     print(f"model: {path}")
-    if c.size_model:
+    if c.size_epochs > 0:
         sp = cpose.train_size_model(path, train_data, ids=ids, n_epochs=c.size_epochs, batch_size=c.batch_size, bsize=c.bsize,
                                     overlap=c.overlap, min_train_masks=c.min_train_masks, gpu=gpu)
         print(f"size model: {sp}")

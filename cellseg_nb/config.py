@@ -275,8 +275,7 @@ class CellposeConfig(Config):
     diam_mean: float = 30.                  # diameter the network sees cells at (from scratch only)
     overlap: str = 'smaller'                # rule for overlapping training labels (`label_image`)
     SGD: bool = False                       # SGD instead of AdamW
-    size_model: bool = True                 # train the SizeModel (diameter per image) after the U-Net
-    size_epochs: int = 10                   # SizeModel epochs
+    size_epochs: int = 10                   # SizeModel (diameter per image) epochs after the U-Net; 0: no SizeModel
 
     def train_options(self) -> dict:
         "Keyword arguments of `cpose.train_cellpose` (besides data, folders, device)."
@@ -414,7 +413,7 @@ def _competition() -> Recipe:
             learning_rate=0.005, weight_decay=1e-5, batch_size=8,   # AdamW 0.005: stable from scratch (0.02 was not)
             bsize=224,                   # cellpose's crop size
             diam_mean=30.,               # cells rescaled to 30 px (cellpose's default; ~1.5-2x for shsy5y, like Mask R-CNN)
-            min_train_masks=1, size_model=True, size_epochs=10),
+            min_train_masks=1, size_epochs=10),
         demo=DemoConfig())
 
 def _default() -> Recipe:

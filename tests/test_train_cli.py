@@ -67,7 +67,7 @@ def test_train_cellpose_recipe_and_pseudo_labels(comp, tmp_path, capsys):
     n_train = int((data.folds(2)['fold'] != 1).sum())
     assert f"pseudo-labels: 3 pseudo-labelled images join the {n_train} labelled ones" in o
     r = Recipe.load(out / 'recipe.yaml')
-    assert (r.cellpose.epochs, r.cellpose.bsize, r.cellpose.size_model) == (1, 64, False) and (out / 'cellpose').is_file()
+    assert (r.cellpose.epochs, r.cellpose.bsize, r.cellpose.size_epochs) == (1, 64, 0) and (out / 'cellpose').is_file()
     import json
     info = json.loads((out / 'cellpose.json').read_text())               # what the model file says it was trained on
     held = set(data.folds(2).query('fold == 1').index)
