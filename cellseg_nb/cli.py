@@ -259,14 +259,14 @@ def evaluate_cmd(pred: str,  # a submission CSV or raw predictions (cellseg pred
     from cellseg_nb.inference import postprocess_all
     ds = SartoriusData(data_root(data))
     preds, raw = read_any_predictions(pred, ds.image_shape)
-    known = set(ds.ids)
-    unknown = [i for i in preds if i not in known]
-    if unknown: raise ValueError(f"{pred}: {len(unknown)} image id(s) not in {ds.csv}, e.g. {unknown[:3]}")
-    types = ds.meta.cell_type.to_dict()
     if config and not raw:
         raise ValueError(f"--config post-processes raw predictions, but {pred} is a submission CSV (already post-processed, "
                          "no scores): drop --config, or score raw predictions (cellseg predict --raw FILE)")
     if config and no_postprocess: raise ValueError("--config and --no_postprocess contradict each other: give one")
+    known = set(ds.ids)
+    unknown = [i for i in preds if i not in known]
+    if unknown: raise ValueError(f"{pred}: {len(unknown)} image id(s) not in {ds.csv}, e.g. {unknown[:3]}")
+    types = ds.meta.cell_type.to_dict()
     if raw and not no_postprocess:
         from cellseg_nb.postprocess import PostprocessConfigs
         cfg = PostprocessConfigs.load(config) if config else PostprocessConfigs()
@@ -358,8 +358,8 @@ def _floats(text, what) -> tuple:
     except ValueError: raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}") from None
 
 @command('tune-ensemble')
-def tune_ensemble_cmd(maskrcnn: str,  # raw OOF predictions of Mask R-CNN (`cellseg predict --maskrcnn ... --fold K --raw FILE`)
-                      cellpose: str,  # raw OOF predictions of Cellpose on the same images
+def tune_ensemble_cmd(maskrcnn: str = None,  # raw OOF predictions of Mask R-CNN (`cellseg predict --maskrcnn ... --fold K --raw FILE`)
+                      cellpose: str = None,  # raw OOF predictions of Cellpose on the same images
                       data: str = None,  # competition folder (default: $CELLSEG_DATA)
                       out: str = 'ensemble.json',  # where to write the ensemble settings (JSON)
                       weights: str = '0.3,0.5,0.7',  # Mask R-CNN weights to try in 'both' (Cellpose gets 1 - w)
@@ -369,6 +369,7 @@ def tune_ensemble_cmd(maskrcnn: str,  # raw OOF predictions of Mask R-CNN (`cell
     from cellseg_nb.data import SartoriusData
     from cellseg_nb.inference import load_predictions
     from cellseg_nb.ensemble import tune_ensemble
+    if not (maskrcnn and cellpose): raise ValueError("give --maskrcnn and --cellpose: raw OOF predictions of both models")
     ds = SartoriusData(data_root(data))
     preds = {'maskrcnn': load_predictions(maskrcnn), 'cellpose': load_predictions(cellpose)}
     known = set(ds.ids)
