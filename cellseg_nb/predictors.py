@@ -92,7 +92,9 @@ def ensemble_predictor(predictors: list, weights=None, iou_threshold: float = 0.
     """Several predictors as one: each image goes through every predictor and the cells are matched across models
     by IoU and merged by a weighted pixel vote (`cellseg_nb.ensemble.merge_models`; `weights` (K,), default equal).
     `settings`: `EnsembleSettings` (tuned per cell type; its `models` name the predictors) instead of `weights`,
-    `iou_threshold`, `vote`: the image's `ensemble_candidates`, and `postprocess` = the settings' post-processing."""
+    `iou_threshold`, `vote`: the image's `ensemble_candidates`, labelled with the voted type, and `postprocess` =
+    the settings' post-processing, so that `postprocess(predictor(image), None, predictor.postprocess)` is
+    `cellseg_nb.ensemble.ensemble` of the members' predictions."""
     from cellseg_nb.ensemble import merge_models, ensemble_candidates
     names = [p.name for p in predictors]
     src = ' + '.join(names)
@@ -104,8 +106,18 @@ def ensemble_predictor(predictors: list, weights=None, iou_threshold: float = 0.
         raise ValueError(f"ensemble settings are for models {list(settings.models)}, the predictors are {names}")
     if not settings.choice: raise ValueError("ensemble settings choose no source for any cell type (empty 'choice')")
     by_name = dict(zip(names, predictors))
-    fn = lambda image: ensemble_candidates({m: by_name[m](image) for m in settings.models}, settings)
+    def fn(image):
+        raw = ensemble_candidates({m: by_name[m](image) for m in settings.models}, settings)
+        return _labelled(raw, raw.meta['cell_type'])
     return ModelPredictor('ensemble', fn, src + ' (tuned per cell type)', postprocess=settings.postprocess)
+
+def _labelled(raw: Instances, cell_type) -> Instances:
+    """`raw` with every label set to `cell_type`'s class id: the type the ensemble chose the source for is then the
+    type post-processing votes (one type per image; Cellpose's labels are the image's type in the same way)."""
+    from cellseg_nb.postprocess import CLASS_NAMES
+    ids = {name: i for i, name in CLASS_NAMES.items()}
+    if cell_type not in ids or raw.labels is None: return raw
+    return raw.with_(labels=np.full(len(raw), ids[cell_type], raw.labels.dtype))
 
 def _ensemble_settings(ensemble):
     from cellseg_nb.ensemble import EnsembleSettings
