@@ -183,9 +183,10 @@ def build_wheels_bundle(out, packages: str | list = KAGGLE_PACKAGES, project=Non
     meta = {'title': title, 'id': dataset_id or f"{user}/{title}", 'licenses': [{'name': 'other'}],
             'description': 'Offline wheels for cellseg_nb kernels: pip install --no-index --no-deps '
                            '--find-links /kaggle/input/cellseg-wheels /kaggle/input/cellseg-wheels/*.whl'}
-    (out / 'dataset-metadata.json').write_text(json.dumps(meta, indent=2) + '\n')
+    from cellseg_nb.files import write_text, write_csv
+    write_text(out / 'dataset-metadata.json', json.dumps(meta, indent=2) + '\n')
     man = pd.DataFrame({'file': [w.name for w in wheels], 'bytes': [w.stat().st_size for w in wheels]})
-    man.to_csv(out / 'MANIFEST.csv', index=False)
+    write_csv(out / 'MANIFEST.csv', man)
     return man
 
 @command('kaggle-bundle')
@@ -271,7 +272,8 @@ def evaluate_cmd(pred: str,  # a submission CSV or raw predictions (cellseg pred
     ev = evaluate(gt, preds, {i: types[i] for i in preds}, progress=True)
     print_table(ev.summary, f"{pred}: {len(gt)} images" + (" (raw, post-processed)" if raw and not no_postprocess else ''))
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True); ev.per_image.to_csv(out, index=False)
+        from cellseg_nb.files import write_csv
+        write_csv(out, ev.per_image)
         print(f"\nper-image table: {out}")
     return ev.summary
 

@@ -127,10 +127,8 @@ class EnsembleSettings:
                    float(d.get('iou_threshold', 0.5)), PostprocessConfigs.from_dict(d.get('postprocess', {}), cell_types=None))
     def save(self, path) -> Path:
         "Write as JSON (temporary file, then renamed)."
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-        with os.fdopen(fd, 'w') as f: json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, path); return path
+        from cellseg_nb.files import write_json
+        return write_json(path, self.to_dict(), indent=1)
     @classmethod
     def load(cls, path) -> 'EnsembleSettings':
         path = Path(path)

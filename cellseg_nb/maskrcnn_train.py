@@ -225,11 +225,8 @@ def _set_rng_state(st):
 
 def save_checkpoint(path, state: dict):
     "Write `state` with torch.save to a temporary file next to `path`, then `os.replace` it (atomic)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    from cellseg_nb.files import save_torch
+    return save_torch(state, path)
 
 # %% ../nbs/11_maskrcnn_train.ipynb 21
 def validate(model, source, ids, postprocess='default', tta=False) -> float:
@@ -285,7 +282,8 @@ def _rewrite_log(path, upto):
     text = text[:text.rfind('\n') + 1]
     try: df = pd.read_csv(StringIO(text))
     except pd.errors.EmptyDataError: path.unlink(); return          # not even a whole header: start the log afresh
-    tmp = path.with_name(f'.{path.name}.tmp'); df[df.iteration <= upto].to_csv(tmp, index=False); os.replace(tmp, path)
+    from cellseg_nb.files import write_csv
+    write_csv(path, df[df.iteration <= upto])
 
 def _append_row(path, row: dict):
     new = not path.exists()

@@ -405,11 +405,8 @@ class PostprocessConfigs:
     def save(self, path):
         "Write as YAML (temporary file, then renamed)."
         import yaml
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-        with os.fdopen(fd, 'w') as f: yaml.safe_dump(self.to_dict(), f, sort_keys=False)
-        os.replace(tmp, path)
-        return path
+        from cellseg_nb.files import write_text
+        return write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def load(cls, path, cell_types=CELL_TYPES) -> 'PostprocessConfigs':
