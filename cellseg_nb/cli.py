@@ -504,12 +504,12 @@ def demo_cmd(out: str = 'cellseg_out/demo',  # output folder (data, models, pred
     if cellpose_epochs: s['cellpose_epochs'] = cellpose_epochs
     s.update(tta=tta, seed=seed)
     res = run_demo(out, device=device, **s)
-    print_table(res['summary'], "Held-out test fold (SYNTHETIC images): competition metric")
-    print_table(res['per_type'], "mAP per cell type")
-    print("\nfigures:"); [print(f"  {p}") for p in res['figures'].values()]
-    print(f"\nsubmission: {res['submission'].path} (validated)\nreport:     {res['report']}")
-    print(f"\nDemo finished in {res['times']['total'] / 60:.1f} min. Everything is in {Path(out).resolve()}")
-    return res['summary']
+    print_table(res.summary, "Held-out test fold (SYNTHETIC images): competition metric")
+    print_table(res.per_type, "mAP per cell type")
+    print("\nfigures:"); [print(f"  {p}") for p in res.figures.values()]
+    print(f"\nsubmission: {res.submission.path} (validated)\nreport:     {res.report}")
+    print(f"\nDemo finished in {res.times['total'] / 60:.1f} min. Everything is in {Path(out).resolve()}")
+    return res.summary
 
 # %% ../nbs/90_cli.ipynb 23
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())
