@@ -4,7 +4,6 @@
 
 # %% ../nbs/13_ensemble.ipynb 3
 from __future__ import annotations
-import os, json, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -12,6 +11,7 @@ import pandas as pd
 from .instances import Instances, pairwise_iou
 from .postprocess import postprocess, image_cell_type, PostprocessConfigs, CLASS_NAMES, candidate_pairs, ious_with, run_keys
 from .metric import evaluate
+from .config import Config, ConfigError, read_settings
 
 # %% auto 0
 __all__ = ['match_groups', 'merge_models', 'EnsembleSettings', 'image_type', 'ensemble', 'EnsembleTuneResult', 'tune_ensemble',
@@ -107,10 +107,11 @@ def merge_models(preds: list, weights=None, iou_threshold: float = 0.5, vote: fl
 
 # %% ../nbs/13_ensemble.ipynb 12
 @dataclass
-class EnsembleSettings:
+class EnsembleSettings(Config):
     """What `ensemble` does per cell type: `choice[cell_type]` is a model name or `'both'`; `weights[cell_type]`
     `{model: weight}` and `vote[cell_type]` for 'both'; `iou_threshold` for matching; `postprocess`:
-    `PostprocessConfigs` for the chosen source's candidates."""
+    `PostprocessConfigs` for the chosen source's candidates. A `config.Config`: `save` writes JSON for a `.json`
+    name (YAML otherwise), `load` reads either, unknown keys are refused, `merge('iou_threshold=0.4')`."""
     models: list
     choice: dict
     weights: dict = field(default_factory=dict)
@@ -122,18 +123,21 @@ class EnsembleSettings:
         return dict(models=list(self.models), choice=dict(self.choice), weights={k: dict(v) for k, v in self.weights.items()},
                     vote=dict(self.vote), iou_threshold=float(self.iou_threshold), postprocess=self.postprocess.to_dict())
     @classmethod
-    def from_dict(cls, d) -> 'EnsembleSettings':
-        return cls(list(d['models']), dict(d['choice']), dict(d.get('weights', {})), dict(d.get('vote', {})),
-                   float(d.get('iou_threshold', 0.5)), PostprocessConfigs.from_dict(d.get('postprocess', {}), cell_types=None))
-    def save(self, path) -> Path:
-        "Write as JSON (temporary file, then renamed)."
-        from cellseg_nb.files import write_json
-        return write_json(path, self.to_dict(), indent=1)
+    def from_dict(cls, d, source: str = 'ensemble settings') -> 'EnsembleSettings':
+        "From the plain dict of `to_dict`; ConfigError naming `source` for a missing or unknown key."
+        if not isinstance(d, dict): raise ConfigError(f"{source}: expected a mapping, got {type(d).__name__}")
+        known = ('models', 'choice', 'weights', 'vote', 'iou_threshold', 'postprocess')
+        unknown = [k for k in d if k not in known]
+        if unknown: raise ConfigError(f"{source}: unknown key {unknown[0]!r} for EnsembleSettings; known: {list(known)}")
+        missing = [k for k in ('models', 'choice') if k not in d]
+        if missing: raise ConfigError(f"{source}: missing key {missing[0]!r} of EnsembleSettings")
+        return cls(list(d['models']), dict(d['choice']), dict(d.get('weights') or {}), dict(d.get('vote') or {}),
+                   float(d.get('iou_threshold', 0.5)),
+                   PostprocessConfigs.from_dict(d.get('postprocess') or {}, cell_types=None, source=f"{source}: postprocess"))
     @classmethod
     def load(cls, path) -> 'EnsembleSettings':
-        path = Path(path)
-        if not path.is_file(): raise ValueError(f"{path}: no such ensemble settings file")
-        return cls.from_dict(json.loads(path.read_text()))
+        "Read a file written by `save` (JSON or YAML)."
+        return cls.from_dict(read_settings(path, 'ensemble settings file'), source=str(path))
 
 def _source(preds: dict, models: list, choice: str, weights: dict | None, vote: float, iou_threshold: float) -> Instances:
     "Raw candidates of one image for one source: a model's own, or all models merged ('both')."

@@ -7,11 +7,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-import os, tempfile
 import numpy as np
 from .rle import runs_to_pixels
 from .instances import Instances, pairwise_iou
 from .celltypes import CELL_TYPES
+from .config import Config, read_settings
 
 # %% auto 0
 __all__ = ['CLASS_NAMES', 'DEFAULT_CONFIGS', 'random_candidates', 'score_order', 'filter_scores', 'min_area', 'candidate_pairs',
@@ -328,8 +328,8 @@ def image_cell_type(instances: Instances, names=CLASS_NAMES, default=None):
 
 # %% ../nbs/03_postprocess.ipynb 45
 @dataclass
-class PostprocessConfig:
-    "Post-processing settings of one cell type."
+class PostprocessConfig(Config):
+    "Post-processing settings of one cell type (a `config.Config`: from_dict / to_dict / save / load / merge)."
     score_threshold: float = 0.5   # keep candidates with score >= this
     min_area: int = 75             # minimum pixels a cell keeps after overlap removal
     nms_iou: float | None = 0.5    # mask NMS: suppress IoU > this with a kept higher mask; None: off
@@ -361,9 +361,10 @@ DEFAULT_CONFIGS = {'shsy5y': dict(score_threshold=0.15, min_area=75),
 _FIELDS = tuple(f.name for f in dataclasses.fields(PostprocessConfig))
 
 # %% ../nbs/03_postprocess.ipynb 47
-class PostprocessConfigs:
+class PostprocessConfigs(Config):
     """`PostprocessConfig` per cell type (a dict-like keyed by cell type). Default: the three competition types
-    with the docs/facts.md defaults. `save(path)` / `load(path)` as YAML."""
+    with the docs/facts.md defaults. `save(path)` / `load(path)` as YAML and `merge('shsy5y.min_area=60')`
+    (the shared `config.Config` file handling)."""
     def __init__(self, configs: dict | None = None):
         if configs is None: configs = {k: PostprocessConfig(**v) for k, v in DEFAULT_CONFIGS.items()}
         for k, v in configs.items():
@@ -402,21 +403,10 @@ class PostprocessConfigs:
             except ValueError as e: raise ValueError(f"{source}: cell type {ct!r}: {e}") from None
         return cls(out)
 
-    def save(self, path):
-        "Write as YAML (temporary file, then renamed)."
-        import yaml
-        from cellseg_nb.files import write_text
-        return write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
-
     @classmethod
     def load(cls, path, cell_types=CELL_TYPES) -> 'PostprocessConfigs':
         "Read a YAML file written by `save` (or by hand); see `from_dict` for the checks."
-        import yaml
-        path = Path(path)
-        if not path.exists(): raise ValueError(f"{path}: no such config file")
-        try: d = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e: raise ValueError(f"{path}: not valid YAML: {e}") from None
-        return cls.from_dict(d, cell_types, source=str(path))
+        return cls.from_dict(read_settings(path, 'config file'), cell_types, source=str(path))
 
 # %% ../nbs/03_postprocess.ipynb 50
 def postprocess(instances: Instances, cell_type: str | None = None, config=None, names=CLASS_NAMES,
