@@ -292,7 +292,7 @@ def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cell
                 raw: str = None,  # also write raw predictions (scores, classes) to this CSV
                 device: str = 'auto'):  # cpu, cuda or auto
     "Predict cells with trained models, post-process per cell type, write a validated submission."
-    from cellseg_nb.pipeline import load_predictor
+    from cellseg_nb.predictors import load_predictor
     from cellseg_nb.inference import predict_images, save_predictions, make_submission, list_images
     from cellseg_nb.postprocess import PostprocessConfigs
     if not (maskrcnn or cellpose): raise ValueError("give --maskrcnn and/or --cellpose (trained model files)")
@@ -350,7 +350,7 @@ def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellse
                      limit: int = None,  # only the first N unlabelled images
                      device: str = 'auto'):  # cpu, cuda or auto
     "Pseudo-label train_semi_supervised/ with trained models: confident cells by per-type rules, in train.csv format."
-    from cellseg_nb.pipeline import load_predictor
+    from cellseg_nb.predictors import load_predictor
     from cellseg_nb.data import SartoriusData
     from cellseg_nb.postprocess import PostprocessConfigs
     from cellseg_nb.pseudo import pseudo_label, write_pseudo_labels, PSEUDO_RULES

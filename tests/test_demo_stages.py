@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg_nb.pipeline import (Predictor, DemoSplit, DemoModels, DemoTuning, DemoEvaluation, DemoResult, demo_data,
+from cellseg_nb.pipeline import (ModelPredictor, DemoSplit, DemoModels, DemoTuning, DemoEvaluation, DemoResult, demo_data,
                                  demo_predict, demo_tune, demo_evaluate, demo_submit, write_report)
 from cellseg_nb.inference import threshold_predictor, postprocess_all, load_predictions
 from cellseg_nb.metric import evaluate
@@ -28,8 +28,8 @@ def test_stages_chain_and_agree_with_their_files(tmp_path):
     def otsu_with_class(image):                       # Otsu cells labelled with the image's class, as a model labels them
         cells = threshold_predictor(image)
         return cells.with_(labels=np.full(len(cells), class_id(type_of[image.tobytes()]), np.int64))
-    models = DemoModels({'otsu': Predictor('otsu', otsu_with_class),
-                         'baseline': Predictor('baseline', threshold_predictor)}, {})
+    models = DemoModels({'otsu': ModelPredictor('otsu', otsu_with_class),
+                         'baseline': ModelPredictor('baseline', threshold_predictor)}, {})
     assert models.models == ['otsu']
     raw = demo_predict(split, models, tmp_path, progress=False)
     assert set(raw) == {'otsu', 'baseline'} and set(raw['otsu']) == set(split.tune_ids + split.test_ids)

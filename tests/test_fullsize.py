@@ -127,7 +127,7 @@ def test_kernel_defaults_fullsize_offline(kaggle_input, tmp_path):
                        capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     run = json.loads((out / 'run.json').read_text())
-    assert run['tta'] is True and run['validated'] and run['predictor'].startswith('Predictor(ensemble')
+    assert run['tta'] is True and run['validated'] and run['predictor'].startswith('ModelPredictor(ensemble')
     test_dir = kaggle_input / 'sartorius-cell-instance-segmentation' / 'test'
     ids = sorted(list_images(test_dir))
     report = validate_submission(out / 'submission.csv', test_dir, shape=SHAPE)     # independently, again
