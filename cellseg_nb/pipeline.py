@@ -17,12 +17,13 @@ from .data import SartoriusData
 from .metric import Evaluation
 from .postprocess import PostprocessConfigs
 from .inference import SubmissionResult
+from .config import Recipe, get_recipe, small_model
 
 # %% auto 0
-__all__ = ['DEMO_SETTINGS', 'CELLPOSE_DEMO', 'MODEL_LABELS', 'deterministic', 'markdown_table', 'maskrcnn_demo_options',
-           'train_maskrcnn_demo', 'train_cellpose_demo', 'DemoSplit', 'DemoModels', 'DemoTuning', 'DemoEvaluation',
-           'DemoResult', 'demo_data', 'demo_train', 'demo_predict', 'demo_tune', 'demo_evaluate', 'demo_submit',
-           'run_demo', 'demo_figures', 'write_report', 'results_wide', 'results_markdown']
+__all__ = ['MODEL_LABELS', 'deterministic', 'markdown_table', 'demo_recipe', 'maskrcnn_demo_options', 'train_maskrcnn_demo',
+           'train_cellpose_demo', 'DemoSplit', 'DemoModels', 'DemoTuning', 'DemoEvaluation', 'DemoResult', 'demo_data',
+           'demo_train', 'demo_predict', 'demo_tune', 'demo_evaluate', 'demo_submit', 'run_demo', 'demo_figures',
+           'write_report', 'results_wide', 'results_markdown']
 
 # %% ../nbs/80_pipeline.ipynb 6
 @contextlib.contextmanager
@@ -56,69 +57,76 @@ def markdown_table(df: pd.DataFrame, digits: int = 3, index: bool = True) -> str
     return '\n'.join([head, sep, *rows])
 
 # %% ../nbs/80_pipeline.ipynb 10
-DEMO_SETTINGS = dict(
-    n_images=48,               # synthetic train images (all folds)
-    image_shape=(160, 160),    # synthetic image size (the real one is 520 x 704)
-    n_folds=5,                 # fold 0: test, fold 1: tuning, the rest: training
-    maskrcnn_iters=600,        # Mask R-CNN training iterations (batch 2)
-    maskrcnn_backbone='resnet18',
-    maskrcnn_scale=1.0,        # Mask R-CNN input scale (2: train and predict on 2x upscaled images)
-    maskrcnn_mask_size=28,     # Mask R-CNN mask head output (28 or 56)
-    maskrcnn_warmup=20,        # Mask R-CNN learning-rate warm-up iterations
-    cellpose_epochs=60,        # Cellpose training epochs (16 crops of 96 px each)
-    cellpose_size_epochs=5,    # SizeModel epochs
-    tta=False,                 # flip TTA for the final evaluation
-    seed=0)
+def demo_recipe(recipe: Recipe | str = 'demo', n_images: int | None = None, image_shape=None,
+                maskrcnn_iters: int | None = None, maskrcnn_scale: float | None = None, mask_size: int | None = None,
+                maskrcnn_warmup: int | None = None, cellpose_epochs: int | None = None, tta: bool | None = None,
+                seed: int | None = None) -> Recipe:
+    """The recipe of a demo run: `recipe` (a `Recipe`, a name of `config.RECIPES` such as 'demo' or 'quick', or a
+    YAML file) with the given settings changed (None: the recipe's). A new `image_shape`, `maskrcnn_scale` or
+    `mask_size` rebuilds the small Mask R-CNN for it (`config.small_model`); `seed` is the demo's one seed (data,
+    folds and both trainings)."""
+    r = get_recipe(recipe)
+    demo = {k: v for k, v in dict(n_images=n_images, tta=tta, seed=seed,
+                                  image_shape=None if image_shape is None else tuple(image_shape)).items() if v is not None}
+    train = {k: v for k, v in dict(iterations=maskrcnn_iters, warmup=maskrcnn_warmup, seed=seed).items() if v is not None}
+    changes = {}
+    if demo: changes['demo'] = r.demo.replace(**demo)
+    if train: changes['train'] = r.train.replace(**train)
+    if cellpose_epochs is not None: changes['cellpose'] = r.cellpose.replace(epochs=cellpose_epochs)
+    if image_shape is not None or maskrcnn_scale is not None or mask_size is not None:
+        shape = tuple(image_shape) if image_shape is not None else r.demo.image_shape
+        changes['model'] = small_model(shape, r.model.scale if maskrcnn_scale is None else maskrcnn_scale,
+                                       r.model.mask_size if mask_size is None else mask_size, r.model.backbone)
+    return r.replace(**changes) if changes else r
 
 def maskrcnn_demo_options(image_shape, scale: float = 1.0, mask_size: int = 28) -> dict:
-    """Model options of the demo's small Mask R-CNN: native resolution times `scale`, narrow FPN and heads, RPN/ROI
-    sizes for CPU (the backbone's BatchNorm is trainable from scratch, which learned faster than GroupNorm here).
-    Anchors 16..256 px times `scale`: the library default 8..128 is for 1.5-2x upscaled inputs; at native
-    resolution (cells of 15-60 px) it gave only 12-20% of the demo's true boxes an anchor at IoU >= 0.7 (the RPN's
-    positive threshold), 16..256 gives 34-55% (`maskrcnn.anchor_coverage`)."""
-    h, w = image_shape
-    area = int(h * w * scale * scale)                     # proposals at test time scale with the image area
-    return dict(min_size=min(h, w), max_size=max(h, w), scale=float(scale), mask_size=int(mask_size),
-                anchor_sizes=tuple(int(round(a * scale)) for a in (16, 32, 64, 128, 256)),
-                fpn_channels=64, mask_head_channels=64,
-                box_head_dim=256, rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
-                rpn_pre_nms_top_n_test=min(1000, max(300, area // 15)),
-                rpn_post_nms_top_n_test=min(600, max(200, area // 40)), box_batch_size_per_image=128)
+    """`build_model` options of the demo's small Mask R-CNN for (H, W) images (`config.small_model`: native
+    resolution times `scale`, narrow FPN and heads, anchors 16..256 px times `scale`); unset (None) options left out."""
+    return {k: v for k, v in small_model(image_shape, scale, mask_size).build_options().items() if v is not None}
 
-def train_maskrcnn_demo(ds, train_ids, out_dir, iterations, backbone='resnet18', device='cpu', progress=True,
-                        scale: float = 1.0, mask_size: int = 28, warmup: int = 20, seed: int = 0):
-    "Train the demo's Mask R-CNN on `train_ids` of `ds`; returns (checkpoint path, training log DataFrame)."
+def train_maskrcnn_demo(ds, train_ids, out_dir, iterations: int | None = None, recipe: Recipe | str = 'demo',
+                        device='cpu', progress=True, scale: float | None = None, mask_size: int | None = None,
+                        warmup: int | None = None, seed: int | None = None):
+    """Train the demo's Mask R-CNN (the recipe's `model`, `augment` and `train` settings) on `train_ids` of `ds`;
+    returns (checkpoint path, training log DataFrame). `iterations`, `warmup` and `seed` change the recipe's
+    training settings; `scale` or `mask_size` rebuild its small model for `ds.image_shape` (`config.small_model`)."""
     from cellseg_nb.maskrcnn_train import train
-    r = train((ds.subset(train_ids), None), out_dir, backbone=backbone, model_options=maskrcnn_demo_options(ds.image_shape, scale, mask_size),
-              iterations=iterations, batch_size=2, optimizer='adamw', lr=2e-3, warmup=warmup, seed=seed,
-              val_every=10 ** 9, checkpoint_every=10 ** 9, progress=progress, device=device)
-    return Path(r['checkpoint']), r['log']
+    r = get_recipe(recipe)
+    t = {k: v for k, v in dict(iterations=iterations, warmup=warmup, seed=seed).items() if v is not None}
+    if t: r = r.replace(train=r.train.replace(**t))
+    if scale is not None or mask_size is not None:
+        r = r.replace(model=small_model(ds.image_shape, r.model.scale if scale is None else scale,
+                                        r.model.mask_size if mask_size is None else mask_size, r.model.backbone))
+    res = train((ds.subset(train_ids), None), out_dir, progress=progress, device=device, **r.maskrcnn_options('train'))
+    return Path(res['checkpoint']), res['log']
 
 # %% ../nbs/80_pipeline.ipynb 11
-CELLPOSE_DEMO = dict(bsize=96, nimg_per_epoch=16, diam_mean=17., learning_rate=0.005, batch_size=8)
-
-def train_cellpose_demo(ds, train_ids, out_dir, epochs, device='cpu', size_epochs: int = 5, seed: int = 0):
-    """Train the demo's Cellpose (from scratch, `CELLPOSE_DEMO`: 96 px crops, 16 crops per epoch, cells seen at
-    17 px) and its SizeModel on `train_ids` of `ds` (generators seeded with `seed`); returns the model path."""
+def train_cellpose_demo(ds, train_ids, out_dir, epochs: int | None = None, device='cpu', size_epochs: int | None = None,
+                        seed: int = 0, recipe: Recipe | str = 'demo'):
+    """Train the demo's Cellpose (from scratch, the recipe's `cellpose` settings; the demo's: 96 px crops, 16 crops
+    per epoch, cells seen at 17 px) and its SizeModel on `train_ids` of `ds` (generators seeded with `seed`);
+    `epochs` and `size_epochs` change the recipe's. Returns the model path."""
     from cellseg_nb import cpose
+    c = get_recipe(recipe).cellpose
+    c = c.replace(**{k: v for k, v in dict(epochs=epochs, size_epochs=size_epochs).items() if v is not None})
     gpu = resolve_device(device).startswith('cuda')
-    s = dict(CELLPOSE_DEMO, bsize=min(CELLPOSE_DEMO['bsize'], *ds.image_shape))
+    opts = dict(c.train_options(), bsize=min(c.bsize, *ds.image_shape))
     with quiet_library_warnings():
-        path = cpose.train_cellpose(ds, out_dir, ids=train_ids, n_epochs=epochs, gpu=gpu, seed=seed, **s)
-        with deterministic(seed):
-            cpose.train_size_model(path, ds, ids=train_ids, n_epochs=size_epochs, bsize=s['bsize'], gpu=gpu)
+        path = cpose.train_cellpose(ds, out_dir, ids=train_ids, gpu=gpu, seed=seed, **opts)
+        if c.size_model:
+            with deterministic(seed):
+                cpose.train_size_model(path, ds, ids=train_ids, n_epochs=c.size_epochs, bsize=opts['bsize'], gpu=gpu)
     return Path(path)
 
-def _train_cellpose_job(root, train_ids, out_dir, epochs, size_epochs, device, threads, seed=0):
+def _train_cellpose_job(root, train_ids, out_dir, recipe: Recipe, device, threads, seed=0):
     "`train_cellpose_demo` in a worker process (fixed thread count, deterministic kernels): returns (model path, seconds)."
     import torch
     from cellseg_nb.data import SartoriusData
     torch.set_num_threads(threads)
     t0 = time.time()
     with deterministic(seed):
-        path = train_cellpose_demo(SartoriusData(root), train_ids, out_dir, epochs, device, size_epochs, seed)
+        path = train_cellpose_demo(SartoriusData(root), train_ids, out_dir, device=device, seed=seed, recipe=recipe)
     return path, time.time() - t0
-
 
 # %% ../nbs/80_pipeline.ipynb 12
 @dataclass
@@ -167,10 +175,12 @@ class DemoEvaluation:
 
 @dataclass
 class DemoResult:
-    """Everything a demo run produced: the folder `out`, the resolved `settings`, each stage's result, the raw
-    predictions `raw` (`{model: {id: Instances}}`, tuning + test folds), the validated `submission`, `times` in
-    seconds per stage, and once written the `report` path and its `figures` (`{name: path}`)."""
+    """Everything a demo run produced: the folder `out`, the resolved `recipe` and the `settings` that shaped the
+    numbers (a flat dict for the report, with device and threads), each stage's result, the raw predictions `raw`
+    (`{model: {id: Instances}}`, tuning + test folds), the validated `submission`, `times` in seconds per stage, and
+    once written the `report` path and its `figures` (`{name: path}`)."""
     out: Path
+    recipe: Recipe
     settings: dict
     split: DemoSplit
     models: DemoModels
@@ -206,16 +216,16 @@ def demo_data(out: Path, n_images: int, image_shape, n_folds: int, seed: int) ->
     ids = lambda mask: fold.index[mask].tolist()
     return DemoSplit(ds, train_ids=ids(fold >= 2), tune_ids=ids(fold == 1), test_ids=ids(fold == 0))
 
-def demo_train(split: DemoSplit, out: Path, maskrcnn_iters: int, maskrcnn_backbone: str, maskrcnn_scale: float,
-               maskrcnn_mask_size: int, maskrcnn_warmup: int, cellpose_epochs: int, cellpose_size_epochs: int,
-               seed: int, device: str, models=('maskrcnn', 'cellpose'), progress: bool = True) -> DemoModels:
-    """Stage 2, **train** `models` on `split.train_ids` into `out/models/`: Mask R-CNN (`train_maskrcnn_demo`) and
-    Cellpose + SizeModel (`train_cellpose_demo`). On a CPU with >= 2 cores both train at once, Cellpose in a second
-    process, each with half the threads (small convolutions use one core well, two threads poorly); on a GPU one
-    after the other. Adds their `ensemble` and the Otsu `baseline`."""
+def demo_train(split: DemoSplit, out: Path, recipe: Recipe, device: str, models=('maskrcnn', 'cellpose'),
+               progress: bool = True) -> DemoModels:
+    """Stage 2, **train** `models` on `split.train_ids` into `out/models/` with the recipe's settings: Mask R-CNN
+    (`train_maskrcnn_demo`) and Cellpose + SizeModel (`train_cellpose_demo`), both seeded with `recipe.demo.seed`. On a
+    CPU with >= 2 cores both train at once, Cellpose in a second process, each with half the threads (small
+    convolutions use one core well, two threads poorly); on a GPU one after the other. Adds their `ensemble` and the
+    Otsu `baseline`."""
     import torch
     from cellseg_nb.inference import threshold_predictor
-    ds, train_ids = split.data, split.train_ids
+    ds, train_ids, seed = split.data, split.train_ids, recipe.demo.seed
     predictors, seconds = {}, {}
     parallel = device == 'cpu' and 'maskrcnn' in models and 'cellpose' in models and (os.cpu_count() or 1) >= 2
     job = None
@@ -224,27 +234,27 @@ def demo_train(split: DemoSplit, out: Path, maskrcnn_iters: int, maskrcnn_backbo
         pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'))
         threads = max(1, (os.cpu_count() or 2) // 2)
         job = pool.submit(_train_cellpose_job, str(out / 'data'), train_ids, str(out / 'models' / 'cellpose'),
-                          cellpose_epochs, cellpose_size_epochs, device, threads, seed)
+                          recipe, device, threads, seed)
         torch.set_num_threads(threads)
         _log(f"training Mask R-CNN here and Cellpose in a second process ({threads} thread(s) each)")
     if 'maskrcnn' in models:
         t0 = time.time()
-        ckpt, _ = train_maskrcnn_demo(ds, train_ids, out / 'models' / 'maskrcnn', maskrcnn_iters, maskrcnn_backbone,
-                                      device, progress, maskrcnn_scale, maskrcnn_mask_size, maskrcnn_warmup, seed)
+        ckpt, _ = train_maskrcnn_demo(ds, train_ids, out / 'models' / 'maskrcnn', recipe=recipe, device=device,
+                                      progress=progress, seed=seed)
         predictors['maskrcnn'] = maskrcnn_predictor(ckpt, device=device)
         seconds['maskrcnn'] = time.time() - t0
-        _log(f"Mask R-CNN ({maskrcnn_backbone} FPN): {maskrcnn_iters} iterations -> {ckpt}", t0)
+        _log(f"Mask R-CNN ({recipe.model.backbone} FPN): {recipe.train.iterations} iterations -> {ckpt}", t0)
     if 'cellpose' in models:
         t0 = time.time()
         if job is not None:
             cp, secs = job.result(); pool.shutdown()
             if device == 'cpu': torch.set_num_threads(max(1, os.cpu_count() or 1))
         else:
-            cp = train_cellpose_demo(ds, train_ids, out / 'models' / 'cellpose', cellpose_epochs, device, cellpose_size_epochs, seed)
+            cp = train_cellpose_demo(ds, train_ids, out / 'models' / 'cellpose', device=device, seed=seed, recipe=recipe)
             secs = time.time() - t0
         predictors['cellpose'] = cellpose_predictor(cp, device=device)
         seconds['cellpose'] = secs
-        _log(f"Cellpose: {cellpose_epochs} epochs + SizeModel -> {cp}" + (f"  ({secs:.0f} s, in parallel)" if job else ''),
+        _log(f"Cellpose: {recipe.cellpose.epochs} epochs + SizeModel -> {cp}" + (f"  ({secs:.0f} s, in parallel)" if job else ''),
              None if job else t0)
     if len(predictors) > 1: predictors['ensemble'] = ensemble_predictor(list(predictors.values()))
     predictors['baseline'] = ModelPredictor('baseline', threshold_predictor, 'Otsu + connected components')
@@ -299,35 +309,38 @@ def demo_submit(out: Path, predictor: Predictor, config: PostprocessConfigs, tta
     config.save(out / 'postprocess.yaml')
     return make_submission(predictor, out / 'data' / 'test', out / 'submission.csv', config, tta=tta, progress=False)
 
-def run_demo(out='cellseg_out/demo', n_images: int = DEMO_SETTINGS['n_images'],
-             image_shape=DEMO_SETTINGS['image_shape'], n_folds: int = DEMO_SETTINGS['n_folds'],
-             maskrcnn_iters: int = DEMO_SETTINGS['maskrcnn_iters'],
-             maskrcnn_backbone: str = DEMO_SETTINGS['maskrcnn_backbone'],
-             maskrcnn_scale: float = DEMO_SETTINGS['maskrcnn_scale'],
-             maskrcnn_mask_size: int = DEMO_SETTINGS['maskrcnn_mask_size'],
-             maskrcnn_warmup: int = DEMO_SETTINGS['maskrcnn_warmup'],
-             cellpose_epochs: int = DEMO_SETTINGS['cellpose_epochs'],
-             cellpose_size_epochs: int = DEMO_SETTINGS['cellpose_size_epochs'], tta: bool = DEMO_SETTINGS['tta'],
-             seed: int = DEMO_SETTINGS['seed'], device: str = 'auto', models=('maskrcnn', 'cellpose'),
-             progress: bool = True) -> DemoResult:
-    """The demo (see above): the stages `demo_data` -> `demo_train` -> `demo_predict` -> `demo_tune` ->
-    `demo_evaluate` -> `demo_submit` -> `write_report`. Writes into `out`: `data/`, `models/`, `predictions/`,
-    `postprocess.yaml`, `submission.csv`, `results.csv`, `figures/*.png`, `report.md`. Returns a `DemoResult`.
-    Runs inside `deterministic(seed)`: the same settings, seed and machine (thread count) give the same files."""
+def _demo_settings(recipe: Recipe, device: str, threads: int) -> dict:
+    "The settings table of the report: what shapes the demo's numbers (the whole recipe is in `recipe.yaml`)."
+    m, t, c, d = recipe.model, recipe.train, recipe.cellpose, recipe.demo
+    return dict(recipe=recipe.name, n_images=d.n_images, image_shape=tuple(d.image_shape), n_folds=d.n_folds,
+                maskrcnn_iters=t.iterations, maskrcnn_backbone=m.backbone, maskrcnn_scale=m.scale,
+                maskrcnn_mask_size=m.mask_size, maskrcnn_warmup=t.warmup, cellpose_epochs=c.epochs,
+                cellpose_size_epochs=c.size_epochs, tta=d.tta, seed=d.seed, device=device, threads=threads)
+
+def run_demo(out='cellseg_out/demo', recipe: Recipe | str = 'demo', device: str = 'auto',
+             models=('maskrcnn', 'cellpose'), progress: bool = True) -> DemoResult:
+    """The demo (see above) with the settings of `recipe` (a `Recipe`, a recipe name such as 'demo' or 'quick', or
+    a YAML file; `demo_recipe` changes single settings): the stages `demo_data` -> `demo_train` -> `demo_predict` ->
+    `demo_tune` -> `demo_evaluate` -> `demo_submit` -> `write_report`. Writes into `out`: `recipe.yaml` (the
+    resolved recipe), `data/`, `models/`, `predictions/`, `postprocess.yaml`, `submission.csv`, `results.csv`,
+    `figures/*.png`, `report.md`. Returns a `DemoResult`. Runs inside `deterministic(recipe.demo.seed)`: the same
+    recipe, seed and machine (thread count) give the same files."""
     import torch, resource
+    recipe = get_recipe(recipe)
+    d = recipe.demo
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
-    with deterministic(seed):
+    with deterministic(d.seed):
         if device == 'cpu': torch.set_num_threads(max(1, os.cpu_count() or 1))
         t_start = time.time(); times = {}
-        _log(f"cellseg demo -> {out.resolve()}  (device {device}, {torch.get_num_threads()} CPU threads)")
+        _log(f"cellseg demo -> {out.resolve()}  (recipe {recipe.name}, device {device}, {torch.get_num_threads()} CPU threads)")
+        recipe.save(out / 'recipe.yaml')
         t0 = time.time()
-        split = demo_data(out, n_images, image_shape, n_folds, seed)
+        split = demo_data(out, d.n_images, d.image_shape, d.n_folds, d.seed)
         times['data'] = time.time() - t0
-        _log(f"data: {len(split.data)} synthetic images {tuple(image_shape)}, {int(split.data.meta.n_cells.sum())} cells; "
+        _log(f"data: {len(split.data)} synthetic images {tuple(d.image_shape)}, {int(split.data.meta.n_cells.sum())} cells; "
              f"train {len(split.train_ids)} / tune {len(split.tune_ids)} / test {len(split.test_ids)} images (folds by sample)", t0)
-        trained = demo_train(split, out, maskrcnn_iters, maskrcnn_backbone, maskrcnn_scale, maskrcnn_mask_size,
-                             maskrcnn_warmup, cellpose_epochs, cellpose_size_epochs, seed, device, models, progress)
+        trained = demo_train(split, out, recipe, device, models, progress)
         times.update({f'train {k}': v for k, v in trained.seconds.items()})
         t0 = time.time()
         raw = demo_predict(split, trained, out, progress)
@@ -344,17 +357,12 @@ def run_demo(out='cellseg_out/demo', n_images: int = DEMO_SETTINGS['n_images'],
         _log(f"evaluated on {len(split.test_ids)} test images; best: {ev.best} "
              f"(mAP {ev.evals[ev.best].summary.loc['overall', 'mAP']:.3f})", t0)
         t0 = time.time()
-        sub = demo_submit(out, trained.predictors[ev.best], tuning.settings[ev.best], tta)
+        sub = demo_submit(out, trained.predictors[ev.best], tuning.settings[ev.best], d.tta)
         times['submission'] = time.time() - t0
         _log(f"submission.csv: {int(sub.table.n_cells.sum())} cells in {len(sub.table)} test images, validated", t0)
         t0 = time.time()
-        settings = dict(n_images=n_images, image_shape=tuple(image_shape), n_folds=n_folds,
-                        maskrcnn_iters=maskrcnn_iters, maskrcnn_backbone=maskrcnn_backbone,
-                        maskrcnn_scale=maskrcnn_scale, maskrcnn_mask_size=maskrcnn_mask_size,
-                        maskrcnn_warmup=maskrcnn_warmup, cellpose_epochs=cellpose_epochs,
-                        cellpose_size_epochs=cellpose_size_epochs, tta=tta, seed=seed, device=device,
-                        threads=torch.get_num_threads())
-        res = DemoResult(out, settings, split, trained, raw, tuning, ev, sub, times)
+        res = DemoResult(out, recipe, _demo_settings(recipe, device, torch.get_num_threads()), split, trained, raw,
+                         tuning, ev, sub, times)
         times['total'] = time.time() - t_start
         ru = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
         times['CPU, all processes'] = sum(r.ru_utime + r.ru_stime for r in ru)

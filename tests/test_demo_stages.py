@@ -11,6 +11,7 @@ from cellseg_nb.pipeline import (ModelPredictor, DemoSplit, DemoModels, DemoTuni
                                  demo_predict, demo_tune, demo_evaluate, demo_submit, write_report)
 from cellseg_nb.inference import threshold_predictor, postprocess_all, load_predictions
 from cellseg_nb.metric import evaluate
+from cellseg_nb.config import get_recipe
 from cellseg_nb.submission import validate_submission
 
 
@@ -46,7 +47,7 @@ def test_stages_chain_and_agree_with_their_files(tmp_path):
     sub = demo_submit(tmp_path, models.predictors[ev.best], tuning.settings[ev.best])
     assert sub.path == tmp_path / 'submission.csv' and (tmp_path / 'postprocess.yaml').is_file()
     assert validate_submission(sub.path, split.data.test_ids, shape=(64, 64)).ok
-    res = DemoResult(tmp_path, {'seed': 1}, split, models, raw, tuning, ev, sub, {'total': 0.0})
+    res = DemoResult(tmp_path, get_recipe('quick'), {'seed': 0}, split, models, raw, tuning, ev, sub, {'total': 0.0})
     assert res.summary is ev.summary and res.best == 'otsu'
     path = write_report(res)
     assert path == res.report == tmp_path / 'report.md' and set(res.figures) >= {'map_per_type', 'iou_hist'}

@@ -69,9 +69,8 @@ def test_cellpose_training_is_reproducible(data, tmp_path):
 @pytest.mark.skipif(not os.environ.get('CELLSEG_SLOW'), reason='the whole demo twice: set CELLSEG_SLOW=1 (about 5 CPU-minutes)')
 def test_demo_twice_gives_the_same_files(tmp_path):
     from cellseg_nb.pipeline import run_demo
-    from cellseg_nb.cli import QUICK_DEMO
-    for k in 'ab': run_demo(tmp_path / k, device='cpu', progress=False, **QUICK_DEMO)
-    for f in ('results.csv', 'submission.csv', 'postprocess.yaml', 'predictions/maskrcnn_raw.csv',
+    for k in 'ab': run_demo(tmp_path / k, 'quick', device='cpu', progress=False)
+    for f in ('recipe.yaml', 'results.csv', 'submission.csv', 'postprocess.yaml', 'predictions/maskrcnn_raw.csv',
               'predictions/cellpose_raw.csv', 'predictions/ensemble_raw.csv'):
         assert (tmp_path / 'a' / f).read_bytes() == (tmp_path / 'b' / f).read_bytes(), f
     assert _same(_state(tmp_path / 'a/models/maskrcnn/checkpoint.pt'), _state(tmp_path / 'b/models/maskrcnn/checkpoint.pt'))
