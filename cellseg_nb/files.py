@@ -68,9 +68,10 @@ def write_csv(path, df, index: bool = False, **to_csv_kwargs) -> Path:
     return Path(path)
 
 def save_torch(obj, path) -> Path:
-    "`torch.save(obj)` to `path` atomically (a killed run leaves the previous checkpoint intact); returns `Path(path)`."
+    """`torch.save(obj)` to `path` atomically (a killed run leaves the previous checkpoint intact); returns `Path(path)`.
+    torch.save gets the temporary file's name (as a plain `torch.save(obj, name)` call would)."""
     import torch
-    with atomic_write(path, 'wb') as f: torch.save(obj, f)
+    with atomic_path(path) as tmp: torch.save(obj, tmp)
     return Path(path)
 
 def save_figure(fig, path, dpi: int = 110, close: bool = True, **savefig_kwargs) -> Path:

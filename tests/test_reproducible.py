@@ -37,7 +37,7 @@ def test_maskrcnn_training_is_reproducible(data, tmp_path):
     for name, seed in (('a', 0), ('b', 0), ('c', 1)):
         with deterministic(seed):
             runs[name] = train_maskrcnn_demo(data, data.ids, tmp_path / name, iterations=4, progress=False, warmup=1,
-                                             seed=seed)
+                                             seed=seed, recipe='quick')     # the quick recipe's model: 96 px images
     sa, sb, sc = (_state(runs[k][0]) for k in 'abc')
     assert _same(sa, sb), [k for k in sa if not torch.equal(sa[k], sb[k])][:5]
     assert not _same(sa, sc)                                  # another seed: other weights
@@ -56,7 +56,8 @@ def test_cellpose_training_is_reproducible(data, tmp_path):
     paths = {}
     for name, seed in (('a', 0), ('b', 0), ('c', 1)):
         with deterministic(seed):
-            paths[name] = train_cellpose_demo(data, data.ids, tmp_path / name, epochs=1, size_epochs=1, seed=seed)
+            paths[name] = train_cellpose_demo(data, data.ids, tmp_path / name, epochs=1, size_epochs=1, seed=seed,
+                                               recipe='quick')
     sa, sb, sc = (_state(paths[k]) for k in 'abc')
     assert _same(sa, sb)
     assert not _same(sa, sc)
