@@ -13,8 +13,8 @@ from fastcore.script import anno_parser
 # %% auto 0
 __all__ = ['COMMANDS', 'KAGGLE_PACKAGES', 'command', 'print_table', 'main', 'project_root', 'wheel_tags', 'wheel_fits',
            'build_wheels_bundle', 'kaggle_bundle', 'validate_submission_cmd', 'data_root', 'read_any_predictions',
-           'evaluate_cmd', 'predict_cmd', 'tune_cmd', 'pseudo_label_cmd', 'train_maskrcnn_cmd', 'train_cellpose_cmd',
-           'demo_cmd']
+           'evaluate_cmd', 'predict_cmd', 'tune_cmd', 'pseudo_label_cmd', 'resolve_recipe', 'train_maskrcnn_cmd',
+           'train_cellpose_cmd', 'demo_cmd']
 
 # %% ../nbs/90_cli.ipynb 5
 COMMANDS = {}
@@ -368,6 +368,8 @@ def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellse
     print_table(table, f"wrote {out}: {df.id.nunique()} of {len(ids)} images kept, {len(df)} cells")
 
 # %% ../nbs/90_cli.ipynb 19
+from fastcore.script import Param
+
 def _livecell_plan(data, livecell, livecell_types):
     """Where `cellseg train ... --livecell` trains: `(competition root or None, LIVECell root or None, lines or None)`.
     With `--livecell` and neither `--data` nor `$CELLSEG_DATA`, the competition root is None: LIVECell alone."""
@@ -380,81 +382,156 @@ def _livecell_plan(data, livecell, livecell_types):
     root = data_root(data) if (data or os.environ.get('CELLSEG_DATA')) else None
     return root, lc, lines
 
+def resolve_recipe(recipe: str | None, flags: dict | None = None, sets=None, stages=('train', 'pretrain')):
+    """The run's `config.Recipe`: the named recipe or YAML file `recipe` (default 'default'), then the command's
+    flags that were given (`flags`: {dotted key: value}, None = not given; a `train.*` key also sets the same key of
+    the other `stages` that the recipe has, iterations excepted), then the `--set KEY=VALUE` overrides `sets`: one merge path."""
+    from cellseg_nb.config import get_recipe
+    r = get_recipe(recipe or 'default')
+    given = {}
+    for k, v in (flags or {}).items():
+        if v is None: continue
+        given[k] = v
+        group, _, rest = k.partition('.')
+        if group == 'train' and rest != 'iterations':
+            for s in stages:
+                if s != 'train' and getattr(r, s, None) is not None: given.setdefault(f'{s}.{rest}', v)
+    return r.merge(given, *(sets or []))
+
+def _save_recipe(recipe, folder) -> Path:
+    "Write `recipe.yaml` into `folder` (beside the checkpoint or model file) and print the resolved recipe."
+    print(f"recipe {recipe.name}:\n" + '\n'.join('  ' + l for l in recipe.describe().splitlines()), flush=True)
+    return recipe.save(Path(folder) / 'recipe.yaml')
+
+def _pseudo_sources(root, pseudo_labels, fold, n_folds):
+    "(train source, validation source or None) with the pseudo-labelled images added to training only."
+    from cellseg_nb.pseudo import training_sources, PseudoLabelData, CombinedSource
+    from cellseg_nb.data import SartoriusData
+    if fold is not None: return training_sources(root, pseudo_labels, fold, n_folds)
+    data, pseudo = SartoriusData(root), PseudoLabelData(pseudo_labels, root)
+    clash = sorted(set(pseudo.ids) & set(data.ids))
+    if clash: raise ValueError(f"{pseudo_labels}: pseudo-labelled ids also in train.csv: {clash[:3]}")
+    return CombinedSource([(data, data.ids), (pseudo, pseudo.ids)]), None
+
+_SET_HELP = "override one recipe setting, e.g. --set train.lr=0.01 --set model.backbone=resnet18 (repeatable)"
+
 @command('train maskrcnn')
 def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSEG_DATA; none and --livecell: LIVECell alone)
-                       out: str = 'runs/maskrcnn',  # run folder: checkpoint.pt, log.csv
-                       fold: int = 0,  # validation fold (grouped by sample); -1: train on all images
-                       n_folds: int = 5,  # number of folds
+                       out: str = 'runs/maskrcnn',  # run folder: checkpoint.pt, log.csv, recipe.yaml
+                       recipe: str = None,  # named recipe (tiny, demo, quick, competition, default) or a recipe YAML file (default: default)
+                       set: Param(_SET_HELP, str, action='append') = None,
+                       fold: int = None,  # validation fold (grouped by sample); -1: train on all images (default: recipe)
+                       n_folds: int = None,  # number of folds (default: recipe)
                        livecell: str = None,  # LIVECell root (or the competition folder holding it): pretrain on its train split, then fine-tune
                        livecell_types: str = None,  # LIVECell lines to use, e.g. shsy5y,a172 (release or paper names, any case; default all)
-                       livecell_iters: int = 2000,  # LIVECell pretraining iterations (with --livecell and competition data)
-                       backbone: str = 'resnet50',  # resnet18 / resnet34 / resnet50 / resnet101 FPN
+                       livecell_iters: int = None,  # LIVECell pretraining iterations (with --livecell and competition data) (default: recipe)
+                       pseudo_labels: str = None,  # pseudo-label CSV (cellseg pseudo-label): its images join training, never validation
+                       backbone: str = None,  # resnet18 / resnet34 / resnet50 / resnet101 FPN (default: recipe)
                        small: bool = False,  # narrow FPN and heads (64 channels) for CPU runs
                        weights: str = None,  # local initial weights (torchvision COCO Mask R-CNN, ImageNet ResNet, ours)
-                       iters: int = 1000,  # training iterations
-                       batch_size: int = 2,  # images per iteration (per process under torchrun)
-                       lr: float = 0.02,  # peak learning rate
-                       optimizer: str = 'sgd',  # sgd or adamw
-                       warmup: int = 100,  # linear learning-rate warm-up iterations
-                       scale: float = 1.0,  # input scale: train and predict on images upscaled by this factor
-                       mask_size: int = 28,  # mask head output: 28 or 56 (finer masks, 4x the mask head's cost)
-                       val_every: int = 500,  # validate (competition metric on the fold) every N iterations
-                       checkpoint_every: int = 500,  # write checkpoint.pt every N iterations
+                       iters: int = None,  # training iterations (default: recipe)
+                       batch_size: int = None,  # images per iteration, per process under torchrun (default: recipe)
+                       lr: float = None,  # peak learning rate (default: recipe)
+                       optimizer: str = None,  # sgd or adamw (default: recipe)
+                       warmup: int = None,  # linear learning-rate warm-up iterations (default: recipe)
+                       scale: float = None,  # input scale: train and predict on images upscaled by this factor (default: recipe)
+                       mask_size: int = None,  # mask head output: 28 or 56 (finer masks, 4x the mask head's cost) (default: recipe)
+                       val_every: int = None,  # validate (competition metric on the fold) every N iterations (default: recipe)
+                       checkpoint_every: int = None,  # write checkpoint.pt every N iterations (default: recipe)
                        resume: bool = False,  # continue the run in --out from its last checkpoint
                        device: str = 'auto'):  # cpu, cuda or auto (torchrun sets the GPU per process)
     """Train Mask R-CNN on the competition data (optionally LIVECell first, or LIVECell alone when no competition
-    folder is given: --iters on its train split, validated on its val split); runs under torchrun as DDP."""
+    folder is given: the train settings on its train split, validated on its val split); runs under torchrun as DDP.
+    Settings come from --recipe, then the flags given, then --set; the resolved recipe is printed, saved as
+    recipe.yaml beside the checkpoint and inside it."""
     from cellseg_nb.maskrcnn_train import train, transfer, livecell_dataset
-    from cellseg_nb.pipeline import resolve_device, maskrcnn_demo_options
+    from cellseg_nb.pipeline import resolve_device
     from cellseg_nb.data import SartoriusData, LiveCellData
+    from cellseg_nb.config import small_model, Recipe
     root, lc, lines = _livecell_plan(data, livecell, livecell_types)
+    if pseudo_labels and root is None: raise ValueError("--pseudo_labels needs the competition folder (--data or $CELLSEG_DATA)")
     if root is not None: shape = SartoriusData(root).image_shape     # the model works at the data's native resolution
     else:
         hw = LiveCellData(lc, 'train', lines).meta[['height', 'width']]
         shape = tuple(int(v) for v in hw.mode().iloc[0])
-    mopts = maskrcnn_demo_options(shape, scale, mask_size) if small else \
-        dict(min_size=min(shape), max_size=max(shape), scale=scale, mask_size=mask_size)
-    opts = dict(iterations=iters, batch_size=batch_size, lr=lr, optimizer=optimizer, warmup=warmup, val_every=val_every,
-                checkpoint_every=checkpoint_every, fold=None if fold < 0 else fold, n_folds=n_folds)
+    flags = {'train.fold': None if fold is None else (None if fold < 0 else fold), 'train.n_folds': n_folds,
+             'pretrain.iterations': livecell_iters, 'model.backbone': backbone, 'train.iterations': iters,
+             'train.batch_size': batch_size, 'train.lr': lr, 'train.optimizer': optimizer, 'train.warmup': warmup,
+             'model.scale': scale, 'model.mask_size': mask_size, 'train.val_every': val_every,
+             'train.checkpoint_every': checkpoint_every}
+    r = resolve_recipe(recipe, {'model.min_size': min(shape), 'model.max_size': max(shape), **flags})
+    if fold is not None and fold < 0: r = r.merge({'train.fold': None})
+    if small:
+        m = small_model(shape, r.model.scale, r.model.mask_size)
+        r = r.merge({f'model.{k}': v for k, v in m.changed_options().items()})
+    r = r.merge(*(set or []))                                # --set comes last: it wins over every flag
+    if lc is not None and root is not None and r.pretrain is None: r = r.merge({'pretrain': r.train.to_dict()})
+    if int(os.environ.get('RANK', '0')) == 0: _save_recipe(r, out)      # once under torchrun
     dev = None if os.environ.get('LOCAL_RANK') else resolve_device(device)
+    common = dict(weights=weights, resume=resume, device=dev, recipe=r)
+    o = r.maskrcnn_options()
+    if pseudo_labels:
+        tr, va = _pseudo_sources(root, pseudo_labels, r.train.fold, r.train.n_folds)
+        print(f"pseudo-labels: {len(tr.ids)} training images ({sum(tr.is_pseudo(i) for i in tr.ids)} pseudo-labelled), "
+              f"{len(va.ids) if va is not None else 0} validation images (labelled only)")
+        root = (tr, va)
     if lc is not None and root is None:
-        r = train(lc, out, livecell_dataset(lines), backbone=backbone, weights=weights, resume=resume, device=dev,
-                  model_options=mopts, **{**opts, 'fold': 0})
-        log = r['log']
+        res = train(lc, out, livecell_dataset(lines), **common, **{**o, 'fold': 0})
+        log = res['log']
     elif lc is not None:
-        r = transfer(root, out, lc, backbone=backbone, weights=weights, resume=resume, device=dev, model_options=mopts,
-                     pretrain={**opts, 'iterations': livecell_iters, 'fold': 0}, finetune=opts, livecell_types=lines)
-        log = r['competition']['log']
+        res = transfer(root, out, lc, backbone=o['backbone'], model_options=o['model_options'], livecell_types=lines,
+                       pretrain={**r.stage_options('pretrain'), 'fold': 0}, finetune=r.stage_options('train'), **common)
+        log = res['competition']['log']
     else:
-        r = train(root, out, backbone=backbone, weights=weights, resume=resume, device=dev, model_options=mopts, **opts)
-        log = r['log']
-    if len(log):
+        res = train(root, out, **common, **o)
+        log = res['log']
+    if int(os.environ.get('RANK', '0')) == 0:          # recipe.yaml = what the checkpoint holds (norm, classes resolved)
+        Recipe.from_dict(res.get('recipe') or res['competition']['recipe']).save(Path(out) / 'recipe.yaml')
+    if log is not None and len(log):
         rows = log.tail(5).set_index('iteration')
         rows['lr'] = rows['lr'].map('{:.3g}'.format)          # 2e-05, not 0.000
         print_table(rows, 'last log rows')
-    print(f"\ncheckpoint: {r['checkpoint']}")
+    print(f"\ncheckpoint: {res['checkpoint']}")
+
+def _cellpose_training_set(ds, ids, pseudo_labels, root, fold, n_folds, c):
+    "The labelled training images `ids` of `ds` plus every pseudo-labelled image, as a cellpose `TrainingSet`."
+    from cellseg_nb import cpose
+    tr, _ = _pseudo_sources(root, pseudo_labels, fold, n_folds)
+    types = [tr.cell_type(i) if tr.is_pseudo(i) else str(ds.meta.cell_type[i]) for i in tr.ids]
+    print(f"pseudo-labels: {sum(tr.is_pseudo(i) for i in tr.ids)} pseudo-labelled images join the {len(ids)} labelled ones")
+    return cpose.TrainingSet.from_arrays([tr.image(i) for i in tr.ids], [tr.instances(i) for i in tr.ids], types, tr.ids,
+                                         c.overlap, c.min_train_masks)
 
 @command('train cellpose')
 def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSEG_DATA; none and --livecell: LIVECell alone)
-                       out: str = 'runs/cellpose',  # folder for the model file (+ SizeModel, type files)
+                       out: str = 'runs/cellpose',  # folder for the model file (+ SizeModel, type files, recipe.yaml)
+                       recipe: str = None,  # named recipe (tiny, demo, quick, competition, default) or a recipe YAML file (default: default)
+                       set: Param(_SET_HELP.replace('train.lr=0.01 --set model.backbone=resnet18', 'cellpose.epochs=200'), str, action='append') = None,
                        fold: int = 0,  # held-out fold (grouped by sample); -1: train on all images
                        n_folds: int = 5,  # number of folds
                        livecell: str = None,  # LIVECell root (or the competition folder holding it): train on its train split first
                        livecell_types: str = None,  # LIVECell lines to use, e.g. shsy5y,a172 (release or paper names, any case; default all)
-                       livecell_epochs: int = 50,  # LIVECell epochs (with --livecell and competition data)
+                       livecell_epochs: int = None,  # LIVECell epochs (with --livecell and competition data) (default: recipe)
+                       pseudo_labels: str = None,  # pseudo-label CSV (cellseg pseudo-label): its images join training, never the held-out fold
                        pretrained: str = None,  # a local cellpose-3 model file to start from (default: from scratch)
-                       epochs: int = 100,  # training epochs
-                       lr: float = 0.005,  # learning rate (cellpose's default)
-                       bsize: int = 224,  # training crop size
-                       no_size_model: bool = False,  # skip the SizeModel (diameter per image)
+                       epochs: int = None,  # training epochs (default: recipe)
+                       lr: float = None,  # learning rate (default: recipe)
+                       bsize: int = None,  # training crop size (default: recipe)
+                       no_size_model: bool = False,  # skip the SizeModel (diameter per image): cellpose.size_epochs=0
                        device: str = 'auto'):  # cpu, cuda or auto
     """Train a Cellpose 3 U-Net (from scratch or a local model) and its SizeModel on the competition data (optionally
-    LIVECell first, or LIVECell alone when no competition folder is given: --epochs on its train split, diameters
-    checked on its val split)."""
+    LIVECell first, or LIVECell alone when no competition folder is given: the epochs on its train split, diameters
+    checked on its val split). Settings: the recipe's `cellpose` group, then the flags given, then --set; the
+    resolved recipe is printed and saved as recipe.yaml beside the model file."""
     from cellseg_nb import cpose
     from cellseg_nb.data import SartoriusData, LiveCellData
     from cellseg_nb.pipeline import resolve_device
     root, lc, lines = _livecell_plan(data, livecell, livecell_types)
+    if pseudo_labels and root is None: raise ValueError("--pseudo_labels needs the competition folder (--data or $CELLSEG_DATA)")
+    r = resolve_recipe(recipe, {'cellpose.livecell_epochs': livecell_epochs, 'cellpose.epochs': epochs,
+                                'cellpose.learning_rate': lr, 'cellpose.bsize': bsize,
+                                'cellpose.size_epochs': 0 if no_size_model else None}, set)
+    c = r.cellpose
     lcd = None if lc is None else LiveCellData(lc, 'train', lines)
     if root is None:                                   # LIVECell alone: train split, held-out = val split
         ds, lcd = lcd, None
@@ -463,12 +540,17 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
         ds = SartoriusData(root)
         ids = ds.ids if fold < 0 else ds.folds(n_folds).query('fold != @fold').index.tolist()
         held = None if fold < 0 else ds
+    Path(out).mkdir(parents=True, exist_ok=True)
+    _save_recipe(r, out)
+    train_data = _cellpose_training_set(ds, ids, pseudo_labels, root, None if fold < 0 else fold, n_folds, c) \
+        if pseudo_labels else ds
     gpu = resolve_device(device).startswith('cuda')
-    path = cpose.train_cellpose(ds, out, ids=ids, livecell=lcd, pretrained_model=pretrained, n_epochs=epochs,
-                                livecell_epochs=livecell_epochs, learning_rate=lr, bsize=bsize, gpu=gpu)
+    path = cpose.train_cellpose(train_data, out, ids=ids, livecell=lcd, pretrained_model=pretrained, gpu=gpu,
+                                **c.train_options())
     print(f"model: {path}")
-    if not no_size_model:
-        sp = cpose.train_size_model(path, ds, ids=ids, bsize=bsize, gpu=gpu)
+    if c.size_epochs > 0:
+        sp = cpose.train_size_model(path, train_data, ids=ids, n_epochs=c.size_epochs, batch_size=c.batch_size, bsize=c.bsize,
+                                    overlap=c.overlap, min_train_masks=c.min_train_masks, gpu=gpu)
         print(f"size model: {sp}")
         if held is ds:
             hid = ds.folds(n_folds).query('fold == @fold').index.tolist()

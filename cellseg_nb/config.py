@@ -212,6 +212,11 @@ class ModelConfig(Config):
         "Keyword arguments of `build_model` besides `num_classes` and `backbone` (tuples kept)."
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ('num_classes', 'backbone')}
 
+    def changed_options(self) -> dict:
+        "The `build_options` that differ from the `ModelConfig` defaults (a short `model_options` dict)."
+        d = ModelConfig().build_options()
+        return {k: v for k, v in self.build_options().items() if v != d[k]}
+
 @dataclass
 class AugmentConfig(Config):
     "Training augmentation of Mask R-CNN (`maskrcnn_train.augment_sample`)."
@@ -264,8 +269,7 @@ class CellposeConfig(Config):
     diam_mean: float = 30.                  # diameter the network sees cells at (from scratch only)
     overlap: str = 'smaller'                # rule for overlapping training labels (`label_image`)
     SGD: bool = False                       # SGD instead of AdamW
-    size_model: bool = True                 # train the SizeModel (diameter per image) after the U-Net
-    size_epochs: int = 10                   # SizeModel epochs
+    size_epochs: int = 10                   # SizeModel (diameter per image) epochs after the U-Net; 0: no SizeModel
 
     def train_options(self) -> dict:
         "Keyword arguments of `cpose.train_cellpose` (besides data, folders, device)."
@@ -302,16 +306,21 @@ class Recipe(Config):
         from cellseg_nb.ensemble import EnsembleSettings
         return typing.get_type_hints(cls, localns=dict(PostprocessConfigs=PostprocessConfigs, EnsembleSettings=EnsembleSettings))
 
-    def maskrcnn_options(self, stage: str = 'train') -> dict:
-        """Options of `maskrcnn_train.train` for `stage` ('train' or 'pretrain'): the stage's `TrainConfig` with
-        `augment` as the augmentation settings (or False), plus `model_options` (`build_model` keywords)."""
-        t = self.train if stage == 'train' else (self.pretrain or self.train)
+    def stage_options(self, stage: str = 'train') -> dict:
+        """Training options of one stage ('train', or 'pretrain': the LIVECell stage, `train` when None): the
+        stage's `TrainConfig` fields with `augment` as the augmentation settings (or False)."""
         if stage not in ('train', 'pretrain'): raise ValueError(f"stage must be 'train' or 'pretrain', got {stage!r}")
+        t = self.train if stage == 'train' else (self.pretrain or self.train)
         opts = {f.name: getattr(t, f.name) for f in dataclasses.fields(t)}
         opts['augment'] = dataclasses.asdict(self.augment) if t.augment else False
+        return opts
+
+    def maskrcnn_options(self, stage: str = 'train') -> dict:
+        """All keyword options of `maskrcnn_train.train` for `stage`: `backbone`, `model_options` (`build_model`
+        keywords) and `stage_options(stage)`."""
         mo = self.model.build_options()
         if self.model.num_classes is not None: mo['num_classes'] = self.model.num_classes
-        return dict(backbone=self.model.backbone, model_options=mo, **opts)
+        return dict(backbone=self.model.backbone, model_options=mo, **self.stage_options(stage))
 
     def describe(self) -> str:
         "The recipe as YAML text (what a run prints at its start)."
@@ -398,13 +407,17 @@ def _competition() -> Recipe:
             learning_rate=0.005, weight_decay=1e-5, batch_size=8,   # AdamW 0.005: stable from scratch (0.02 was not)
             bsize=224,                   # cellpose's crop size
             diam_mean=30.,               # cells rescaled to 30 px (cellpose's default; ~1.5-2x for shsy5y, like Mask R-CNN)
-            min_train_masks=1, size_model=True, size_epochs=10),
+            min_train_masks=1, size_epochs=10),
         demo=DemoConfig())
 
-RECIPES = {'tiny': _tiny, 'demo': _demo, 'quick': _quick, 'competition': _competition}
+def _default() -> Recipe:
+    "The library defaults (what `cellseg train` uses without --recipe): R50-FPN at native scale, SGD 0.02, 1000 iterations; LIVECell stage 2000."
+    return Recipe(name='default', pretrain=TrainConfig(iterations=2000))
+
+RECIPES = {'default': _default, 'tiny': _tiny, 'demo': _demo, 'quick': _quick, 'competition': _competition}
 
 def get_recipe(name_or_path) -> Recipe:
-    """A fresh copy of the named recipe (`RECIPES`: tiny, demo, quick, competition) or the recipe in a YAML file
+    """A fresh copy of the named recipe (`RECIPES`: default, tiny, demo, quick, competition) or the recipe in a YAML file
     (missing keys take the `Recipe` defaults). ConfigError for an unknown name or a bad file."""
     if isinstance(name_or_path, Recipe): return name_or_path
     s = str(name_or_path)

@@ -12,6 +12,8 @@ import pandas as pd
 from .instances import Instances
 from .data import as_image_list
 from .celltypes import CELL_TYPES, class_id
+from .config import CellposeConfig
+_CP = CellposeConfig()     # the training defaults live in `config.CellposeConfig`
 
 # %% auto 0
 __all__ = ['OVERLAP_RULES', 'BUILTIN_MODEL_NAMES', 'DIAMETER_MODES', 'DIAMETER_RANGE', 'label_image', 'cell_diameters',
@@ -226,9 +228,11 @@ def _train_stage(net, ts: TrainingSet, out_dir: Path, name: str, n_epochs, learn
                        losses=[round(float(x), 5) for x in losses])
 
 def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pretrained_model=None,
-                   n_epochs: int = 100, livecell_epochs: int = 50, learning_rate: float = 0.005,
-                   weight_decay: float = 1e-5, batch_size: int = 8, bsize: int = 224, nimg_per_epoch: int | None = None,
-                   min_train_masks: int = 1, diam_mean: float = 30., overlap: str = 'smaller', SGD: bool = False,
+                   n_epochs: int = _CP.epochs, livecell_epochs: int = _CP.livecell_epochs,
+                   learning_rate: float = _CP.learning_rate, weight_decay: float = _CP.weight_decay,
+                   batch_size: int = _CP.batch_size, bsize: int = _CP.bsize, nimg_per_epoch: int | None = _CP.nimg_per_epoch,
+                   min_train_masks: int = _CP.min_train_masks, diam_mean: float = _CP.diam_mean, overlap: str = _CP.overlap,
+                   SGD: bool = _CP.SGD,
                    model_name: str = 'cellpose', seed: int = 0, gpu: bool = False, progress: bool = True) -> Path:
     """Train a cellpose-3 U-Net and return the path of the saved model file `out_dir/model_name`.
 
@@ -388,8 +392,9 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
     return out
 
 # %% ../nbs/12_cpose.ipynb 46
-def train_size_model(model, data, ids=None, n_epochs: int = 10, batch_size: int = 8, bsize: int = 224,
-                     overlap: str = 'smaller', min_train_masks: int = 1, gpu: bool = False) -> Path:
+def train_size_model(model, data, ids=None, n_epochs: int = _CP.size_epochs, batch_size: int = _CP.batch_size,
+                     bsize: int = _CP.bsize, overlap: str = _CP.overlap, min_train_masks: int = _CP.min_train_masks,
+                     gpu: bool = False) -> Path:
     """Train cellpose's SizeModel for the model file `model` on `data` (`SartoriusData`, root path or `TrainingSet`;
     `ids` default all) and store the per-type style centroids. `n_epochs` passes of random rescales over the
     images, `bsize` crop size. Writes `{model}_size.npy` and `{model}_types.json`; returns the size-model path."""

@@ -23,6 +23,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from .instances import Instances
 from .data import to_gray_uint8, as_image_list
 from .celltypes import CELL_TYPES
+from .config import ModelConfig
+import dataclasses
 
 # %% auto 0
 __all__ = ['MODEL_DEFAULTS', 'BACKBONES', 'mask_targets', 'CellRoIHeads', 'CellTransform', 'build_model', 'read_checkpoint',
@@ -122,14 +124,7 @@ class CellTransform(GeneralizedRCNNTransform):
         return F.interpolate(image[None], size=size, mode='bilinear', align_corners=False)[0], target
 
 # %% ../nbs/10_maskrcnn.ipynb 12
-MODEL_DEFAULTS = dict(
-    num_classes=3, backbone='resnet50', norm='auto', trainable_layers=5, fpn_channels=256,
-    mask_head_channels=256, box_head_dim=1024, anchor_sizes=(8, 16, 32, 64, 128),
-    aspect_ratios=(0.25, 0.5, 1.0, 2.0, 4.0), min_size=520, max_size=704, image_mean=0.5, image_std=0.1,
-    detections_per_img=1000, box_score_thresh=0.05, box_nms_thresh=0.5,
-    rpn_pre_nms_top_n_train=4000, rpn_post_nms_top_n_train=2000, rpn_pre_nms_top_n_test=6000,
-    rpn_post_nms_top_n_test=3000, rpn_batch_size_per_image=256, box_batch_size_per_image=512,
-    class_names=None, scale=1.0, mask_size=28)
+MODEL_DEFAULTS = {**dataclasses.asdict(ModelConfig()), 'num_classes': 3}   # a view of `config.ModelConfig`, where the defaults live
 BACKBONES = ('resnet18', 'resnet34', 'resnet50', 'resnet101')
 
 def _norm_layer(norm):

@@ -4,17 +4,19 @@
 
 # %% ../nbs/11_maskrcnn_train.ipynb 3
 from __future__ import annotations
-import os, json, math, time, random, warnings
+import os, json, math, time, random, warnings, dataclasses
 from pathlib import Path
 import numpy as np, pandas as pd, cv2
 import torch, torch.distributed as dist
 from .instances import Instances
 from .celltypes import CELL_TYPES, LIVECELL_TYPES
 from .maskrcnn import build_model, load_model, predict, read_checkpoint
+from .config import AugmentConfig, TrainConfig
 
 # %% auto 0
 __all__ = ['AUGMENT_DEFAULTS', 'TRAIN_DEFAULTS', 'LOSSES', 'resize_instances', 'ArraySource', 'CellDataset', 'augment_sample',
-           'open_source', 'livecell_dataset', 'lr_at', 'KeySampler', 'save_checkpoint', 'validate', 'train', 'transfer']
+           'open_source', 'livecell_dataset', 'lr_at', 'KeySampler', 'save_checkpoint', 'validate', 'Hook', 'Trainer',
+           'LRSchedule', 'Validation', 'CSVLog', 'ProgressBar', 'Checkpoint', 'train', 'transfer']
 
 # %% ../nbs/11_maskrcnn_train.ipynb 6
 def resize_instances(inst: Instances, shape) -> Instances:
@@ -63,8 +65,7 @@ def _load(source, id):
     return img, inst
 
 # %% ../nbs/11_maskrcnn_train.ipynb 11
-AUGMENT_DEFAULTS = dict(flip=True, rot90=True, scale_range=(0.8, 1.25), crop_size=None, brightness=0.1,
-                        contrast=0.2, min_area=4)
+AUGMENT_DEFAULTS = dataclasses.asdict(AugmentConfig())    # a view of `config.AugmentConfig`, where the defaults live
 
 class CellDataset(torch.utils.data.Dataset):
     """Training samples from a `source` (ids, image(id), instances(id)): item `(index, seed, k)` is image
@@ -172,12 +173,7 @@ def livecell_dataset(cell_types=None) -> str:
     return 'livecell:' + ','.join(livecell_types(cell_types))
 
 # %% ../nbs/11_maskrcnn_train.ipynb 17
-TRAIN_DEFAULTS = dict(
-    iterations=1000, batch_size=2, optimizer='sgd', lr=0.02, momentum=0.9, weight_decay=1e-4, warmup=100,
-    warmup_factor=0.001, schedule='cosine', steps=(0.75, 0.9), gamma=0.1, clip_grad=10.0, amp=True,
-    checkpoint_every=500, val_every=500, val_images=None, log_every=20, seed=0, num_workers=0, augment=True,
-    val_postprocess='default', fold=0)
-_RUNTIME = ('progress', 'device', 'threads', 'num_workers')
+TRAIN_DEFAULTS = dataclasses.asdict(TrainConfig())        # a view of `config.TrainConfig`, where the defaults live
 
 def lr_at(it: int, cfg: dict) -> float:
     "Learning rate of iteration `it`: linear warmup from `warmup_factor` x lr, then cosine to 0, steps, or constant."
@@ -294,77 +290,253 @@ def _append_row(path, row: dict):
 
 LOSSES = ['loss_classifier', 'loss_box_reg', 'loss_mask', 'loss_objectness', 'loss_rpn_box_reg']
 
-# %% ../nbs/11_maskrcnn_train.ipynb 24
+# %% ../nbs/11_maskrcnn_train.ipynb 25
+class Hook:
+    """One behaviour of a training run. The `Trainer` calls `before_run`, then `before_step` / `after_step` around
+    every step, then `after_run`; `state_dict` / `load_state_dict` carry the hook's state through checkpoints."""
+    name = 'hook'
+    def before_run(self, trainer): pass
+    def before_step(self, trainer): pass
+    def after_step(self, trainer): pass
+    def after_run(self, trainer): pass
+    def state_dict(self) -> dict: return {}
+    def load_state_dict(self, state: dict): pass
+
+class Trainer:
+    """The training loop: `run_step` between the hooks, from iteration `start` to `n`. `batches`: an iterator of
+    lists of `(image (1, H, W) tensor, target)`; `net`: the model to call (the DDP wrapper), `model` the plain one.
+    After each step `iteration` counts the steps done, `loss` / `losses` hold its loss (floats)."""
+    def __init__(self, model, optimizer, batches, device, n: int, start: int = 0, net=None, scaler=None,
+                 use_amp: bool = False, clip_grad: float | None = None, hooks=(), rank: int = 0):
+        self.model, self.net, self.optimizer, self.batches, self.device = model, net or model, optimizer, batches, device
+        self.n, self.iteration, self.start, self.rank, self.use_amp, self.clip_grad = int(n), int(start), int(start), rank, use_amp, clip_grad
+        self.scaler = scaler or torch.amp.GradScaler(device.type, enabled=use_amp)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.hooks, self.lr, self.loss, self.losses = list(hooks), None, None, {}
+
+    def run_step(self):
+        "One optimisation step on the next batch."
+        batch = next(self.batches)
+        imgs = [x.to(self.device, non_blocking=True) for x, _ in batch]
+        tgts = [{'boxes': t['boxes'].to(self.device), 'labels': t['labels'].to(self.device), 'masks': t['masks']} for _, t in batch]
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            losses = self.net(imgs, tgts)
+        loss = sum(losses.values())
+        if not self.use_amp and not torch.isfinite(loss):
+            raise FloatingPointError(f"iteration {self.iteration}: loss {float(loss)} ({ {k: float(v) for k, v in losses.items()} }); "
+                                     "lower lr or keep clip_grad on")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.clip_grad:
+            self.scaler.unscale_(self.optimizer); torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad)
+        self.scaler.step(self.optimizer); self.scaler.update()
+        self.iteration += 1
+        self.losses, self.loss = {k: float(v.detach()) for k, v in losses.items()}, float(loss.detach())
+
+    def run(self):
+        "Run the hooks and steps until `n` steps are done."
+        for h in self.hooks: h.before_run(self)
+        while self.iteration < self.n:
+            for h in self.hooks: h.before_step(self)
+            self.run_step()
+            for h in self.hooks: h.after_step(self)
+        for h in self.hooks: h.after_run(self)
+
+    def hook_states(self) -> dict: return {h.name: h.state_dict() for h in self.hooks}
+    def load_hook_states(self, states: dict):
+        for h in self.hooks:
+            if h.name in states: h.load_state_dict(states[h.name])
+
+    def hook(self, name):
+        "The hook called `name` (None when absent)."
+        return next((h for h in self.hooks if h.name == name), None)
+
+# %% ../nbs/11_maskrcnn_train.ipynb 26
+class LRSchedule(Hook):
+    "Sets the learning rate of every parameter group to `lr_at(iteration, cfg)` before each step (no state: a function of the iteration)."
+    name = 'lr'
+    def __init__(self, cfg: dict): self.cfg = cfg
+    def before_step(self, t):
+        t.lr = lr_at(t.iteration, self.cfg)
+        for g in t.optimizer.param_groups: g['lr'] = t.lr
+
+class Validation(Hook):
+    """Every `every` steps and after the last one, process 0 scores the model on `ids` of `source` (`validate`,
+    after `postprocess`). Sets `trainer.val_due`; state: the last score."""
+    name = 'validation'
+    def __init__(self, source, ids, every: int, postprocess='default'):
+        self.source, self.ids, self.every, self.postprocess, self.score = source, list(ids), int(every), postprocess, float('nan')
+    def after_step(self, t):
+        done = t.iteration
+        t.val_due = bool(self.ids) and (done % self.every == 0 or done == t.n)
+        if t.val_due and t.rank == 0: self.score = validate(t.model, self.source, self.ids, self.postprocess)
+    def state_dict(self): return {'score': self.score}
+    def load_state_dict(self, state): self.score = float(state.get('score', float('nan')))
+
+class CSVLog(Hook):
+    """Process 0 appends a row to the CSV `path` every `every` steps, at the end and when validation ran: iteration,
+    lr, mean losses since the last row, seconds per iteration, validation score. State: the partial loss sums.
+    On resume the log is cut back to the checkpoint's iteration (rows after it are written again)."""
+    name = 'log'
+    def __init__(self, path, every: int, resume: bool = False):
+        self.path, self.every, self.resume, self.acc, self.row = Path(path), int(every), resume, {}, None
+    def before_run(self, t):
+        if t.rank == 0:
+            if self.resume: _rewrite_log(self.path, t.iteration)
+            elif self.path.exists(): self.path.unlink()
+        self.t_last, self.it_last = time.time(), t.iteration
+    def after_step(self, t):
+        acc, done, self.row = self.acc, t.iteration, None
+        for k, v in t.losses.items(): acc[k] = acc.get(k, 0.0) + v
+        acc['loss'] = acc.get('loss', 0.0) + t.loss; acc['n'] = acc.get('n', 0) + 1
+        val_due = getattr(t, 'val_due', False)
+        if t.rank == 0 and (done % self.every == 0 or done == t.n or val_due):
+            now = time.time()
+            score = t.hook('validation').score if val_due else None
+            self.row = {'iteration': done, 'lr': t.lr, 'loss': acc['loss'] / acc['n'],
+                        **{k: acc.get(k, 0.0) / acc['n'] for k in LOSSES},
+                        'sec_per_iter': (now - self.t_last) / max(done - self.it_last, 1), 'val_score': score}
+            _append_row(self.path, self.row)
+            self.acc, self.t_last, self.it_last = {}, time.time(), done
+    def state_dict(self): return {'acc': dict(self.acc)}
+    def load_state_dict(self, state): self.acc = dict(state.get('acc', {}))
+
+class ProgressBar(Hook):
+    "A tqdm bar on process 0: iteration, time left, and at each log row the loss, lr (3 significant digits) and validation score."
+    name = 'progress'
+    def __init__(self, enabled: bool = True, desc: str = 'train maskrcnn'): self.enabled, self.desc = enabled, desc
+    def before_run(self, t):
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=t.n, initial=t.iteration, disable=not (self.enabled and t.rank == 0), desc=self.desc)
+    def after_step(self, t):
+        self.bar.update(1)
+        row = getattr(t.hook('log'), 'row', None)
+        if row is not None:
+            self.bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.3g}",
+                                 **({'val': f"{row['val_score']:.3f}"} if row['val_score'] is not None else {}))
+    def after_run(self, t): self.bar.close()
+
+class Checkpoint(Hook):
+    """Every `every` steps and after the last one, writes `path` atomically (process 0; every process's RNG states
+    gathered): model, model config, optimizer, AMP scaler, iteration, RNG states, every hook's state (`hooks`) and
+    `extra` (the training config and the resolved recipe)."""
+    name = 'checkpoint'
+    def __init__(self, path, every: int, extra: dict | None = None): self.path, self.every, self.extra = Path(path), int(every), extra or {}
+    def after_step(self, t):
+        done = t.iteration
+        if done % self.every == 0 or done == t.n:
+            rngs = _gather(_rng_state())
+            if t.rank == 0:
+                hooks = t.hook_states()
+                save_checkpoint(self.path, {'model': t.model.state_dict(), 'config': t.model.config,
+                                            'optimizer': t.optimizer.state_dict(), 'scaler': t.scaler.state_dict(),
+                                            'iteration': done, 'rng': rngs, 'log_acc': hooks.get('log', {}).get('acc', {}),
+                                            'hooks': hooks, **self.extra})
+            _barrier()
+
+# %% ../nbs/11_maskrcnn_train.ipynb 27
+def _train_config(options: dict, root, dataset, backbone, model_options, world) -> dict:
+    "The run's full training config as plain JSON values (a resumed run must match it)."
+    unknown = set(options) - set(TRAIN_DEFAULTS)
+    if unknown: raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)}")
+    cfg = {**TRAIN_DEFAULTS, **options, 'dataset': dataset if not isinstance(root, tuple) else 'arrays',
+           'backbone': backbone, 'model_options': dict(model_options or {}), 'world_size': world}
+    return json.loads(json.dumps(cfg))         # tuples -> lists, so a resumed run compares equal
+
+def _resume_state(ckpt_path, resume, cfg):
+    "The checkpoint to resume from (None: fresh start); errors for a checkpoint without `resume` or with other settings."
+    if not ckpt_path.exists(): return None
+    if not resume: raise FileExistsError(f"{ckpt_path} exists: pass resume=True to continue that run, or use another out_dir")
+    state = read_checkpoint(ckpt_path)
+    saved = state.get('train_config', {})
+    diff = {k: (saved.get(k), v) for k, v in cfg.items() if k != 'num_workers' and saved.get(k) != v}
+    if diff: raise ValueError(f"{ckpt_path}: resuming needs the checkpoint's settings; these differ (saved, given): {diff}")
+    return state
+
+def _open_data(root, dataset, cfg):
+    "(train source, train ids, validation source, validation ids, class names) of `root` (a data root or a source pair)."
+    if isinstance(root, tuple):
+        src, vsrc = root
+        return src, list(src.ids), vsrc, list(vsrc.ids) if vsrc is not None else [], list(CELL_TYPES)
+    return open_source(root, dataset, cfg['fold'], cfg['n_folds'])
+
+def _count_cells(src, ds, train_ids) -> int:
+    "Annotated cells of the training images (`data.count_cells`: the source's own count, else decoded)."
+    from cellseg_nb.data import count_cells
+    return count_cells(src, train_ids)
+
+def _make_model(cfg, state, backbone, weights, class_names):
+    "The model: rebuilt from the checkpoint's own resolved config when resuming, else from the options (seeded)."
+    torch.manual_seed(cfg['seed'])
+    if state:      # the checkpoint's config (e.g. norm chosen by 'auto' from the first run's weights)
+        mc = dict(state['config']); return build_model(mc.pop('num_classes'), mc.pop('backbone'), **mc)
+    mo = dict(cfg['model_options']); nc = mo.pop('num_classes', len(class_names))
+    if mo.get('class_names') is None: mo['class_names'] = class_names[:nc] if len(class_names) >= nc else None
+    return build_model(nc, backbone, weights=weights, **mo)
+
+def _make_optimizer(model, cfg):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg['optimizer'] == 'sgd': return torch.optim.SGD(params, cfg['lr'], momentum=cfg['momentum'], weight_decay=cfg['weight_decay'])
+    if cfg['optimizer'] == 'adamw': return torch.optim.AdamW(params, cfg['lr'], weight_decay=cfg['weight_decay'])
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg['optimizer']!r}")
+
+def _run_recipe(recipe, model, cfg) -> dict:
+    """The resolved recipe of this run as plain data: `recipe` (or the defaults) with its model, augmentation and
+    training settings replaced by what the run really uses."""
+    from cellseg_nb.config import Recipe, ModelConfig
+    base = recipe if recipe is not None else Recipe(name='train')
+    aug = cfg['augment']
+    tc = {k: cfg[k] for k in TRAIN_DEFAULTS if k in cfg}
+    tc['augment'] = aug is not False
+    return base.replace(model=ModelConfig.from_dict(dict(model.config), source='model.config'),
+                        augment=AugmentConfig.from_dict(aug if isinstance(aug, dict) else {}, source='augment'),
+                        train=TrainConfig.from_dict(tc, source='train')).to_dict()
+
+# %% ../nbs/11_maskrcnn_train.ipynb 28
 def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50', weights=None, resume: bool = False,
           model_options: dict | None = None, progress: bool = True, device=None, threads: int | None = None,
-          **options) -> dict:
+          recipe=None, hooks=(), **options) -> dict:
     """Train Mask R-CNN on a data root and write `out_dir/checkpoint.pt` and `out_dir/log.csv`.
 
     `root`: competition folder (`dataset='competition'`), LIVECell folder (`dataset='livecell'`), or a pair
     `(train_source, val_source_or_None)` of in-memory sources (`ArraySource`, all their ids used).
-    `backbone`, `weights` (local file), `model_options` (`MODEL_DEFAULTS` keys): passed to `build_model`; the
-    class count defaults to the dataset's (3 or 8). `options`: any of `TRAIN_DEFAULTS` (iterations, batch_size per
+    `backbone`, `weights` (local file), `model_options` (`config.ModelConfig` fields): passed to `build_model`; the
+    class count defaults to the dataset's (3 or 8). `options`: any `config.TrainConfig` field (iterations, batch_size per
     process, optimizer 'sgd'/'adamw', lr, warmup, schedule 'cosine'/'step'/'constant', clip_grad, amp (True: float16 autocast + GradScaler on CUDA only; 'any': on every device, slow on CPU, a way to step the AMP path without a GPU),
     checkpoint_every, val_every (iterations; validation = our competition metric on fold `fold` after
     post-processing), val_images (cap), log_every, seed, num_workers, augment (bool or dict of
-    `AUGMENT_DEFAULTS`), val_postprocess, fold, n_folds).
+    `config.AugmentConfig` fields), val_postprocess, fold, n_folds); `Recipe.maskrcnn_options()` gives all of them.
+    `recipe`: the `config.Recipe` the run comes from; the resolved recipe (its model, augmentation and training
+    settings replaced by the ones used) is stored as `checkpoint['recipe']`. `hooks`: extra `Hook`s (run before the
+    checkpoint hook; their state is checkpointed).
     `resume=True` continues the run in `out_dir` exactly (a finished run returns at once; no checkpoint: fresh
     start); an existing checkpoint with `resume=False` is an error. Runs under torchrun as DistributedDataParallel.
-    Returns `{'model', 'checkpoint', 'log' (DataFrame), 'val_score'}` (the model unwrapped, in eval mode)."""
-    from tqdm.auto import tqdm
+    Returns `{'model', 'checkpoint', 'log' (DataFrame), 'val_score', 'recipe'}` (the model unwrapped, in eval mode)."""
     options.setdefault('n_folds', 5)
-    unknown = set(options) - set(TRAIN_DEFAULTS) - {'n_folds'}
-    if unknown: raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)} + n_folds")
     out_dir = Path(out_dir); ckpt_path, log_path = out_dir / 'checkpoint.pt', out_dir / 'log.csv'
     rank, world, device, joined = _init_distributed(device)
     if threads: torch.set_num_threads(int(threads))
-    cfg = {**TRAIN_DEFAULTS, **options, 'dataset': dataset if not isinstance(root, tuple) else 'arrays',
-           'backbone': backbone, 'model_options': dict(model_options or {}), 'world_size': world}
-    cfg = json.loads(json.dumps(cfg))         # plain JSON values (tuples -> lists), so a resumed run compares equal
+    cfg = _train_config(options, root, dataset, backbone, model_options, world)
     num_workers = cfg.pop('num_workers')
-    state = None
-    if ckpt_path.exists():
-        if not resume: raise FileExistsError(f"{ckpt_path} exists: pass resume=True to continue that run, or use another out_dir")
-        state = read_checkpoint(ckpt_path)
-        saved = state.get('train_config', {})
-        diff = {k: (saved.get(k), v) for k, v in cfg.items() if saved.get(k) != v}
-        if diff: raise ValueError(f"{ckpt_path}: resuming needs the checkpoint's settings; these differ (saved, given): {diff}")
-    # data
-    if isinstance(root, tuple):
-        src, vsrc = root
-        train_ids, val_ids, class_names = list(src.ids), list(vsrc.ids) if vsrc is not None else [], list(CELL_TYPES)
-    else: src, train_ids, vsrc, val_ids, class_names = open_source(root, dataset, cfg['fold'], cfg['n_folds'])
+    state = _resume_state(ckpt_path, resume, cfg)
+    src, train_ids, vsrc, val_ids, class_names = _open_data(root, dataset, cfg)
     if cfg['val_images'] is not None: val_ids = val_ids[:cfg['val_images']]
-    val_post = _val_config(cfg['val_postprocess'])
     ds = CellDataset(src, train_ids, augment=cfg['augment'])
-    n_cells = src.meta.loc[train_ids, 'n_cells'].sum() if hasattr(src, 'meta') and 'n_cells' in getattr(src, 'meta', {}) \
-        else sum(len(ds.load(i)[1]) for i in range(len(ds)))
-    if n_cells == 0: raise ValueError(f"{root if not isinstance(root, tuple) else 'training source'}: the {len(ds)} training images hold no annotated cells")
-    # model and optimizer
-    torch.manual_seed(cfg['seed'])
-    mo = dict(cfg['model_options']); nc = mo.pop('num_classes', len(class_names)); mo.setdefault('class_names', class_names[:nc] if len(class_names) >= nc else None)
-    if state:      # the checkpoint's own resolved config (e.g. norm chosen by 'auto' from the first run's weights)
-        mc = dict(state['config']); model = build_model(mc.pop('num_classes'), mc.pop('backbone'), **mc)
-    else: model = build_model(nc, backbone, weights=weights, **mo)
-    model = model.to(device)
+    if _count_cells(src, ds, train_ids) == 0:
+        raise ValueError(f"{root if not isinstance(root, tuple) else 'training source'}: the {len(ds)} training images hold no annotated cells")
+    model = _make_model(cfg, state, backbone, weights, class_names).to(device)
     ds.scale = float(model.config.get('scale', 1.0))         # training images at the model's input scale
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg['optimizer'] == 'sgd': opt = torch.optim.SGD(params, cfg['lr'], momentum=cfg['momentum'], weight_decay=cfg['weight_decay'])
-    elif cfg['optimizer'] == 'adamw': opt = torch.optim.AdamW(params, cfg['lr'], weight_decay=cfg['weight_decay'])
-    else: raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg['optimizer']!r}")
+    opt = _make_optimizer(model, cfg)
     use_amp = cfg['amp'] == 'any' or (bool(cfg['amp']) and device.type == 'cuda')
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    start, acc = 0, {}
     torch.manual_seed(cfg['seed'] + 1 + rank)
     if rank == 0:
         for t in out_dir.glob(f'.{ckpt_path.name}.*.tmp'): t.unlink()     # torn writes of a killed run
+    start = 0
     if state:
         model.load_state_dict(state['model']); opt.load_state_dict(state['optimizer']); scaler.load_state_dict(state['scaler'])
-        start, acc = int(state['iteration']), dict(state['log_acc'])
-        if rank == 0: _rewrite_log(log_path, start)
-    elif rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if log_path.exists(): log_path.unlink()
+        start = int(state['iteration'])
+    elif rank == 0: out_dir.mkdir(parents=True, exist_ok=True)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) \
         if world > 1 else model
     n = int(cfg['iterations'])
@@ -374,64 +546,35 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     batches = iter(loader) if start < n else None
     if state: _set_rng_state(state['rng'][rank])
     model.train()
-    score, t_last, it_last = float('nan'), time.time(), start
-    bar = tqdm(range(start, n), initial=start, total=n, disable=not (progress and rank == 0), desc='train maskrcnn')
-    for it in bar:
-        batch = next(batches)
-        imgs = [x.to(device, non_blocking=True) for x, _ in batch]
-        tgts = [{'boxes': t['boxes'].to(device), 'labels': t['labels'].to(device), 'masks': t['masks']} for _, t in batch]
-        lr = lr_at(it, cfg)
-        for g in opt.param_groups: g['lr'] = lr
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            losses = net(imgs, tgts)
-        loss = sum(losses.values())
-        if not use_amp and not torch.isfinite(loss):
-            raise FloatingPointError(f"iteration {it}: loss {float(loss)} ({ {k: float(v) for k, v in losses.items()} }); "
-                                     "lower lr or keep clip_grad on")
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg['clip_grad']:
-            scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_(params, cfg['clip_grad'])
-        scaler.step(opt); scaler.update()
-        done = it + 1
-        for k, v in losses.items(): acc[k] = acc.get(k, 0.0) + float(v.detach())
-        acc['loss'] = acc.get('loss', 0.0) + float(loss.detach()); acc['n'] = acc.get('n', 0) + 1
-        val_due = bool(val_ids) and (done % cfg['val_every'] == 0 or done == n)
-        if rank == 0 and (done % cfg['log_every'] == 0 or done == n or val_due):
-            if val_due: score = validate(model, vsrc, val_ids, val_post)
-            now = time.time()
-            row = {'iteration': done, 'lr': lr, 'loss': acc['loss'] / acc['n'],
-                   **{k: acc.get(k, 0.0) / acc['n'] for k in LOSSES}, 'sec_per_iter': (now - t_last) / max(done - it_last, 1),
-                   'val_score': score if val_due else None}
-            _append_row(log_path, row); acc, t_last, it_last = {}, time.time(), done
-            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f'{lr:.2e}', **({'val': f'{score:.3f}'} if val_due else {}))
-        if done % cfg['checkpoint_every'] == 0 or done == n:
-            rngs = _gather(_rng_state())
-            if rank == 0:
-                save_checkpoint(ckpt_path, {'model': model.state_dict(), 'config': model.config, 'optimizer': opt.state_dict(),
-                                            'scaler': scaler.state_dict(), 'iteration': done, 'rng': rngs, 'log_acc': acc,
-                                            'train_config': cfg})
-            _barrier()
-    bar.close()
+    run_recipe = _run_recipe(recipe, model, {**cfg, 'num_workers': num_workers})
+    trainer = Trainer(model, opt, batches, device, n, start, net, scaler, use_amp, cfg['clip_grad'], rank=rank, hooks=[
+        LRSchedule(cfg), Validation(vsrc, val_ids, cfg['val_every'], _val_config(cfg['val_postprocess'])),
+        CSVLog(log_path, cfg['log_every'], resume=state is not None), ProgressBar(progress), *hooks,
+        Checkpoint(ckpt_path, cfg['checkpoint_every'], {'train_config': cfg, 'recipe': run_recipe})])
+    if state: trainer.load_hook_states(state.get('hooks') or {'log': {'acc': state['log_acc']}})
+    trainer.run()
     if joined: dist.destroy_process_group()
     model.eval()
     log = pd.read_csv(log_path) if rank == 0 and log_path.exists() else None
+    score = trainer.hook('validation').score
     if log is not None and log.val_score.notna().any(): score = float(log.val_score.dropna().iloc[-1])
-    return {'model': model, 'checkpoint': ckpt_path, 'log': log, 'val_score': score}
+    return {'model': model, 'checkpoint': ckpt_path, 'log': log, 'val_score': score, 'recipe': run_recipe}
 
-# %% ../nbs/11_maskrcnn_train.ipynb 26
+# %% ../nbs/11_maskrcnn_train.ipynb 30
 def transfer(root, out_dir, livecell_root=None, backbone: str = 'resnet50', weights=None, resume: bool = False,
              pretrain: dict | None = None, finetune: dict | None = None, model_options: dict | None = None,
-             progress: bool = True, device=None, threads: int | None = None, livecell_types=None) -> dict:
+             progress: bool = True, device=None, threads: int | None = None, livecell_types=None, recipe=None) -> dict:
     """Pretrain on LIVECell (8 classes), then fine-tune on the competition data (3 classes; the class heads are
     re-initialized), as the reference did. `root`: competition folder; `livecell_root`: default
     `root/LIVECell_dataset_2021`; `pretrain` / `finetune`: training options of each stage (see `train`);
-    `livecell_types`: pretrain on these LIVECell lines only (e.g. `'shsy5y'`; default all).
+    `livecell_types`: pretrain on these LIVECell lines only (e.g. `'shsy5y'`; default all); `recipe`: stored in
+    both stages' checkpoints (see `train`).
     Stages write `out_dir/livecell/` and `out_dir/competition/`; `resume=True` continues whichever stage was running.
     Returns `{'livecell': train result, 'competition': train result, 'model', 'checkpoint'}`."""
     out_dir = Path(out_dir)
     livecell_root = Path(livecell_root) if livecell_root is not None else Path(root) / 'LIVECell_dataset_2021'
-    common = dict(backbone=backbone, resume=resume, model_options=model_options, progress=progress, device=device, threads=threads)
+    common = dict(backbone=backbone, resume=resume, model_options=model_options, progress=progress, device=device, threads=threads,
+                  recipe=recipe)
     a = train(livecell_root, out_dir / 'livecell', livecell_dataset(livecell_types), weights=weights, **common, **(pretrain or {}))
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*re-initialized.*')

@@ -95,3 +95,27 @@ def test_model_options_build_a_model():
     assert all(m.config[k] == v for k, v in o['model_options'].items() if k not in ('norm', 'class_names'))
     assert o['augment'] == r.augment.to_dict() | {'scale_range': (0.8, 1.25)} and o['iterations'] == 10
     assert r.merge('train.augment=false').maskrcnn_options()['augment'] is False
+
+
+@pytest.mark.parametrize('name', list(RECIPES))
+def test_every_recipe_builds_its_model_and_augments(name):
+    "Each named recipe's settings are accepted by the code that uses them: build_model, augment_sample, lr_at."
+    import numpy as np, torch
+    from cellseg_nb.maskrcnn import build_model
+    from cellseg_nb.maskrcnn_train import augment_sample, lr_at, TRAIN_DEFAULTS
+    from cellseg_nb.instances import Instances
+    r = get_recipe(name)
+    o = r.maskrcnn_options()
+    torch.manual_seed(0)
+    m = build_model(3, o['backbone'], **o['model_options'])
+    assert m.config['scale'] == r.model.scale and tuple(m.config['anchor_sizes']) == r.model.anchor_sizes
+    masks = np.zeros((3, 64, 80), bool); masks[0, 5:20, 5:25] = masks[1, 30:50, 40:60] = masks[2, 40:60, 2:12] = True
+    img = np.where(masks.any(0), 60, 180).astype(np.uint8)
+    a = o['augment']
+    out, inst = augment_sample(img, Instances.from_masks(masks), np.random.default_rng(0), base_scale=r.model.scale, **a)
+    if a['crop_size']: assert out.shape == tuple(a['crop_size'])
+    assert out.shape == inst.shape and out.dtype == np.uint8
+    for stage in ('train', 'pretrain'):
+        s = r.stage_options(stage)
+        lrs = [lr_at(i, {**TRAIN_DEFAULTS, **s}) for i in range(s['iterations'] + 1)]
+        assert max(lrs) <= s['lr'] + 1e-12 and lrs[-1] <= lrs[min(s['warmup'], s['iterations'])]

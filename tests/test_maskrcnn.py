@@ -6,13 +6,13 @@ from cellseg_nb.data import SartoriusData
 from cellseg_nb.instances import Instances
 from cellseg_nb.maskrcnn import build_model, predict, load_model
 from cellseg_nb.maskrcnn_train import train, validate, CellDataset, ArraySource
+from cellseg_nb.config import get_recipe
 
 torch.set_num_threads(1)
 
 # resnet18 FPN with narrow heads and small RPN/ROI batches: about 1 s per iteration (batch 2, 128 px) on 2 shared cores
-TINY = dict(fpn_channels=32, mask_head_channels=32, box_head_dim=128, min_size=128, max_size=128,
-            rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=600,
-            rpn_post_nms_top_n_test=300, box_batch_size_per_image=64, rpn_batch_size_per_image=64)
+TINY = {**get_recipe('tiny').model.changed_options(), 'min_size': 128, 'max_size': 128, 'rpn_pre_nms_top_n_train': 600,
+        'rpn_post_nms_top_n_train': 300, 'rpn_pre_nms_top_n_test': 600, 'rpn_post_nms_top_n_test': 300}   # tiny at 128 px
 FAST = dict(backbone='resnet18', model_options=TINY, progress=False)
 
 

@@ -8,11 +8,10 @@ from cellseg_nb.synth import make_competition
 from cellseg_nb.celltypes import CELL_TYPES
 from cellseg_nb.maskrcnn_train import train, transfer, open_source, CellDataset, KeySampler, lr_at, TRAIN_DEFAULTS
 from cellseg_nb.maskrcnn import build_model, read_checkpoint
+from cellseg_nb.config import get_recipe
 
 torch.set_num_threads(1)
-TINY = dict(fpn_channels=32, mask_head_channels=32, box_head_dim=128, min_size=96, max_size=96,
-            rpn_pre_nms_top_n_train=400, rpn_post_nms_top_n_train=200, rpn_pre_nms_top_n_test=400,
-            rpn_post_nms_top_n_test=200, box_batch_size_per_image=64, rpn_batch_size_per_image=64)
+TINY = get_recipe('tiny').model.changed_options()     # the tests' small model (cellseg_nb.config)
 # every iteration validates nothing but fold 1's first image every 4 iterations; AdamW, warmup and a cosine
 # schedule; BatchNorm (running statistics are state too); augmentation on (data order and augmentations must replay)
 RUN = dict(backbone='resnet18', model_options=TINY, progress=False, fold=1, n_folds=2, val_images=1, val_every=4,

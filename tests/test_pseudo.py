@@ -10,11 +10,10 @@ from cellseg_nb.postprocess import postprocess
 from cellseg_nb.synth import make_competition
 from cellseg_nb.pseudo import pseudo_label, write_pseudo_labels, training_sources, PseudoLabelData, PSEUDO_COLUMNS
 from cellseg_nb.maskrcnn_train import train
+from cellseg_nb.config import get_recipe
 
 torch.set_num_threads(1)
-TINY = dict(fpn_channels=32, mask_head_channels=32, box_head_dim=128, min_size=96, max_size=96,
-            rpn_pre_nms_top_n_train=400, rpn_post_nms_top_n_train=200, rpn_pre_nms_top_n_test=400,
-            rpn_post_nms_top_n_test=200, box_batch_size_per_image=64, rpn_batch_size_per_image=64)
+TINY = get_recipe('tiny').model.changed_options()     # the tests' small model (cellseg_nb.config)
 RULES = {t: dict(min_score=0.6, min_area=30, min_cells=3) for t in CELL_TYPES}
 
 
