@@ -13,8 +13,8 @@ from fastcore.script import anno_parser
 # %% auto 0
 __all__ = ['COMMANDS', 'KAGGLE_PACKAGES', 'command', 'print_table', 'main', 'project_root', 'wheel_tags', 'wheel_fits',
            'build_wheels_bundle', 'kaggle_bundle', 'validate_submission_cmd', 'data_root', 'read_any_predictions',
-           'evaluate_cmd', 'predict_cmd', 'tune_cmd', 'pseudo_label_cmd', 'resolve_recipe', 'train_maskrcnn_cmd',
-           'train_cellpose_cmd', 'demo_cmd']
+           'evaluate_cmd', 'predict_cmd', 'tune_cmd', 'tune_ensemble_cmd', 'bundle_cmd', 'pseudo_label_cmd',
+           'resolve_recipe', 'train_maskrcnn_cmd', 'train_cellpose_cmd', 'demo_cmd']
 
 # %% ../nbs/90_cli.ipynb 5
 COMMANDS = {}
@@ -260,6 +260,10 @@ def evaluate_cmd(pred: str,  # a submission CSV or raw predictions (cellseg pred
     from cellseg_nb.inference import postprocess_all
     ds = SartoriusData(data_root(data))
     preds, raw = read_any_predictions(pred, ds.image_shape)
+    if config and not raw:
+        raise ValueError(f"--config post-processes raw predictions, but {pred} is a submission CSV (already post-processed, "
+                         "no scores): drop --config, or score raw predictions (cellseg predict --raw FILE)")
+    if config and no_postprocess: raise ValueError("--config and --no_postprocess contradict each other: give one")
     known = set(ds.ids)
     unknown = [i for i in preds if i not in known]
     if unknown: raise ValueError(f"{pred}: {len(unknown)} image id(s) not in {ds.csv}, e.g. {unknown[:3]}")
@@ -278,26 +282,38 @@ def evaluate_cmd(pred: str,  # a submission CSV or raw predictions (cellseg pred
     return ev.summary
 
 # %% ../nbs/90_cli.ipynb 16
+def _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device):
+    """The predictor of model files (+ ensemble settings) or of a bundle, and the post-processing to apply:
+    `config` (a YAML) when given, else the predictor's own (bundle / ensemble settings), else the library defaults."""
+    from cellseg_nb.predictors import load_predictor
+    from cellseg_nb.postprocess import PostprocessConfigs
+    if not (maskrcnn or cellpose or bundle):
+        raise ValueError("give --bundle, or --maskrcnn and/or --cellpose (trained model files)")
+    predictor = load_predictor(maskrcnn=maskrcnn, cellpose=cellpose, ensemble=ensemble, bundle=bundle, device=device)
+    if config: cfg, src = PostprocessConfigs.load(config), config
+    elif predictor.postprocess is not None: cfg, src = predictor.postprocess, 'the bundle' if bundle else 'the ensemble settings'
+    else: cfg, src = PostprocessConfigs(), 'library defaults'
+    print(f"{predictor}; post-processing: {src}")
+    return predictor, cfg
+
 @command('predict')
 def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cellseg train maskrcnn`
                 cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`
+                bundle: str = None,  # a bundle folder from `cellseg bundle` (instead of model files and settings)
+                ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (with both models)
                 images: str = None,  # folder of images to predict (default: the test/ folder of --data)
                 data: str = None,  # competition folder (default: $CELLSEG_DATA)
                 fold: int = None,  # predict the train images of this fold instead (out-of-fold predictions)
                 n_folds: int = 5,  # number of folds (with --fold)
-                config: str = None,  # post-processing YAML from `cellseg tune` (default: library defaults)
+                config: str = None,  # post-processing YAML from `cellseg tune` (default: the bundle's / ensemble's, else library defaults)
                 tta: bool = False,  # flip test-time augmentation (3 passes)
                 cell_type: str = None,  # post-process every image as this type (shsy5y/astro/cort); default: voted from the predicted classes (needed for models trained on LIVECell alone)
                 out: str = 'submission.csv',  # the submission CSV to write ('' to skip)
                 raw: str = None,  # also write raw predictions (scores, classes) to this CSV
                 device: str = 'auto'):  # cpu, cuda or auto
-    "Predict cells with trained models, post-process per cell type, write a validated submission."
-    from cellseg_nb.predictors import load_predictor
+    "Predict cells with trained models (or a bundle), post-process per cell type, write a validated submission."
     from cellseg_nb.inference import predict_images, save_predictions, make_submission, list_images
-    from cellseg_nb.postprocess import PostprocessConfigs
-    if not (maskrcnn or cellpose): raise ValueError("give --maskrcnn and/or --cellpose (trained model files)")
-    cfg = PostprocessConfigs.load(config) if config else PostprocessConfigs()
-    predictor = load_predictor(maskrcnn=maskrcnn, cellpose=cellpose, device=device)
+    predictor, cfg = _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device)
     cell_types = None
     if fold is not None:
         from cellseg_nb.data import SartoriusData
@@ -309,7 +325,7 @@ def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cell
         cell_types = ds.meta.cell_type.to_dict()
     else:
         items = list_images(images or data_root(data) / 'test')
-    print(f"{predictor} on {len(items)} images" + (' with flip TTA' if tta else ''))
+    print(f"{predictor.name} on {len(items)} images" + (' with flip TTA' if tta else ''))
     if out:
         res = make_submission(predictor, items, out, cfg, tta=tta, cell_types=cell_type or None)
         raw_preds = res.raw
@@ -339,30 +355,83 @@ def tune_cmd(raw: str,  # raw out-of-fold predictions of train images (`cellseg 
     print(f"\nsettings: {out}")
     return res.summary
 
+def _floats(text, what) -> tuple:
+    try: return tuple(float(x) for x in str(text).split(',') if x.strip())
+    except ValueError: raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+@command('tune-ensemble')
+def tune_ensemble_cmd(maskrcnn: str = None,  # raw OOF predictions of Mask R-CNN (`cellseg predict --maskrcnn ... --fold K --raw FILE`)
+                      cellpose: str = None,  # raw OOF predictions of Cellpose on the same images
+                      data: str = None,  # competition folder (default: $CELLSEG_DATA)
+                      out: str = 'ensemble.json',  # where to write the ensemble settings (JSON)
+                      weights: str = '0.3,0.5,0.7',  # Mask R-CNN weights to try in 'both' (Cellpose gets 1 - w)
+                      votes: str = '0.5',  # pixel-vote fractions to try in 'both'
+                      n_jobs: int = 1):  # parallel workers over images
+    "Choose per cell type Mask R-CNN, Cellpose or both merged (weights, vote, post-processing) on OOF predictions."
+    from cellseg_nb.data import SartoriusData
+    from cellseg_nb.inference import load_predictions
+    from cellseg_nb.ensemble import tune_ensemble
+    if not (maskrcnn and cellpose): raise ValueError("give --maskrcnn and --cellpose: raw OOF predictions of both models")
+    ds = SartoriusData(data_root(data))
+    preds = {'maskrcnn': load_predictions(maskrcnn), 'cellpose': load_predictions(cellpose)}
+    known = set(ds.ids)
+    for name, path in (('maskrcnn', maskrcnn), ('cellpose', cellpose)):
+        unknown = [i for i in preds[name] if i not in known]
+        if unknown: raise ValueError(f"{path}: {len(unknown)} image id(s) not in {ds.csv}, e.g. {unknown[:3]}")
+    ids = [i for i in preds['maskrcnn'] if i in preds['cellpose']]
+    if not ids: raise ValueError(f"{maskrcnn} and {cellpose} share no image id")
+    gt = {i: ds.instances(i) for i in ids}
+    res = tune_ensemble(preds, gt, ds.meta.cell_type.to_dict(), weights=_floats(weights, '--weights'),
+                        votes=_floats(votes, '--votes'), n_jobs=n_jobs)
+    res.settings.save(out)
+    print_table(res.summary, f"tuned on {len(gt)} images: per cell type each model alone, both, and the choice")
+    print(f"\nensemble settings: {out}")
+    return res.summary
+
+@command('bundle')
+def bundle_cmd(out: str = 'cellseg_out/bundle',  # the bundle folder to write (replaced when it holds an earlier bundle)
+               maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellseg train maskrcnn` (training state is left out)
+               cellpose: str = None,  # Cellpose model file from `cellseg train cellpose` (its size model etc. come along)
+               postprocess: str = None,  # post-processing YAML from `cellseg tune` (default: the ensemble's, else library defaults)
+               ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (needs both models)
+               cv: str = None,  # CV scores to record: a JSON object or a JSON file
+               data: str = None,  # the competition folder the models were trained on (its fingerprint is recorded)
+               dataset_id: str = None,  # Kaggle data set id USER/SLUG (default $KAGGLE_USERNAME/cellseg-weights)
+               title: str = 'cellseg-weights'):  # Kaggle data set title (and default slug)
+    "Pack models + post-processing + ensemble settings + a manifest (versions, hashes) into one folder to upload."
+    from cellseg_nb.bundle import write_bundle, read_bundle
+    path = write_bundle(out, maskrcnn, cellpose, postprocess, ensemble, cv, data, dataset_id, title)
+    b = read_bundle(path)
+    files = b.files().set_index('file')
+    print_table(files, f"bundle {path}: {', '.join(b.manifest['models'])}; post-processing from "
+                       f"{b.manifest['postprocess_from']}; {files.bytes.sum() / 2**20:.1f} MiB")
+    print(f"\nupload: kaggle datasets create -p {path}    (then attach it to the kernel as cellseg-weights)")
+    return path
+
 # %% ../nbs/90_cli.ipynb 17
 @command('pseudo-label')
 def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellseg train maskrcnn`
                      cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`
+                     bundle: str = None,  # a bundle folder from `cellseg bundle` (instead of model files and settings)
+                     ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (with both models)
                      data: str = None,  # competition folder (default: $CELLSEG_DATA); its train_semi_supervised/ is labelled
                      out: str = 'pseudo_labels.csv',  # CSV to write: train.csv columns + pseudo (flag) + score
                      rules: str = None,  # JSON merged over PSEUDO_RULES, e.g. '{"cort": {"min_score": 0.8}}'
-                     config: str = None,  # post-processing YAML from `cellseg tune` (default: library defaults)
+                     config: str = None,  # post-processing YAML from `cellseg tune` (default: the bundle's / ensemble's, else library defaults)
                      limit: int = None,  # only the first N unlabelled images
                      device: str = 'auto'):  # cpu, cuda or auto
     "Pseudo-label train_semi_supervised/ with trained models: confident cells by per-type rules, in train.csv format."
-    from cellseg_nb.predictors import load_predictor
     from cellseg_nb.data import SartoriusData
-    from cellseg_nb.postprocess import PostprocessConfigs
     from cellseg_nb.pseudo import pseudo_label, write_pseudo_labels, PSEUDO_RULES
-    if not (maskrcnn or cellpose): raise ValueError("give --maskrcnn and/or --cellpose (trained model files)")
+    if not (maskrcnn or cellpose or bundle): raise ValueError("give --bundle, or --maskrcnn and/or --cellpose (trained model files)")
     root = data_root(data)
     try: extra = json.loads(rules) if rules else {}
     except json.JSONDecodeError as e: raise ValueError(f"--rules is not JSON: {e}") from None
     merged = {t: {**PSEUDO_RULES.get(t, {}), **extra.get(t, {})} for t in {*PSEUDO_RULES, *extra}}
     ids = SartoriusData(root).semi_supervised_ids[:limit]
-    predictor = load_predictor(maskrcnn=maskrcnn, cellpose=cellpose, device=device)
-    print(f"{predictor} on {len(ids)} unlabelled images")
-    df = pseudo_label(predictor, root, ids, merged, PostprocessConfigs.load(config) if config else None)
+    predictor, cfg = _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device)
+    print(f"{predictor.name} on {len(ids)} unlabelled images")
+    df = pseudo_label(predictor, root, ids, merged, cfg)
     write_pseudo_labels(df, out)
     table = df.groupby('cell_type').agg(images=('id', 'nunique'), cells=('id', 'size')) if len(df) else pd.DataFrame()
     print_table(table, f"wrote {out}: {df.id.nunique()} of {len(ids)} images kept, {len(df)} cells")

@@ -14,8 +14,8 @@ from .metric import evaluate
 from .config import Config, ConfigError, read_settings
 
 # %% auto 0
-__all__ = ['match_groups', 'merge_models', 'EnsembleSettings', 'image_type', 'ensemble', 'EnsembleTuneResult', 'tune_ensemble',
-           'compare_models']
+__all__ = ['match_groups', 'merge_models', 'EnsembleSettings', 'image_type', 'ensemble_candidates', 'ensemble',
+           'EnsembleTuneResult', 'tune_ensemble', 'compare_models']
 
 # %% ../nbs/13_ensemble.ipynb 6
 def _with_scores(p: Instances) -> Instances:
@@ -156,13 +156,22 @@ def image_type(preds: dict, names=CLASS_NAMES, default=None):
     allc = Instances.concat(ps)
     return image_cell_type(allc.select(allc.labels > 0), names, default) if (allc.labels > 0).any() else default
 
-def ensemble(preds: dict, settings: EnsembleSettings, cell_type: str | None = None) -> Instances:
-    """Non-overlapping cells of one image from `preds` (`{model name: raw Instances}`) with `settings`; the cell type
-    is voted from the models' labels when not given (the settings' first type when no model has labels).
+def ensemble_candidates(preds: dict, settings: EnsembleSettings, cell_type: str | None = None) -> Instances:
+    """The raw candidates `ensemble` post-processes: of one image's `preds` (`{model name: raw Instances}`), the source
+    `settings` chose for its cell type (a model's own, or all merged with that type's weights and vote). The type is
+    voted from the models' labels when not given (the settings' first type when no model has labels).
     `meta['cell_type']`, `meta['source']` are set."""
     ct = cell_type or image_type(preds, default=next(iter(settings.choice)))
     choice = settings.choice.get(ct, 'both')
     raw = _source(preds, settings.models, choice, settings.weights.get(ct), settings.vote.get(ct, 0.5), settings.iou_threshold)
+    return raw.with_(meta={**raw.meta, 'cell_type': ct, 'source': choice})
+
+def ensemble(preds: dict, settings: EnsembleSettings, cell_type: str | None = None) -> Instances:
+    """Non-overlapping cells of one image from `preds` (`{model name: raw Instances}`) with `settings`: the
+    `ensemble_candidates` of its cell type, post-processed with `settings.postprocess`.
+    `meta['cell_type']`, `meta['source']` are set."""
+    raw = ensemble_candidates(preds, settings, cell_type)
+    ct, choice = raw.meta['cell_type'], raw.meta['source']
     out = postprocess(raw, ct, settings.postprocess)
     return out.with_(meta={**out.meta, 'cell_type': ct, 'source': choice})
 

@@ -46,9 +46,10 @@ class Predictor(Protocol):
     def __call__(self, image: np.ndarray) -> Instances: ...
 
 class ModelPredictor:
-    "A `Predictor` from a function `image uint8 (H, W) -> Instances`; `source` says where it came from, `model` is the model it wraps."
-    def __init__(self, name: str, fn, source: str = '', model=None):
-        self.name, self.fn, self.source, self.model = name, fn, source, model
+    """A `Predictor` from a function `image uint8 (H, W) -> Instances`; `source` says where it came from, `model` is
+    the model it wraps, `postprocess` the `PostprocessConfigs` its candidates were tuned for (None: not known)."""
+    def __init__(self, name: str, fn, source: str = '', model=None, postprocess=None):
+        self.name, self.fn, self.source, self.model, self.postprocess = name, fn, source, model, postprocess
     def __call__(self, image: np.ndarray) -> Instances: return self.fn(image)
     def __repr__(self): return f"ModelPredictor({self.name}{': ' + self.source if self.source else ''})"
 
@@ -86,17 +87,52 @@ def cellpose_predictor(model, diameter='auto', device: str = 'auto') -> ModelPre
     return ModelPredictor('cellpose', fn, src, model)
 
 # %% ../nbs/14_predictors.ipynb 19
-def ensemble_predictor(predictors: list, weights=None, iou_threshold: float = 0.5, vote: float = 0.5) -> ModelPredictor:
-    """Several predictors as one: each image goes through every predictor and the cells are matched across
-    models by IoU and merged by a weighted pixel vote (`cellseg_nb.ensemble.merge_models`)."""
-    from cellseg_nb.ensemble import merge_models
-    fn = lambda image: merge_models([p(image) for p in predictors], weights, iou_threshold, vote)
-    return ModelPredictor('ensemble', fn, ' + '.join(p.name for p in predictors))
+def ensemble_predictor(predictors: list, weights=None, iou_threshold: float = 0.5, vote: float = 0.5,
+                       settings=None) -> ModelPredictor:
+    """Several predictors as one: each image goes through every predictor and the cells are matched across models
+    by IoU and merged by a weighted pixel vote (`cellseg_nb.ensemble.merge_models`; `weights` (K,), default equal).
+    `settings`: `EnsembleSettings` (tuned per cell type; its `models` name the predictors) instead of `weights`,
+    `iou_threshold`, `vote`: the image's `ensemble_candidates`, and `postprocess` = the settings' post-processing."""
+    from cellseg_nb.ensemble import merge_models, ensemble_candidates
+    names = [p.name for p in predictors]
+    src = ' + '.join(names)
+    if settings is None:
+        fn = lambda image: merge_models([p(image) for p in predictors], weights, iou_threshold, vote)
+        return ModelPredictor('ensemble', fn, src)
+    if weights is not None: raise ValueError("give ensemble weights or EnsembleSettings, not both")
+    if sorted(names) != sorted(settings.models) or len(set(names)) != len(names):
+        raise ValueError(f"ensemble settings are for models {list(settings.models)}, the predictors are {names}")
+    if not settings.choice: raise ValueError("ensemble settings choose no source for any cell type (empty 'choice')")
+    by_name = dict(zip(names, predictors))
+    fn = lambda image: ensemble_candidates({m: by_name[m](image) for m in settings.models}, settings)
+    return ModelPredictor('ensemble', fn, src + ' (tuned per cell type)', postprocess=settings.postprocess)
 
-def load_predictor(maskrcnn=None, cellpose=None, device: str = 'auto') -> ModelPredictor:
-    "A predictor from local model files: Mask R-CNN, Cellpose, or both as an ensemble."
+def _ensemble_settings(ensemble):
+    from cellseg_nb.ensemble import EnsembleSettings
+    if ensemble is None or isinstance(ensemble, EnsembleSettings): return ensemble
+    return EnsembleSettings.load(_existing(ensemble, 'ensemble settings'))
+
+def load_predictor(maskrcnn=None, cellpose=None, device: str = 'auto', ensemble=None, bundle=None,
+                   check_versions: bool = True) -> ModelPredictor:
+    """A predictor from local model files: Mask R-CNN, Cellpose, or both as an ensemble (equal weights, or
+    `ensemble`: `EnsembleSettings` / its JSON file from `tune_ensemble`). Or `bundle`: a folder written by
+    `cellseg_nb.bundle.write_bundle`, checked (file hashes; versions unless `check_versions=False`) and applied
+    whole: its models, ensemble settings and `postprocess.yaml` (the predictor's `postprocess`)."""
+    if bundle is not None:
+        if maskrcnn or cellpose or ensemble is not None:
+            raise ValueError("give a bundle or model files / ensemble settings, not both")
+        from cellseg_nb.bundle import read_bundle
+        b = read_bundle(bundle, check_versions=check_versions)
+        p = load_predictor(b.maskrcnn, b.cellpose, device, b.ensemble)
+        p.postprocess, p.source = b.postprocess, f"{p.source}; bundle {b.root}"
+        return p
+    settings = _ensemble_settings(ensemble)
     ps = []
     if maskrcnn: ps.append(maskrcnn_predictor(maskrcnn, device=device))
     if cellpose: ps.append(cellpose_predictor(cellpose, device=device))
     if not ps: raise ValueError("no model given: pass a Mask R-CNN checkpoint and/or a Cellpose model file")
-    return ps[0] if len(ps) == 1 else ensemble_predictor(ps)
+    if len(ps) == 1:
+        if settings is not None:
+            raise ValueError(f"ensemble settings need both models ({list(settings.models)}); only {ps[0].name} was given")
+        return ps[0]
+    return ensemble_predictor(ps, settings=settings)

@@ -1,9 +1,15 @@
 """The competitor's path through the `cellseg` command on a tiny synthetic competition folder:
-train maskrcnn -> predict --fold (raw OOF) -> tune -> evaluate -> predict the test images -> validate-submission,
-and train cellpose. Tiny settings: the point is the wiring, files and tables, not the scores."""
+train maskrcnn -> predict --fold (raw OOF) -> tune -> evaluate -> predict the test images -> validate-submission;
+train cellpose; and the README's path to Kaggle in its own commands: train both -> predict OOF with each ->
+tune-ensemble -> bundle -> predict --bundle -> the Kaggle kernel on the bundle. Tiny settings: the point is the
+wiring, files and tables, not the scores."""
+import json, shutil
+from pathlib import Path
 import pandas as pd
 import pytest
 from cellseg_nb import cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
@@ -19,14 +25,56 @@ def run(capsys, *argv):
     return out.out
 
 
-def test_maskrcnn_train_predict_tune_evaluate_submit(comp, tmp_path, capsys, monkeypatch):
+def run_fails(capsys, *argv) -> str:
+    "Run a command that must fail; returns its one-line error."
+    rc = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def remembered(predictor):
+    "The same predictor, computing each distinct image once (later calls return the kept `Instances`)."
+    import hashlib
+    from cellseg_nb.predictors import ModelPredictor
+    kept = {}
+    def fn(image):
+        key = hashlib.sha256(image.tobytes() + str(image.shape).encode()).hexdigest()
+        if key not in kept: kept[key] = predictor(image)
+        return kept[key]
+    return ModelPredictor(predictor.name, fn, predictor.source, predictor.model)
+
+
+@pytest.fixture(scope='module')
+def maskrcnn_ckpt(comp, tmp_path_factory):
+    "`cellseg train maskrcnn`: a small ResNet-18 FPN, 2 AdamW iterations, fold 0 of 3 held out."
     import torch
     torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp('mr')
+    assert cli.main([str(a) for a in ('train', 'maskrcnn', '--data', comp, '--out', out, '--backbone', 'resnet18', '--small',
+                                      '--iters', 2, '--fold', 0, '--n_folds', 3, '--optimizer', 'adamw', '--lr', 1e-3,
+                                      '--val_every', 2, '--device', 'cpu')]) == 0
+    assert (out / 'log.csv').is_file()
+    return out / 'checkpoint.pt'
+
+
+@pytest.fixture(scope='module')
+def cellpose_model(comp, tmp_path_factory):
+    "`cellseg train cellpose`: 1 epoch, fold 0 of 3 held out; returns (model file, the command's output)."
+    import torch, io, contextlib
+    torch.set_num_threads(1)
+    out, buf = tmp_path_factory.mktemp('cp'), io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = cli.main([str(a) for a in ('train', 'cellpose', '--data', comp, '--out', out, '--epochs', 1, '--bsize', 64,
+                                        '--fold', 0, '--n_folds', 3, '--device', 'cpu')])
+    assert rc == 0
+    return out / 'cellpose', buf.getvalue()
+
+
+def test_maskrcnn_train_predict_tune_evaluate_submit(comp, maskrcnn_ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv('CELLSEG_DATA', str(comp))                       # --data defaults to $CELLSEG_DATA
-    run(capsys, 'train', 'maskrcnn', '--out', tmp_path / 'mr', '--backbone', 'resnet18', '--small', '--iters', 2, '--fold', 0,
-        '--n_folds', 3, '--optimizer', 'adamw', '--lr', 1e-3, '--val_every', 2, '--device', 'cpu')
-    ckpt = tmp_path / 'mr' / 'checkpoint.pt'
-    assert ckpt.is_file() and (tmp_path / 'mr' / 'log.csv').is_file()
+    ckpt = maskrcnn_ckpt
+    assert ckpt.is_file()
     out = run(capsys, 'predict', '--maskrcnn', ckpt, '--fold', 0, '--n_folds', 3, '--out', '', '--raw', tmp_path / 'oof.csv',
               '--device', 'cpu')
     raw = pd.read_csv(tmp_path / 'oof.csv')
@@ -37,17 +85,80 @@ def test_maskrcnn_train_predict_tune_evaluate_submit(comp, tmp_path, capsys, mon
     assert 'mAP' in out and 'AP@0.75' in out and (tmp_path / 'per_image.csv').is_file()
     sub = tmp_path / 'submission.csv'
     out = run(capsys, 'predict', '--maskrcnn', ckpt, '--config', tmp_path / 'pp.yaml', '--out', sub, '--device', 'cpu')
-    assert 'validated' in out
+    assert 'validated' in out and f'post-processing: {tmp_path / "pp.yaml"}' in out
     out = run(capsys, 'validate-submission', sub, '--images', comp / 'test')
     assert 'valid' in out
     ids = sorted(p.stem for p in (comp / 'test').glob('*.png'))
     assert sorted(pd.read_csv(sub, keep_default_na=False).id.unique()) == ids
+    # --config cannot apply to a submission (no scores, already post-processed): an error, not ignored
+    err = run_fails(capsys, 'evaluate', sub, '--config', tmp_path / 'pp.yaml')
+    assert f'{sub} is a submission CSV' in err and '--config' in err, err
 
 
-def test_cellpose_train_command(comp, tmp_path, capsys):
-    import torch
-    torch.set_num_threads(1)
-    out = run(capsys, 'train', 'cellpose', '--data', comp, '--out', tmp_path / 'cp', '--epochs', 1, '--bsize', 64,
-              '--fold', 0, '--n_folds', 3, '--device', 'cpu')
-    assert (tmp_path / 'cp' / 'cellpose').is_file() and (tmp_path / 'cp' / 'cellpose_size.npy').is_file()
+def test_cellpose_train_command(cellpose_model):
+    model, out = cellpose_model
+    assert model.is_file() and Path(str(model) + '_size.npy').is_file()
     assert 'diameters on fold 0' in out
+
+
+def test_train_tune_bundle_kernel(comp, maskrcnn_ckpt, cellpose_model, tmp_path, capsys, monkeypatch):
+    """The README's path in its own commands: OOF predictions of each model -> tune-ensemble -> bundle ->
+    predict --bundle, which equals the same models and settings applied in this process, and the Kaggle kernel on the
+    bundle, which writes the same submission. Tuned ensemble weights change the submission."""
+    from cellseg_nb.ensemble import EnsembleSettings
+    from cellseg_nb.predictors import maskrcnn_predictor, cellpose_predictor, ensemble_predictor
+    from cellseg_nb.inference import make_submission, save_predictions
+    monkeypatch.setenv('CELLSEG_DATA', str(comp))
+    cp, _ = cellpose_model
+    # 1. out-of-fold raw predictions of both models on fold 0, then the ensemble tuned on them
+    for name, model in (('maskrcnn', maskrcnn_ckpt), ('cellpose', cp)):
+        run(capsys, 'predict', f'--{name}', model, '--fold', 0, '--n_folds', 3, '--out', '', '--raw', tmp_path / f'oof_{name}.csv',
+            '--device', 'cpu')
+    out = run(capsys, 'tune-ensemble', '--maskrcnn', tmp_path / 'oof_maskrcnn.csv', '--cellpose', tmp_path / 'oof_cellpose.csv',
+              '--weights', '0.5', '--out', tmp_path / 'ensemble.json')
+    assert 'chosen' in out
+    settings = EnsembleSettings.load(tmp_path / 'ensemble.json')
+    assert sorted(settings.models) == ['cellpose', 'maskrcnn'] and settings.choice
+    # 2. the bundle: weights without training state, the tuned settings, a manifest of hashes and versions
+    bundle = tmp_path / 'bundle'
+    out = run(capsys, 'bundle', '--maskrcnn', maskrcnn_ckpt, '--cellpose', cp, '--ensemble', tmp_path / 'ensemble.json',
+              '--cv', '{"fold 0 mAP": 0.01}', '--data', comp, '--out', bundle)
+    man = json.loads((bundle / 'manifest.json').read_text())
+    assert man['ensemble'] == 'ensemble.json' and man['postprocess_from'] == 'ensemble' and man['cv_scores'] == {'fold 0 mAP': 0.01}
+    assert {'maskrcnn.pth', 'cellpose', 'cellpose_size.npy', 'postprocess.yaml', 'ensemble.json'} <= set(man['files'])
+    ck, kept = maskrcnn_ckpt.stat().st_size, (bundle / 'maskrcnn.pth').stat().st_size
+    assert kept < 0.5 * ck, (ck, kept)                                    # AdamW's two moments per weight stay behind
+    with capsys.disabled(): print(f"\nresnet18-small Mask R-CNN: checkpoint {ck / 2**20:.1f} MiB -> bundle weights {kept / 2**20:.1f} MiB "
+          f"({kept / ck:.0%})")
+    # 3. predict --bundle equals the same models and settings loaded here from their own files (each model's output
+    #    kept per image, so that step 4 reuses it)
+    sub_bundle = tmp_path / 'sub_bundle.csv'
+    out = run(capsys, 'predict', '--bundle', bundle, '--out', sub_bundle, '--raw', tmp_path / 'raw_bundle.csv', '--device', 'cpu')
+    assert 'post-processing: the bundle' in out
+    members = [remembered(maskrcnn_predictor(maskrcnn_ckpt, device='cpu')), remembered(cellpose_predictor(cp, device='cpu'))]
+    here = ensemble_predictor(members, settings=settings)
+    res = make_submission(here, comp / 'test', tmp_path / 'sub_here.csv', settings.postprocess, progress=False)
+    assert sub_bundle.read_text() == (tmp_path / 'sub_here.csv').read_text()
+    save_predictions(res.raw, tmp_path / 'raw_here.csv')
+    assert (tmp_path / 'raw_bundle.csv').read_text() == (tmp_path / 'raw_here.csv').read_text()
+    # 4. tuned weights reach the submission: with 'both' everywhere, equal weights reproduce the untuned ensemble
+    #    exactly, and tilting the weights changes the cells (merged scores are weighted: here Cellpose, trained one
+    #    epoch, finds few cells, and Mask R-CNN's weight 0.1 puts its candidates below the tuned score thresholds)
+    def submission(predictor, name):
+        return make_submission(predictor, comp / 'test', tmp_path / name, settings.postprocess, progress=False).path.read_text()
+    def both(weights):
+        return EnsembleSettings(settings.models, {ct: 'both' for ct in settings.choice}, {ct: weights for ct in settings.choice},
+                                {ct: 0.5 for ct in settings.choice}, settings.iou_threshold, settings.postprocess)
+    equal = submission(ensemble_predictor(members, settings=both({'maskrcnn': 1.0, 'cellpose': 1.0})), 'equal.csv')
+    assert submission(ensemble_predictor(members), 'untuned.csv') == equal
+    tilted = {submission(ensemble_predictor(members, settings=both({'maskrcnn': w, 'cellpose': 1 - w})), f'w{w}.csv')
+              for w in (0.9, 0.1)}
+    assert tilted - {equal}, "tilting the ensemble weights changed no submission"
+    # 5. the Kaggle kernel on the bundle writes the same submission
+    import test_kaggle_kernel as tk
+    inp = tmp_path / 'input'; inp.mkdir()
+    (inp / 'sartorius-cell-instance-segmentation').symlink_to(comp)
+    shutil.copytree(bundle, inp / 'cellseg-weights')
+    work = tmp_path / 'working'; work.mkdir()
+    tk.run_kernel(inp, work)
+    assert (work / 'submission.csv').read_text() == sub_bundle.read_text()

@@ -1,6 +1,7 @@
 """The full-size path end to end (issue 9, section 4): synthetic 520 x 704 competition images (the real size)
 through both predictors, flip TTA, the ensemble, per-type post-processing, the submission writer and validator, by
-running the offline Kaggle kernel (kaggle/cellseg-inference) with its defaults (`TTA = True`) in a child process
+running the offline Kaggle kernel (kaggle/cellseg-inference) on a bundle of the models (`cellseg_nb.bundle`) with its
+defaults (`TTA = True`) in a child process
 whose every socket is blocked (a `sitecustomize` inherited by any process it starts).
 
 The models are *untrained* (a half-trained model is what a user tries first, and the worst case of the cost
@@ -63,9 +64,7 @@ idx = next(i for i, c in enumerate(nb.cells) if c.cell_type == 'code')
 params = nb.cells[idx].source + f"""
 INPUT = {inp!r}
 COMPETITION = f'{{INPUT}}/sartorius-cell-instance-segmentation'
-MASKRCNN = f'{{INPUT}}/cellseg-weights/maskrcnn.pth'
-CELLPOSE = f'{{INPUT}}/cellseg-weights/cellpose'
-POSTPROCESS = f'{{INPUT}}/cellseg-weights/postprocess.yaml'
+BUNDLE = f'{{INPUT}}/cellseg-bundle'
 OUTPUT = {out!r}
 INSTALL = False
 """
@@ -88,9 +87,11 @@ def kaggle_input(tmp_path_factory):
     root = build_fullsize(tmp_path_factory.mktemp('input'))
     from cellseg_nb.postprocess import PostprocessConfig, PostprocessConfigs
     from cellseg_nb.celltypes import CELL_TYPES
+    from cellseg_nb.bundle import write_bundle
     # every candidate passes the score threshold, so NMS and overlap removal work on the whole flood of cells
-    PostprocessConfigs({ct: PostprocessConfig(score_threshold=0.0, min_area=20) for ct in CELL_TYPES}).save(
-        root / 'cellseg-weights' / 'postprocess.yaml')
+    pp = PostprocessConfigs({ct: PostprocessConfig(score_threshold=0.0, min_area=20) for ct in CELL_TYPES})
+    w = root / 'cellseg-weights'
+    write_bundle(root / 'cellseg-bundle', maskrcnn=w / 'maskrcnn.pth', cellpose=w / 'cellpose', postprocess=pp)
     print(f"\nfull-size inputs and untrained models built in {time.perf_counter() - t:.0f} s")
     return root
 

@@ -1,7 +1,8 @@
 """`cellseg demo --quick` through the command line, then the offline Kaggle kernel (kaggle/cellseg-inference/)
 run end to end on a local folder laid out like /kaggle/input, holding the demo's synthetic competition data and
-the two tiny models it trained, with no install step (the wheels bundle is tested in test_cli.py). The submission
-the kernel writes is validated independently."""
+a bundle (`cellseg_nb.bundle`) of the two tiny models it trained, with no install step (the wheels bundle is tested
+in test_cli.py and test_kaggle_bundle.py). The submission the kernel writes is validated independently; a wrong
+bundle path and a changed bundle file stop the kernel with a message naming them."""
 import json, shutil
 from pathlib import Path
 import pandas as pd
@@ -52,40 +53,42 @@ def test_kernel_metadata_is_offline_and_points_at_the_notebook():
 
 @pytest.fixture(scope='module')
 def kaggle_input(demo, tmp_path_factory):
-    "A folder like /kaggle/input: the competition data and a cellseg-weights data set with the demo's models."
+    "A folder like /kaggle/input: the competition data and the cellseg-weights bundle of the demo's models."
+    from cellseg_nb.bundle import write_bundle
     inp = tmp_path_factory.mktemp('input')
     shutil.copytree(demo / 'data', inp / 'sartorius-cell-instance-segmentation')
-    w = inp / 'cellseg-weights'; w.mkdir()
-    shutil.copy(demo / 'models' / 'maskrcnn' / 'checkpoint.pt', w / 'maskrcnn.pth')
-    for f in (demo / 'models' / 'cellpose').glob('cellpose*'):
-        if f.is_file(): shutil.copy(f, w / f.name)
-    shutil.copy(demo / 'postprocess.yaml', w / 'postprocess.yaml')
+    write_bundle(inp / 'cellseg-weights', maskrcnn=demo / 'models' / 'maskrcnn' / 'checkpoint.pt',
+                 cellpose=demo / 'models' / 'cellpose' / 'cellpose', postprocess=demo / 'postprocess.yaml')
     return inp
 
 
-def test_kernel_runs_offline_and_writes_a_valid_submission(kaggle_input, tmp_path):
+def run_kernel(inp, out, bundle=None, tta=False):
+    "Run the kernel notebook in this process on `inp` (like /kaggle/input), writing to `out`; returns the notebook."
     from execnb.nbio import read_nb
     from execnb.shell import CaptureShell
-    from cellseg_nb.submission import validate_submission
-    out = tmp_path / 'working'; out.mkdir()
     nb = read_nb(NB)
     idx = next(i for i, c in enumerate(nb.cells) if c.cell_type == 'code')     # the parameters cell
     src = nb.cells[idx].source
     assert "INPUT = '/kaggle/input'" in src and "OUTPUT = '/kaggle/working'" in src and 'INSTALL = True' in src
+    assert "BUNDLE = f'{INPUT}/cellseg-weights'" in src
     params = src + f"""
-INPUT = {str(kaggle_input)!r}
+INPUT = {str(inp)!r}
 COMPETITION = f'{{INPUT}}/sartorius-cell-instance-segmentation'
 WHEELS = f'{{INPUT}}/cellseg-wheels'
-MASKRCNN = f'{{INPUT}}/cellseg-weights/maskrcnn.pth'
-CELLPOSE = f'{{INPUT}}/cellseg-weights/cellpose'
-POSTPROCESS = f'{{INPUT}}/cellseg-weights/postprocess.yaml'
+BUNDLE = {str(bundle or Path(inp) / 'cellseg-weights')!r}
 OUTPUT = {str(out)!r}
 INSTALL = False
-TTA = False          # flip TTA is tested in nbs/15_inference; here it would triple the run time
+TTA = {tta!r}          # flip TTA is tested in nbs/15_inference and test_fullsize; here it would triple the run time
 DEVICE = 'cpu'
 """
-    shell = CaptureShell()
-    shell.run_all(nb, exc_stop=True, inject_code=params, inject_idx=idx)
+    CaptureShell().run_all(nb, exc_stop=True, inject_code=params, inject_idx=idx)
+    return nb
+
+
+def test_kernel_runs_offline_and_writes_a_valid_submission(kaggle_input, tmp_path):
+    from cellseg_nb.submission import validate_submission
+    out = tmp_path / 'working'; out.mkdir()
+    nb = run_kernel(kaggle_input, out)
     sub = out / 'submission.csv'
     assert sub.is_file()
     test_dir = kaggle_input / 'sartorius-cell-instance-segmentation' / 'test'
@@ -96,3 +99,17 @@ DEVICE = 'cpu'
     assert list(df.columns) == ['id', 'predicted'] and sorted(df.id.unique()) == test_ids
     outputs = ''.join(str(o) for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []))
     assert 'wrote and validated' in outputs and 'ensemble' in outputs
+    assert 'maskrcnn.pth' in outputs and 'postprocess.yaml' in outputs           # the bundle's file table
+
+
+def test_kernel_stops_on_a_wrong_or_changed_bundle(kaggle_input, tmp_path):
+    "No silent fallback: a wrong bundle path and a file changed after bundling stop the kernel, naming them."
+    out = tmp_path / 'working'; out.mkdir()
+    with pytest.raises(FileNotFoundError, match=f"bundle folder not found: {tmp_path / 'nowhere'}"):
+        run_kernel(kaggle_input, out, bundle=tmp_path / 'nowhere')
+    changed = tmp_path / 'changed'
+    shutil.copytree(kaggle_input / 'cellseg-weights', changed)
+    with open(changed / 'postprocess.yaml', 'a') as f: f.write('# edited after bundling\n')
+    with pytest.raises(ValueError, match=f"{changed / 'postprocess.yaml'}: changed or corrupted"):
+        run_kernel(kaggle_input, out, bundle=changed)
+    assert not (out / 'submission.csv').exists()
