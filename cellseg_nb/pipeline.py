@@ -113,7 +113,7 @@ def train_cellpose_demo(ds, train_ids, out_dir, epochs: int | None = None, devic
     opts = dict(c.train_options(), bsize=min(c.bsize, *ds.image_shape))
     with quiet_library_warnings():
         path = cpose.train_cellpose(ds, out_dir, ids=train_ids, gpu=gpu, seed=seed, **opts)
-        if c.size_model:
+        if c.size_epochs > 0:                            # 0: no SizeModel
             with deterministic(seed):
                 cpose.train_size_model(path, ds, ids=train_ids, n_epochs=c.size_epochs, bsize=opts['bsize'], gpu=gpu)
     return Path(path)
