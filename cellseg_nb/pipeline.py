@@ -97,7 +97,8 @@ def train_maskrcnn_demo(ds, train_ids, out_dir, iterations: int | None = None, r
     if scale is not None or mask_size is not None:
         r = r.replace(model=small_model(ds.image_shape, r.model.scale if scale is None else scale,
                                         r.model.mask_size if mask_size is None else mask_size, r.model.backbone))
-    res = train((ds.subset(train_ids), None), out_dir, progress=progress, device=device, **r.maskrcnn_options('train'))
+    res = train((ds.subset(train_ids), None), out_dir, progress=progress, device=device, recipe=r,
+                **r.maskrcnn_options('train'))        # the checkpoint keeps the resolved recipe
     return Path(res['checkpoint']), res['log']
 
 # %% ../nbs/80_pipeline.ipynb 11
