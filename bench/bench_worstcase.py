@@ -157,7 +157,8 @@ def build_fullsize(root) -> 'Path':
     from cellseg_nb.synth import make_competition
     from cellseg_nb.data import SartoriusData
     from cellseg_nb.maskrcnn import build_model
-    from cellseg_nb.pipeline import maskrcnn_demo_options, CELLPOSE_DEMO
+    from cellseg_nb.pipeline import maskrcnn_demo_options
+    from cellseg_nb.config import get_recipe
     from cellseg_nb.cpose import train_cellpose
     root = Path(root)
     comp = make_competition(root / 'sartorius-cell-instance-segmentation', n_images=3, seed=0, image_shape=SHAPE,
@@ -166,7 +167,8 @@ def build_fullsize(root) -> 'Path':
     torch.manual_seed(0)
     model = build_model(3, 'resnet18', **maskrcnn_demo_options(SHAPE))
     torch.save({'model': model.state_dict(), 'config': model.config}, w / 'maskrcnn.pth')
-    cp = Path(train_cellpose(SartoriusData(comp), root / 'cp_train', n_epochs=0, **{**CELLPOSE_DEMO, 'nimg_per_epoch': 2}))
+    cp = Path(train_cellpose(SartoriusData(comp), root / 'cp_train',
+                             **{**get_recipe('demo').cellpose.train_options(), 'n_epochs': 0, 'nimg_per_epoch': 2}))
     for f in cp.parent.glob(cp.name + '*'):
         if f.is_file(): (w / ('cellpose' + f.name[len(cp.name):])).write_bytes(f.read_bytes())
     return root

@@ -11,7 +11,7 @@ from .instances import Instances, pairwise_iou
 
 # %% auto 0
 __all__ = ['SIZE_BINS', 'SUMMARY_COLUMNS', 'cell_table', 'error_by_size', 'results_table', 'per_type_table', 'plot_iou_hist',
-           'plot_error_by_size', 'plot_type_bars', 'outline', 'overlay', 'plot_overlays', 'save_figure']
+           'plot_error_by_size', 'plot_type_bars', 'outline', 'overlay', 'plot_overlays']
 
 # %% ../nbs/16_analysis.ipynb 6
 SIZE_BINS = (0, 100, 200, 400, 800, 1600, np.inf)
@@ -150,10 +150,4 @@ def plot_overlays(panels: list, titles: list | None = None, ncols: int = 3, size
     return fig
 
 # %% ../nbs/16_analysis.ipynb 20
-def save_figure(fig, path, dpi: int = 110) -> Path:
-    "Save a figure as PNG (temporary file, then renamed) and close it. Returns the path."
-    import os, matplotlib.pyplot as plt
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + '.tmp.png')
-    fig.savefig(tmp, dpi=dpi); plt.close(fig); os.replace(tmp, path)
-    return path
+from .files import save_figure      # (fig, path, dpi=110): atomic, closes the figure; kept importable from here

@@ -11,10 +11,10 @@ import pandas as pd
 from fastcore.script import anno_parser
 
 # %% auto 0
-__all__ = ['COMMANDS', 'KAGGLE_PACKAGES', 'QUICK_DEMO', 'command', 'print_table', 'main', 'project_root', 'wheel_tags',
-           'wheel_fits', 'build_wheels_bundle', 'kaggle_bundle', 'validate_submission_cmd', 'data_root',
-           'read_any_predictions', 'evaluate_cmd', 'predict_cmd', 'tune_cmd', 'tune_ensemble_cmd', 'bundle_cmd',
-           'pseudo_label_cmd', 'resolve_recipe', 'train_maskrcnn_cmd', 'train_cellpose_cmd', 'demo_cmd']
+__all__ = ['COMMANDS', 'KAGGLE_PACKAGES', 'command', 'print_table', 'main', 'project_root', 'wheel_tags', 'wheel_fits',
+           'build_wheels_bundle', 'kaggle_bundle', 'validate_submission_cmd', 'data_root', 'read_any_predictions',
+           'evaluate_cmd', 'predict_cmd', 'tune_cmd', 'tune_ensemble_cmd', 'bundle_cmd', 'pseudo_label_cmd',
+           'resolve_recipe', 'train_maskrcnn_cmd', 'train_cellpose_cmd', 'demo_cmd']
 
 # %% ../nbs/90_cli.ipynb 5
 COMMANDS = {}
@@ -183,9 +183,10 @@ def build_wheels_bundle(out, packages: str | list = KAGGLE_PACKAGES, project=Non
     meta = {'title': title, 'id': dataset_id or f"{user}/{title}", 'licenses': [{'name': 'other'}],
             'description': 'Offline wheels for cellseg_nb kernels: pip install --no-index --no-deps '
                            '--find-links /kaggle/input/cellseg-wheels /kaggle/input/cellseg-wheels/*.whl'}
-    (out / 'dataset-metadata.json').write_text(json.dumps(meta, indent=2) + '\n')
+    from cellseg_nb.files import write_text, write_csv
+    write_text(out / 'dataset-metadata.json', json.dumps(meta, indent=2) + '\n')
     man = pd.DataFrame({'file': [w.name for w in wheels], 'bytes': [w.stat().st_size for w in wheels]})
-    man.to_csv(out / 'MANIFEST.csv', index=False)
+    write_csv(out / 'MANIFEST.csv', man)
     return man
 
 @command('kaggle-bundle')
@@ -275,7 +276,8 @@ def evaluate_cmd(pred: str,  # a submission CSV or raw predictions (cellseg pred
     ev = evaluate(gt, preds, {i: types[i] for i in preds}, progress=True)
     print_table(ev.summary, f"{pred}: {len(gt)} images" + (" (raw, post-processed)" if raw and not no_postprocess else ''))
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True); ev.per_image.to_csv(out, index=False)
+        from cellseg_nb.files import write_csv
+        write_csv(out, ev.per_image)
         print(f"\nper-image table: {out}")
     return ev.summary
 
@@ -626,39 +628,35 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
             print_table(cpose.diameter_summary(cpose.compare_diameters(path, held, held.ids)), "diameters on the LIVECell val split")
 
 # %% ../nbs/90_cli.ipynb 21
-QUICK_DEMO = dict(n_images=12, image_shape=(96, 96), n_folds=3, maskrcnn_iters=2, cellpose_epochs=1, cellpose_size_epochs=1)
-
 @command('demo')
 def demo_cmd(out: str = 'cellseg_out/demo',  # output folder (data, models, predictions, submission, report)
-             n_images: int = None,  # synthetic train images (default: DEMO_SETTINGS)
-             size: int = None,  # synthetic image side in pixels (default: DEMO_SETTINGS)
-             maskrcnn_iters: int = None,  # Mask R-CNN iterations (default: DEMO_SETTINGS)
-             maskrcnn_scale: float = None,  # Mask R-CNN input scale (default: DEMO_SETTINGS)
-             mask_size: int = None,  # Mask R-CNN mask head output, 28 or 56 (default: DEMO_SETTINGS)
-             maskrcnn_warmup: int = None,  # Mask R-CNN warm-up iterations (default: DEMO_SETTINGS)
-             cellpose_epochs: int = None,  # Cellpose epochs (default: DEMO_SETTINGS)
+             recipe: str = None,  # recipe name (demo, quick, ...) or YAML file (default: demo; quick with --quick)
+             n_images: int = None,  # synthetic train images (default: the recipe's)
+             size: int = None,  # synthetic image side in pixels (default: the recipe's)
+             maskrcnn_iters: int = None,  # Mask R-CNN iterations (default: the recipe's)
+             maskrcnn_scale: float = None,  # Mask R-CNN input scale (default: the recipe's)
+             mask_size: int = None,  # Mask R-CNN mask head output, 28 or 56 (default: the recipe's)
+             maskrcnn_warmup: int = None,  # Mask R-CNN warm-up iterations (default: the recipe's)
+             cellpose_epochs: int = None,  # Cellpose epochs (default: the recipe's)
              tta: bool = False,  # flip TTA for the submission
-             seed: int = 0,  # data and training seed
+             seed: int = None,  # data and training seed (default: the recipe's, 0)
              device: str = 'auto',  # cpu, cuda or auto
-             quick: bool = False):  # a smoke run in about a minute (tiny images, a few iterations; scores meaningless)
+             quick: bool = False):  # the quick recipe: a smoke run in about a minute (tiny images, a few iterations; scores meaningless)
     "The whole path on synthetic data: generate, train both models, predict, tune, evaluate, submit, report."
-    from cellseg_nb.pipeline import run_demo, DEMO_SETTINGS
-    s = {**DEMO_SETTINGS, **(QUICK_DEMO if quick else {})}
-    if n_images: s['n_images'] = n_images
-    if size: s['image_shape'] = (size, size)
-    if maskrcnn_iters: s['maskrcnn_iters'] = maskrcnn_iters
-    if maskrcnn_scale: s['maskrcnn_scale'] = maskrcnn_scale
-    if mask_size: s['maskrcnn_mask_size'] = mask_size
-    if maskrcnn_warmup is not None: s['maskrcnn_warmup'] = maskrcnn_warmup
-    if cellpose_epochs: s['cellpose_epochs'] = cellpose_epochs
-    s.update(tta=tta, seed=seed)
-    res = run_demo(out, device=device, **s)
-    print_table(res['summary'], "Held-out test fold (SYNTHETIC images): competition metric")
-    print_table(res['per_type'], "mAP per cell type")
-    print("\nfigures:"); [print(f"  {p}") for p in res['figures'].values()]
-    print(f"\nsubmission: {res['submission'].path} (validated)\nreport:     {res['report']}")
-    print(f"\nDemo finished in {res['times']['total'] / 60:.1f} min. Everything is in {Path(out).resolve()}")
-    return res['summary']
+    from cellseg_nb.pipeline import run_demo, demo_recipe
+    if recipe and quick: raise ValueError("--quick is the quick recipe: give --recipe or --quick, not both")
+    r = demo_recipe(recipe or ('quick' if quick else 'demo'), n_images=n_images,
+                    image_shape=(size, size) if size else None, maskrcnn_iters=maskrcnn_iters,
+                    maskrcnn_scale=maskrcnn_scale, mask_size=mask_size, maskrcnn_warmup=maskrcnn_warmup,
+                    cellpose_epochs=cellpose_epochs, tta=True if tta else None, seed=seed)
+    print(f"recipe {r.name}:\n{r.describe()}")
+    res = run_demo(out, r, device=device)
+    print_table(res.summary, "Held-out test fold (SYNTHETIC images): competition metric")
+    print_table(res.per_type, "mAP per cell type")
+    print("\nfigures:"); [print(f"  {p}") for p in res.figures.values()]
+    print(f"\nsubmission: {res.submission.path} (validated)\nreport:     {res.report}")
+    print(f"\nDemo finished in {res.times['total'] / 60:.1f} min. Everything is in {Path(out).resolve()}")
+    return res.summary
 
 # %% ../nbs/90_cli.ipynb 23
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())

@@ -25,17 +25,11 @@ class ConfigTypeError(ConfigError, TypeError):
 def write_settings(path, data: dict) -> Path:
     """Write the plain dict `data` to `path` as YAML (JSON when the name ends in `.json`): temporary file in the
     same folder, then `os.replace`, so a reader never sees half a file. Returns the path."""
+    from cellseg_nb.files import atomic_write
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            if path.suffix == '.json': json.dump(data, f, indent=1)
-            else: yaml.safe_dump(data, f, sort_keys=False, default_flow_style=None)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
+    with atomic_write(path, 'w') as f:
+        if path.suffix == '.json': json.dump(data, f, indent=1)
+        else: yaml.safe_dump(data, f, sort_keys=False, default_flow_style=None)
     return path
 
 def read_settings(path, what: str = 'settings file') -> Any:

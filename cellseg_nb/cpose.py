@@ -49,9 +49,6 @@ def image_diameter(instances: Instances) -> float:
     "Cellpose's image diameter: median equivalent-circle diameter of the cells (NaN without cells)."
     return float(np.median(cell_diameters(instances))) if len(instances) else float('nan')
 
-def _cell_type(data, id) -> str:
-    "Cell type of image `id` of a `SartoriusData` / `LiveCellData` (their `meta.cell_type`)."
-    return str(data.meta.loc[id, 'cell_type'])
 
 def cell_type_diameters(data, ids=None) -> pd.DataFrame:
     """Per cell type diameters measured on the ground truth of `data` (`SartoriusData` or `LiveCellData`; `ids`
@@ -61,7 +58,7 @@ def cell_type_diameters(data, ids=None) -> pd.DataFrame:
     rows = []
     for id in ids:
         inst = data.instances(id)
-        rows.append(dict(id=id, cell_type=_cell_type(data, id), n=len(inst), d=image_diameter(inst),
+        rows.append(dict(id=id, cell_type=data.cell_type(id), n=len(inst), d=image_diameter(inst),
                          cells=cell_diameters(inst), areas=inst.areas))
     return _type_table(pd.DataFrame(rows))
 
@@ -124,7 +121,7 @@ def training_set(data, ids=None, overlap: str = 'smaller', min_masks: int = 1, p
     ids = list(data.ids if ids is None else ids)
     it = tqdm(ids, desc='label images', disable=not progress)
     insts = [data.instances(id) for id in it]
-    return TrainingSet.from_arrays([data.image(id) for id in ids], insts, [_cell_type(data, id) for id in ids], ids,
+    return TrainingSet.from_arrays([data.image(id) for id in ids], insts, [data.cell_type(id) for id in ids], ids,
                                    overlap, min_masks)
 
 def _as_data(data):
@@ -206,9 +203,8 @@ def _as_training_set(x, ids, overlap, min_masks):
     return x if isinstance(x, TrainingSet) else training_set(x, ids, overlap, min_masks)
 
 def _write_json(path, obj):
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=Path(path).name, suffix='.tmp')
-    with os.fdopen(fd, 'w') as f: json.dump(obj, f, indent=1, default=float)
-    os.replace(tmp, path)
+    from cellseg_nb.files import write_json
+    write_json(path, obj, indent=1, default=float)
 
 def _train_stage(net, ts: TrainingSet, out_dir: Path, name: str, n_epochs, learning_rate, weight_decay, batch_size,
                  bsize, nimg_per_epoch, SGD, progress=True):
@@ -437,7 +433,7 @@ def compare_diameters(model, data, ids=None) -> pd.DataFrame:
     data = _as_data(data)
     rows = []
     for id in (data.ids if ids is None else ids):
-        inst, ct = data.instances(id), _cell_type(data, id)
+        inst, ct = data.instances(id), data.cell_type(id)
         d, ds = bundle.size.eval(np.asarray(data.image(id)), channels=list(_CHANNELS), normalize=dict(_NORMALIZE))
         gt = image_diameter(inst)
         rows.append(dict(id=id, cell_type=ct, n_cells=len(inst), gt=gt, type_gt=bundle.type_diameters.get(ct, np.nan),

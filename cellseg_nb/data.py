@@ -5,16 +5,18 @@
 # %% ../nbs/05_data.ipynb 3
 from __future__ import annotations
 import os, re, json, warnings
+from typing import Protocol, runtime_checkable
 from pathlib import Path
 import numpy as np, pandas as pd, cv2
 from .rle import parse_rles
 from .instances import Instances
 from .celltypes import CELL_TYPES, LIVECELL_TYPES, class_id, livecell_class_id, livecell_type, livecell_types
-from .synth import write_json
+from .files import write_json
 
 # %% auto 0
 __all__ = ['TRAIN_COLUMNS', 'META_COLUMNS', 'IMAGE_SHAPE', 'IMAGE_RULE', 'LIVECELL_DIR', 'to_gray_uint8', 'as_image_list',
-           'read_image', 'SartoriusData', 'livecell_cell_type', 'LiveCellData', 'to_coco']
+           'read_image', 'DataSource', 'CountsCells', 'count_cells', 'SartoriusData', 'livecell_cell_type',
+           'LiveCellData', 'Subset', 'to_coco']
 
 # %% ../nbs/05_data.ipynb 5
 TRAIN_COLUMNS = ['id', 'annotation', 'width', 'height', 'cell_type', 'plate_time', 'sample_date', 'sample_id',
@@ -85,7 +87,29 @@ def read_image(path, shape=None, what='', rescale=True) -> np.ndarray:
         raise ValueError(f"{path}{what}: image is {img.shape[0]} x {img.shape[1]}, expected {shape[0]} x {shape[1]}")
     return img
 
-# %% ../nbs/05_data.ipynb 9
+# %% ../nbs/05_data.ipynb 10
+@runtime_checkable
+class DataSource(Protocol):
+    """Labelled images: `ids` (list of image ids), `image(id)` -> uint8 (H, W), `instances(id)` -> ground-truth
+    `Instances` of shape (H, W), `cell_type(id)` -> the image's cell type (str, or None when the source does not know).
+    Unknown ids raise a ValueError naming the id and the source."""
+    ids: list
+    def image(self, id) -> np.ndarray: ...
+    def instances(self, id) -> Instances: ...
+    def cell_type(self, id) -> str | None: ...
+
+@runtime_checkable
+class CountsCells(Protocol):
+    "A data source that counts the cells of an image without decoding them: `n_cells(id)` -> int."
+    def n_cells(self, id) -> int: ...
+
+def count_cells(source: DataSource, ids=None) -> int:
+    "Total number of annotated cells of `ids` (default: all) of `source`: `n_cells` where the source has it, else decoded."
+    ids = source.ids if ids is None else ids
+    if isinstance(source, CountsCells): return int(sum(source.n_cells(i) for i in ids))
+    return int(sum(len(source.instances(i)) for i in ids))
+
+# %% ../nbs/05_data.ipynb 11
 def _fail_row(csv, df, i, msg):
     "Raise a ValueError naming the CSV file, its row (file line, header = 1) and the image id of data row i."
     raise ValueError(f"{csv}: row {i + 2} (image id {df['id'].iat[i]!r}): {msg}")
@@ -117,7 +141,7 @@ def _per_image_consistent(csv, df, codes, cols):
             _fail_row(csv, df, i, f"{c} {v[i]!r} differs from {v[first][codes[i]]!r} in the image's first row {first[codes[i]] + 2}")
     return first
 
-# %% ../nbs/05_data.ipynb 10
+# %% ../nbs/05_data.ipynb 12
 def _decode_all(csv, df, heights, widths):
     """Parse every annotation with one `parse_rles` call per image size (normally one call).
     Returns (starts int32, lengths int32, run_offsets int64) with cells in row order."""
@@ -152,13 +176,14 @@ def _take_cells(s, l, ro, idx):
     runs = np.arange(total, dtype=np.int64) + np.repeat(ro[idx] - (np.cumsum(counts) - counts), counts)
     return s[runs].astype(np.int32), l[runs].astype(np.int32), np.concatenate([[0], np.cumsum(counts)])
 
-# %% ../nbs/05_data.ipynb 11
+# %% ../nbs/05_data.ipynb 13
 class SartoriusData:
     """The Sartorius competition folder at `root`: `train.csv`, `train/`, `test/`, `train_semi_supervised/`.
 
-    `ids`: train image ids (order of first appearance in train.csv); `meta`: DataFrame indexed by id with
-    `META_COLUMNS`; `instances(id)`: ground-truth `Instances` (overlaps kept, labels = class ids);
-    `image(id)`: uint8 (H, W); `data[id]` or `data[i]`: `(image, instances, meta dict)`.
+    A `DataSource`: `ids`: train image ids (order of first appearance in train.csv); `instances(id)`: ground-truth
+    `Instances` (overlaps kept, labels = class ids); `image(id)`: uint8 (H, W); `cell_type(id)`; `n_cells(id)`.
+    `meta`: DataFrame indexed by id with `META_COLUMNS`; `data[id]` or `data[i]`: `(image, instances, meta dict)`;
+    `subset(ids)`: the same source restricted to `ids`.
     Every train image file must exist (checked at once); images are read, and their size checked, when asked for."""
     def __init__(self, root):
         self.root = Path(root)
@@ -220,6 +245,16 @@ class SartoriusData:
         k = self._k(id)
         return read_image(self.root / 'train' / f'{id}.png', tuple(self._hw[k]),
                           f" (image id {id!r}, first in {self.csv.name} row {self._first_row[k] + 2})")
+
+    def cell_type(self, id) -> str:
+        "Cell type of image `id` (`'shsy5y'`, `'astro'` or `'cort'`)."
+        return self._ct[self._k(id)]
+
+    def n_cells(self, id) -> int:
+        "Number of annotated cells of image `id` (from train.csv, nothing decoded)."
+        k = self._k(id); return int(self._cell_offsets[k + 1] - self._cell_offsets[k])
+
+    def subset(self, ids) -> 'Subset': return Subset(self, ids)
 
     def __getitem__(self, key):
         "`(image, instances, meta dict)` of an image id or an index into `ids`."
@@ -292,7 +327,7 @@ class SartoriusData:
                              f"{per[per < m['cell_type'].nunique()].index.tolist()}; use fewer splits")
         return out
 
-# %% ../nbs/05_data.ipynb 20
+# %% ../nbs/05_data.ipynb 22
 LIVECELL_DIR = 'LIVECell_dataset_2021'     # the folder name of the release, also inside the competition folder
 
 def _livecell_base(root: Path) -> Path:
@@ -333,14 +368,15 @@ def livecell_cell_type(file_name: str) -> str | None:
     head = name.split('_Phase')[0] if '_Phase' in name else name.split('_')[0]
     return livecell_type(head, None)
 
-# %% ../nbs/05_data.ipynb 22
+# %% ../nbs/05_data.ipynb 24
 class LiveCellData:
     """One split of LIVECell (COCO JSON + TIF images) as (image, Instances, meta), like `SartoriusData`.
 
     `root`: the LIVECell folder, the competition folder holding `LIVECell_dataset_2021/`, or a COCO file (see
     `_livecell_jsons` for the files used). `cell_types`: None (all lines) or the lines to keep (release or paper
     names, any case, or a comma-separated string: `'shsy5y,a172'`). `ids`: COCO image ids; `meta`: DataFrame indexed
-    by id (file_name, cell_type, n_cells, height, width) with the release's line names; `instances(id)`: the polygons /
+    by id (file_name, cell_type, n_cells, height, width) with the release's line names; a `DataSource` (`cell_type(id)`,
+    `n_cells(id)`, `subset(ids)` as for `SartoriusData`); `instances(id)`: the polygons /
     RLEs rasterized by pycocotools, labels = LIVECell class id (1..8, `LIVECELL_TYPES` order, whatever the selection).
     `annotations` may be a list or a dict by id; `area`, `bbox` and extra keys are not used (masks are rasterized)."""
     categories = [{'id': i + 1, 'name': t, 'supercategory': 'cell'} for i, t in enumerate(LIVECELL_TYPES)]
@@ -406,9 +442,22 @@ class LiveCellData:
     def file_name(self, id) -> str: return self.meta.file_name[id]
     def path(self, id) -> Path: return self._paths[self.meta.file_name[id]]
 
+    def _check(self, id):
+        if id not in self._anns: raise ValueError(f"{self.json}: unknown image id {id!r}")
+
+    def cell_type(self, id) -> str:
+        "Cell line of image `id` as the release writes it (`'SHSY5Y'`, `'A172'`, ...)."
+        self._check(id); return self.meta.cell_type[id]
+
+    def n_cells(self, id) -> int:
+        "Number of annotations of image `id` (nothing rasterized)."
+        self._check(id); return len(self._anns[id])
+
+    def subset(self, ids) -> 'Subset': return Subset(self, ids)
+
     def instances(self, id) -> Instances:
         "Ground truth of image `id` (COCO image id) as Instances; labels = LIVECell class id."
-        if id not in self._anns: raise ValueError(f"{self.json}: unknown image id {id!r}")
+        self._check(id)
         m = self.meta.loc[id]; anns = self._anns[id]
         try: inst = Instances.from_coco([a['segmentation'] for a in anns], (int(m.height), int(m.width)))
         except Exception as e:
@@ -419,6 +468,7 @@ class LiveCellData:
 
     def image(self, id) -> np.ndarray:
         "Image `id`: uint8 (H, W) by `read_image`'s rule, size checked against the JSON."
+        self._check(id)
         m = self.meta.loc[id]
         return read_image(self.path(id), (int(m.height), int(m.width)), f" (image id {id!r})")
 
@@ -441,7 +491,30 @@ def _valid_segmentation(seg):
         return len(seg) > 0 and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in seg)
     return isinstance(seg, dict) and 'size' in seg and 'counts' in seg
 
-# %% ../nbs/05_data.ipynb 24
+# %% ../nbs/05_data.ipynb 26
+class Subset:
+    """The images `ids` of a `DataSource` `source` (in that order; each must be an id of `source`), itself a
+    `DataSource` (and `CountsCells` when `source` is). `source` stays reachable as `.source`."""
+    def __init__(self, source: DataSource, ids):
+        self.source, self.ids = source, list(ids)
+        have = set(source.ids)
+        miss = [i for i in self.ids if i not in have]
+        if miss: raise ValueError(f"{source!r}: {len(miss)} of {len(self.ids)} subset ids unknown, e.g. {miss[0]!r}")
+        self._ids = set(self.ids)
+    def __len__(self): return len(self.ids)
+    def __repr__(self): return f"Subset({self.source!r}, {len(self)} images)"
+    def _k(self, id):
+        if id not in self._ids: raise ValueError(f"{self!r}: image id {id!r} is not in the subset")
+        return id
+    def image(self, id) -> np.ndarray: return self.source.image(self._k(id))
+    def instances(self, id) -> Instances: return self.source.instances(self._k(id))
+    def cell_type(self, id) -> str | None: return self.source.cell_type(self._k(id))
+    def n_cells(self, id) -> int:
+        id = self._k(id)
+        return self.source.n_cells(id) if isinstance(self.source, CountsCells) else len(self.source.instances(id))
+    def subset(self, ids) -> 'Subset': return Subset(self, ids)
+
+# %% ../nbs/05_data.ipynb 28
 def _categories(data):
     return getattr(data, 'categories', None) or [{'id': i + 1, 'name': t, 'supercategory': 'cell'}
                                                  for i, t in enumerate(CELL_TYPES)]

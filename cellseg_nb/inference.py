@@ -110,11 +110,8 @@ def save_predictions(preds: dict, path) -> Path:
         lb = p.labels if p.labels is not None else np.full(len(p), -1)
         rows += [dict(id=iid, height=h, width=w, score=float(s), label=int(l), predicted=r)
                  for s, l, r in zip(sc, lb, p.to_rles())]
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    pd.DataFrame(rows, columns=['id', 'height', 'width', 'score', 'label', 'predicted']).to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    from cellseg_nb.files import write_csv
+    return write_csv(path, pd.DataFrame(rows, columns=['id', 'height', 'width', 'score', 'label', 'predicted']))
 
 def load_predictions(path) -> dict:
     "Read a CSV written by `save_predictions` back to `{id: Instances}` (scores float32, labels int64 or None)."

@@ -221,11 +221,8 @@ def _set_rng_state(st):
 
 def save_checkpoint(path, state: dict):
     "Write `state` with torch.save to a temporary file next to `path`, then `os.replace` it (atomic)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    from cellseg_nb.files import save_torch
+    return save_torch(state, path)
 
 # %% ../nbs/11_maskrcnn_train.ipynb 21
 def validate(model, source, ids, postprocess='default', tta=False) -> float:
@@ -281,7 +278,8 @@ def _rewrite_log(path, upto):
     text = text[:text.rfind('\n') + 1]
     try: df = pd.read_csv(StringIO(text))
     except pd.errors.EmptyDataError: path.unlink(); return          # not even a whole header: start the log afresh
-    tmp = path.with_name(f'.{path.name}.tmp'); df[df.iteration <= upto].to_csv(tmp, index=False); os.replace(tmp, path)
+    from cellseg_nb.files import write_csv
+    write_csv(path, df[df.iteration <= upto])
 
 def _append_row(path, row: dict):
     new = not path.exists()
@@ -463,9 +461,9 @@ def _open_data(root, dataset, cfg):
     return open_source(root, dataset, cfg['fold'], cfg['n_folds'])
 
 def _count_cells(src, ds, train_ids) -> int:
-    meta = getattr(src, 'meta', None)
-    if meta is not None and 'n_cells' in meta: return int(meta.loc[train_ids, 'n_cells'].sum())
-    return sum(len(ds.load(i)[1]) for i in range(len(ds)))
+    "Annotated cells of the training images (`data.count_cells`: the source's own count, else decoded)."
+    from cellseg_nb.data import count_cells
+    return count_cells(src, train_ids)
 
 def _make_model(cfg, state, backbone, weights, class_names):
     "The model: rebuilt from the checkpoint's own resolved config when resuming, else from the options (seeded)."

@@ -5,17 +5,25 @@
 # %% ../nbs/80_pipeline.ipynb 3
 from __future__ import annotations
 import os, time, json, contextlib, warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
 from .instances import Instances
 from .predictors import (resolve_device, quiet_library_warnings, Predictor, ModelPredictor, maskrcnn_predictor,
                                  cellpose_predictor, ensemble_predictor, load_predictor)
+from .files import write_csv, write_text
+from .data import SartoriusData
+from .metric import Evaluation
+from .postprocess import PostprocessConfigs
+from .inference import SubmissionResult
+from .config import Recipe, get_recipe, small_model
 
 # %% auto 0
-__all__ = ['DEMO_SETTINGS', 'CELLPOSE_DEMO', 'MODEL_LABELS', 'deterministic', 'markdown_table', 'maskrcnn_demo_options',
-           'train_maskrcnn_demo', 'train_cellpose_demo', 'run_demo', 'demo_figures', 'write_report', 'results_wide',
-           'results_markdown']
+__all__ = ['MODEL_LABELS', 'deterministic', 'markdown_table', 'demo_recipe', 'maskrcnn_demo_options', 'train_maskrcnn_demo',
+           'train_cellpose_demo', 'DemoSplit', 'DemoModels', 'DemoTuning', 'DemoEvaluation', 'DemoResult', 'demo_data',
+           'demo_train', 'demo_predict', 'demo_tune', 'demo_evaluate', 'demo_submit', 'run_demo', 'demo_figures',
+           'write_report', 'results_wide', 'results_markdown']
 
 # %% ../nbs/80_pipeline.ipynb 6
 @contextlib.contextmanager
@@ -49,135 +57,177 @@ def markdown_table(df: pd.DataFrame, digits: int = 3, index: bool = True) -> str
     return '\n'.join([head, sep, *rows])
 
 # %% ../nbs/80_pipeline.ipynb 10
-DEMO_SETTINGS = dict(
-    n_images=48,               # synthetic train images (all folds)
-    image_shape=(160, 160),    # synthetic image size (the real one is 520 x 704)
-    n_folds=5,                 # fold 0: test, fold 1: tuning, the rest: training
-    maskrcnn_iters=600,        # Mask R-CNN training iterations (batch 2)
-    maskrcnn_backbone='resnet18',
-    maskrcnn_scale=1.0,        # Mask R-CNN input scale (2: train and predict on 2x upscaled images)
-    maskrcnn_mask_size=28,     # Mask R-CNN mask head output (28 or 56)
-    maskrcnn_warmup=20,        # Mask R-CNN learning-rate warm-up iterations
-    cellpose_epochs=60,        # Cellpose training epochs (16 crops of 96 px each)
-    cellpose_size_epochs=5,    # SizeModel epochs
-    tta=False,                 # flip TTA for the final evaluation
-    seed=0)
-
-def _log(msg, t0=None):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}" + (f"  ({time.time() - t0:.0f} s)" if t0 else ''), flush=True)
+def demo_recipe(recipe: Recipe | str = 'demo', n_images: int | None = None, image_shape=None,
+                maskrcnn_iters: int | None = None, maskrcnn_scale: float | None = None, mask_size: int | None = None,
+                maskrcnn_warmup: int | None = None, cellpose_epochs: int | None = None, tta: bool | None = None,
+                seed: int | None = None) -> Recipe:
+    """The recipe of a demo run: `recipe` (a `Recipe`, a name of `config.RECIPES` such as 'demo' or 'quick', or a
+    YAML file) with the given settings changed (None: the recipe's). A new `image_shape`, `maskrcnn_scale` or
+    `mask_size` rebuilds the small Mask R-CNN for it (`config.small_model`); `seed` is the demo's one seed (data,
+    folds and both trainings)."""
+    r = get_recipe(recipe)
+    demo = {k: v for k, v in dict(n_images=n_images, tta=tta, seed=seed,
+                                  image_shape=None if image_shape is None else tuple(image_shape)).items() if v is not None}
+    train = {k: v for k, v in dict(iterations=maskrcnn_iters, warmup=maskrcnn_warmup, seed=seed).items() if v is not None}
+    changes = {}
+    if demo: changes['demo'] = r.demo.replace(**demo)
+    if train: changes['train'] = r.train.replace(**train)
+    if cellpose_epochs is not None: changes['cellpose'] = r.cellpose.replace(epochs=cellpose_epochs)
+    if image_shape is not None or maskrcnn_scale is not None or mask_size is not None:
+        shape = tuple(image_shape) if image_shape is not None else r.demo.image_shape
+        changes['model'] = small_model(shape, r.model.scale if maskrcnn_scale is None else maskrcnn_scale,
+                                       r.model.mask_size if mask_size is None else mask_size, r.model.backbone)
+    return r.replace(**changes) if changes else r
 
 def maskrcnn_demo_options(image_shape, scale: float = 1.0, mask_size: int = 28) -> dict:
-    """Model options of the demo's small Mask R-CNN: native resolution times `scale`, narrow FPN and heads, RPN/ROI
-    sizes for CPU (the backbone's BatchNorm is trainable from scratch, which learned faster than GroupNorm here).
-    Anchors 16..256 px times `scale`: the library default 8..128 is for 1.5-2x upscaled inputs; at native
-    resolution (cells of 15-60 px) it gave only 12-20% of the demo's true boxes an anchor at IoU >= 0.7 (the RPN's
-    positive threshold), 16..256 gives 34-55% (`maskrcnn.anchor_coverage`)."""
-    h, w = image_shape
-    area = int(h * w * scale * scale)                     # proposals at test time scale with the image area
-    return dict(min_size=min(h, w), max_size=max(h, w), scale=float(scale), mask_size=int(mask_size),
-                anchor_sizes=tuple(int(round(a * scale)) for a in (16, 32, 64, 128, 256)),
-                fpn_channels=64, mask_head_channels=64,
-                box_head_dim=256, rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
-                rpn_pre_nms_top_n_test=min(1000, max(300, area // 15)),
-                rpn_post_nms_top_n_test=min(600, max(200, area // 40)), box_batch_size_per_image=128)
+    """`build_model` options of the demo's small Mask R-CNN for (H, W) images (`config.small_model`: native
+    resolution times `scale`, narrow FPN and heads, anchors 16..256 px times `scale`); unset (None) options left out."""
+    return {k: v for k, v in small_model(image_shape, scale, mask_size).build_options().items() if v is not None}
 
-class _Subset:
-    "A `SartoriusData` restricted to some ids (the source protocol of the model trainers: ids, image, instances)."
-    def __init__(self, ds, ids): self.ds, self.ids = ds, list(ids)
-    def image(self, id): return self.ds.image(id)
-    def instances(self, id): return self.ds.instances(id)
-    def cell_type(self, id): return self.ds.meta.cell_type[id]
-
-def train_maskrcnn_demo(ds, train_ids, out_dir, iterations, backbone='resnet18', device='cpu', progress=True,
-                        scale: float = 1.0, mask_size: int = 28, warmup: int = 20, seed: int = 0):
-    "Train the demo's Mask R-CNN on `train_ids` of `ds`; returns (checkpoint path, training log DataFrame)."
+def train_maskrcnn_demo(ds, train_ids, out_dir, iterations: int | None = None, recipe: Recipe | str = 'demo',
+                        device='cpu', progress=True, scale: float | None = None, mask_size: int | None = None,
+                        warmup: int | None = None, seed: int | None = None):
+    """Train the demo's Mask R-CNN (the recipe's `model`, `augment` and `train` settings) on `train_ids` of `ds`;
+    returns (checkpoint path, training log DataFrame). `iterations`, `warmup` and `seed` change the recipe's
+    training settings; `scale` or `mask_size` rebuild its small model for `ds.image_shape` (`config.small_model`)."""
     from cellseg_nb.maskrcnn_train import train
-    src = _Subset(ds, train_ids)
-    r = train((src, None), out_dir, backbone=backbone, model_options=maskrcnn_demo_options(ds.image_shape, scale, mask_size),
-              iterations=iterations, batch_size=2, optimizer='adamw', lr=2e-3, warmup=warmup, seed=seed,
-              val_every=10 ** 9, checkpoint_every=10 ** 9, progress=progress, device=device)
-    return Path(r['checkpoint']), r['log']
+    r = get_recipe(recipe)
+    t = {k: v for k, v in dict(iterations=iterations, warmup=warmup, seed=seed).items() if v is not None}
+    if t: r = r.replace(train=r.train.replace(**t))
+    if scale is not None or mask_size is not None:
+        r = r.replace(model=small_model(ds.image_shape, r.model.scale if scale is None else scale,
+                                        r.model.mask_size if mask_size is None else mask_size, r.model.backbone))
+    res = train((ds.subset(train_ids), None), out_dir, progress=progress, device=device, recipe=r,
+                **r.maskrcnn_options('train'))        # the checkpoint keeps the resolved recipe
+    return Path(res['checkpoint']), res['log']
 
 # %% ../nbs/80_pipeline.ipynb 11
-CELLPOSE_DEMO = dict(bsize=96, nimg_per_epoch=16, diam_mean=17., learning_rate=0.005, batch_size=8)
-
-def train_cellpose_demo(ds, train_ids, out_dir, epochs, device='cpu', size_epochs: int = 5, seed: int = 0):
-    """Train the demo's Cellpose (from scratch, `CELLPOSE_DEMO`: 96 px crops, 16 crops per epoch, cells seen at
-    17 px) and its SizeModel on `train_ids` of `ds` (generators seeded with `seed`); returns the model path."""
+def train_cellpose_demo(ds, train_ids, out_dir, epochs: int | None = None, device='cpu', size_epochs: int | None = None,
+                        seed: int = 0, recipe: Recipe | str = 'demo'):
+    """Train the demo's Cellpose (from scratch, the recipe's `cellpose` settings; the demo's: 96 px crops, 16 crops
+    per epoch, cells seen at 17 px) and its SizeModel on `train_ids` of `ds` (generators seeded with `seed`);
+    `epochs` and `size_epochs` change the recipe's. Returns the model path."""
     from cellseg_nb import cpose
+    c = get_recipe(recipe).cellpose
+    c = c.replace(**{k: v for k, v in dict(epochs=epochs, size_epochs=size_epochs).items() if v is not None})
     gpu = resolve_device(device).startswith('cuda')
-    s = dict(CELLPOSE_DEMO, bsize=min(CELLPOSE_DEMO['bsize'], *ds.image_shape))
+    opts = dict(c.train_options(), bsize=min(c.bsize, *ds.image_shape))
     with quiet_library_warnings():
-        path = cpose.train_cellpose(ds, out_dir, ids=train_ids, n_epochs=epochs, gpu=gpu, seed=seed, **s)
-        with deterministic(seed):
-            cpose.train_size_model(path, ds, ids=train_ids, n_epochs=size_epochs, bsize=s['bsize'], gpu=gpu)
+        path = cpose.train_cellpose(ds, out_dir, ids=train_ids, gpu=gpu, seed=seed, **opts)
+        if c.size_epochs > 0:                            # 0: no SizeModel
+            with deterministic(seed):
+                cpose.train_size_model(path, ds, ids=train_ids, n_epochs=c.size_epochs, bsize=opts['bsize'], gpu=gpu)
     return Path(path)
 
-def _train_cellpose_job(root, train_ids, out_dir, epochs, size_epochs, device, threads, seed=0):
+def _train_cellpose_job(root, train_ids, out_dir, recipe: Recipe, device, threads, seed=0):
     "`train_cellpose_demo` in a worker process (fixed thread count, deterministic kernels): returns (model path, seconds)."
     import torch
     from cellseg_nb.data import SartoriusData
     torch.set_num_threads(threads)
     t0 = time.time()
     with deterministic(seed):
-        path = train_cellpose_demo(SartoriusData(root), train_ids, out_dir, epochs, device, size_epochs, seed)
+        path = train_cellpose_demo(SartoriusData(root), train_ids, out_dir, device=device, seed=seed, recipe=recipe)
     return path, time.time() - t0
 
-
 # %% ../nbs/80_pipeline.ipynb 12
-def _evaluate(gt, preds, types):
-    from cellseg_nb.metric import evaluate
-    return evaluate(gt, preds, types)
+@dataclass
+class DemoSplit:
+    """Stage 1's result: the synthetic competition folder read as `data` (a `SartoriusData`) and its folds grouped by
+    sample: fold 0 = `test_ids` (scored at the end), fold 1 = `tune_ids`, the rest = `train_ids` (lists of image ids)."""
+    data: SartoriusData
+    train_ids: list[str]
+    tune_ids: list[str]
+    test_ids: list[str]
+    @property
+    def types(self) -> dict[str, str]:
+        "Cell type of every image id."
+        return self.data.meta.cell_type.to_dict()
+    def truth(self, ids) -> dict[str, Instances]:
+        "Ground truth `{id: Instances}` of `ids`."
+        return {i: self.data.instances(i) for i in ids}
 
-def run_demo(out='cellseg_out/demo', n_images: int = DEMO_SETTINGS['n_images'],
-             image_shape=DEMO_SETTINGS['image_shape'], n_folds: int = DEMO_SETTINGS['n_folds'],
-             maskrcnn_iters: int = DEMO_SETTINGS['maskrcnn_iters'],
-             maskrcnn_backbone: str = DEMO_SETTINGS['maskrcnn_backbone'],
-             maskrcnn_scale: float = DEMO_SETTINGS['maskrcnn_scale'],
-             maskrcnn_mask_size: int = DEMO_SETTINGS['maskrcnn_mask_size'],
-             maskrcnn_warmup: int = DEMO_SETTINGS['maskrcnn_warmup'],
-             cellpose_epochs: int = DEMO_SETTINGS['cellpose_epochs'],
-             cellpose_size_epochs: int = DEMO_SETTINGS['cellpose_size_epochs'], tta: bool = DEMO_SETTINGS['tta'],
-             seed: int = DEMO_SETTINGS['seed'], device: str = 'auto', models=('maskrcnn', 'cellpose'),
-             progress: bool = True) -> dict:
-    """The demo (see above). Writes into `out`: `data/`, `models/`, `predictions/`, `postprocess.yaml`,
-    `submission.csv`, `results.csv`, `figures/*.png`, `report.md`. Returns a dict with the tables, paths, timings.
-    Runs inside `deterministic(seed)`: the same settings, seed and machine (thread count) give the same files."""
-    args = dict(locals())
-    with deterministic(seed): return _run_demo(**args)
+@dataclass
+class DemoModels:
+    """Stage 2's result: `predictors` by name (`maskrcnn`, `cellpose`, their `ensemble`, the Otsu `baseline`) and the
+    training `seconds` per model (wall time; Cellpose's measured in its own process when it trained in parallel)."""
+    predictors: dict[str, Predictor]
+    seconds: dict[str, float]
+    @property
+    def models(self) -> list[str]:
+        "The trained models and their ensemble (not the baseline)."
+        return [n for n in self.predictors if n != 'baseline']
 
-def _run_demo(out, n_images, image_shape, n_folds, maskrcnn_iters, maskrcnn_backbone, maskrcnn_scale, maskrcnn_mask_size,
-              maskrcnn_warmup, cellpose_epochs, cellpose_size_epochs, tta, seed, device, models, progress) -> dict:
-    import torch
-    from cellseg_nb.synth import make_competition
-    from cellseg_nb.data import SartoriusData
-    from cellseg_nb.inference import predict_images, postprocess_all, save_predictions, make_submission, threshold_predictor
-    from cellseg_nb.postprocess import PostprocessConfigs
-    from cellseg_nb.tune import tune
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(device)
-    if device == 'cpu': torch.set_num_threads(max(1, os.cpu_count() or 1))
-    t_start = time.time(); times = {}
-    _log(f"cellseg demo -> {out.resolve()}  (device {device}, {torch.get_num_threads()} CPU threads)")
+@dataclass
+class DemoTuning:
+    "Stage 4's result: per model the post-processing chosen on the tuning fold (`settings`) and its before/after `tables`."
+    settings: dict[str, PostprocessConfigs]
+    tables: dict[str, pd.DataFrame]
 
-    # 1. data and folds
-    t0 = time.time()
+@dataclass
+class DemoEvaluation:
+    """Stage 5's result on the test fold: `evals` (`metric.Evaluation` per row of the results table), the
+    post-processed predictions `finals` (`{model: {id: Instances}}`), the `summary` (= `results.csv`) and `per_type`
+    tables, and the `best` model (highest tuned mAP, the one that makes the submission)."""
+    evals: dict[str, Evaluation]
+    finals: dict[str, dict[str, Instances]]
+    summary: pd.DataFrame
+    per_type: pd.DataFrame
+    best: str
+
+@dataclass
+class DemoResult:
+    """Everything a demo run produced: the folder `out`, the resolved `recipe` and the `settings` that shaped the
+    numbers (a flat dict for the report, with device and threads), each stage's result, the raw predictions `raw`
+    (`{model: {id: Instances}}`, tuning + test folds), the validated `submission`, `times` in seconds per stage, and
+    once written the `report` path and its `figures` (`{name: path}`)."""
+    out: Path
+    recipe: Recipe
+    settings: dict
+    split: DemoSplit
+    models: DemoModels
+    raw: dict[str, dict[str, Instances]]
+    tuning: DemoTuning
+    evaluation: DemoEvaluation
+    submission: SubmissionResult
+    times: dict[str, float]
+    report: Path | None = None
+    figures: dict[str, Path] = field(default_factory=dict)
+    # the tables most readers want, by their plain names
+    @property
+    def summary(self) -> pd.DataFrame: return self.evaluation.summary
+    @property
+    def per_type(self) -> pd.DataFrame: return self.evaluation.per_type
+    @property
+    def best(self) -> str: return self.evaluation.best
+
+def _log(msg, t0=None):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}" + (f"  ({time.time() - t0:.0f} s)" if t0 else ''), flush=True)
+
+def demo_data(out: Path, n_images: int, image_shape, n_folds: int, seed: int) -> DemoSplit:
+    """Stage 1, **data**: a fresh synthetic competition folder `out/data` (`data/`, `models/`, `predictions/`,
+    `figures/` of an earlier run are removed first) with `n_images` train images of `image_shape` and 3 test images,
+    split into `n_folds` folds by sample (`SartoriusData.folds`, seeded)."""
     import shutil
+    from cellseg_nb.synth import make_competition
     for sub in ('data', 'models', 'predictions', 'figures'):      # a rerun starts afresh in the same folder
         if (out / sub).exists(): shutil.rmtree(out / sub)
     make_competition(out / 'data', n_images=n_images, seed=seed, image_shape=tuple(image_shape), n_test=3, n_semi=0)
     ds = SartoriusData(out / 'data')
-    folds = ds.folds(n_folds, seed=seed)['fold']
-    test_ids = folds.index[folds == 0].tolist(); tune_ids = folds.index[folds == 1].tolist()
-    train_ids = folds.index[folds >= 2].tolist()
-    types = ds.meta.cell_type.to_dict()
-    times['data'] = time.time() - t0
-    _log(f"data: {len(ds)} synthetic images {tuple(image_shape)}, {int(ds.meta.n_cells.sum())} cells; "
-         f"train {len(train_ids)} / tune {len(tune_ids)} / test {len(test_ids)} images (folds by sample)", t0)
+    fold = ds.folds(n_folds, seed=seed)['fold']
+    ids = lambda mask: fold.index[mask].tolist()
+    return DemoSplit(ds, train_ids=ids(fold >= 2), tune_ids=ids(fold == 1), test_ids=ids(fold == 0))
 
-    # 2. training: on a CPU both models train at once, one process each (small convolutions use one core well,
-    # two threads poorly); on a GPU one after the other
-    predictors = {}
+def demo_train(split: DemoSplit, out: Path, recipe: Recipe, device: str, models=('maskrcnn', 'cellpose'),
+               progress: bool = True) -> DemoModels:
+    """Stage 2, **train** `models` on `split.train_ids` into `out/models/` with the recipe's settings: Mask R-CNN
+    (`train_maskrcnn_demo`) and Cellpose + SizeModel (`train_cellpose_demo`), both seeded with `recipe.demo.seed`. On a
+    CPU with >= 2 cores both train at once, Cellpose in a second process, each with half the threads (small
+    convolutions use one core well, two threads poorly); on a GPU one after the other. Adds their `ensemble` and the
+    Otsu `baseline`."""
+    import torch
+    from cellseg_nb.inference import threshold_predictor
+    ds, train_ids, seed = split.data, split.train_ids, recipe.demo.seed
+    predictors, seconds = {}, {}
     parallel = device == 'cpu' and 'maskrcnn' in models and 'cellpose' in models and (os.cpu_count() or 1) >= 2
     job = None
     if 'cellpose' in models and parallel:
@@ -185,170 +235,207 @@ def _run_demo(out, n_images, image_shape, n_folds, maskrcnn_iters, maskrcnn_back
         pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'))
         threads = max(1, (os.cpu_count() or 2) // 2)
         job = pool.submit(_train_cellpose_job, str(out / 'data'), train_ids, str(out / 'models' / 'cellpose'),
-                          cellpose_epochs, cellpose_size_epochs, device, threads, seed)
+                          recipe, device, threads, seed)
         torch.set_num_threads(threads)
         _log(f"training Mask R-CNN here and Cellpose in a second process ({threads} thread(s) each)")
     if 'maskrcnn' in models:
         t0 = time.time()
-        ckpt, _ = train_maskrcnn_demo(ds, train_ids, out / 'models' / 'maskrcnn', maskrcnn_iters, maskrcnn_backbone,
-                                      device, progress, maskrcnn_scale, maskrcnn_mask_size, maskrcnn_warmup, seed)
+        ckpt, _ = train_maskrcnn_demo(ds, train_ids, out / 'models' / 'maskrcnn', recipe=recipe, device=device,
+                                      progress=progress, seed=seed)
         predictors['maskrcnn'] = maskrcnn_predictor(ckpt, device=device)
-        times['train maskrcnn'] = time.time() - t0
-        _log(f"Mask R-CNN ({maskrcnn_backbone} FPN): {maskrcnn_iters} iterations -> {ckpt}", t0)
+        seconds['maskrcnn'] = time.time() - t0
+        _log(f"Mask R-CNN ({recipe.model.backbone} FPN): {recipe.train.iterations} iterations -> {ckpt}", t0)
     if 'cellpose' in models:
         t0 = time.time()
         if job is not None:
             cp, secs = job.result(); pool.shutdown()
             if device == 'cpu': torch.set_num_threads(max(1, os.cpu_count() or 1))
         else:
-            cp = train_cellpose_demo(ds, train_ids, out / 'models' / 'cellpose', cellpose_epochs, device, cellpose_size_epochs, seed)
+            cp = train_cellpose_demo(ds, train_ids, out / 'models' / 'cellpose', device=device, seed=seed, recipe=recipe)
             secs = time.time() - t0
         predictors['cellpose'] = cellpose_predictor(cp, device=device)
-        times['train cellpose'] = secs
-        _log(f"Cellpose: {cellpose_epochs} epochs + SizeModel -> {cp}" + (f"  ({secs:.0f} s, in parallel)" if job else ''),
+        seconds['cellpose'] = secs
+        _log(f"Cellpose: {recipe.cellpose.epochs} epochs + SizeModel -> {cp}" + (f"  ({secs:.0f} s, in parallel)" if job else ''),
              None if job else t0)
     if len(predictors) > 1: predictors['ensemble'] = ensemble_predictor(list(predictors.values()))
     predictors['baseline'] = ModelPredictor('baseline', threshold_predictor, 'Otsu + connected components')
+    return DemoModels(predictors, seconds)
 
-    # 3. raw predictions on the tuning and test folds
-    t0 = time.time()
-    items = {i: out / 'data' / 'train' / f'{i}.png' for i in tune_ids + test_ids}
+def demo_predict(split: DemoSplit, models: DemoModels, out: Path, progress: bool = True) -> dict[str, dict[str, Instances]]:
+    """Stage 3, **predict** the tuning and test folds with every predictor, raw (scores and classes, no
+    post-processing): `{model: {id: Instances}}`, also written to `out/predictions/{model}_raw.csv`. The ensemble
+    merges its members' predictions instead of predicting again."""
+    from cellseg_nb.inference import predict_images, save_predictions
+    from cellseg_nb.ensemble import merge_models
+    items = {i: out / 'data' / 'train' / f'{i}.png' for i in split.tune_ids + split.test_ids}
     raw = {}
-    for name, p in predictors.items():
-        if name == 'ensemble':          # merge the members' predictions instead of predicting again
-            from cellseg_nb.ensemble import merge_models
-            raw[name] = {i: merge_models([raw['maskrcnn'][i], raw['cellpose'][i]]) for i in items}
+    for name, p in models.predictors.items():
+        if name == 'ensemble': raw[name] = {i: merge_models([raw['maskrcnn'][i], raw['cellpose'][i]]) for i in items}
         else: raw[name] = predict_images(p, items, tta=False, progress=progress, desc=name)
         save_predictions(raw[name], out / 'predictions' / f'{name}_raw.csv')
-    times['predict'] = time.time() - t0
-    _log(f"predicted {len(items)} held-out images with {', '.join(predictors)}", t0)
+    return raw
 
-    # 4. tuning per cell type on the tuning fold
-    t0 = time.time()
-    gt = {i: ds.instances(i) for i in tune_ids + test_ids}
-    pick = lambda d, ids: {i: d[i] for i in ids}
-    tuned, tune_tables = {}, {}
-    for name in predictors:
-        r = tune(pick(raw[name], tune_ids), pick(gt, tune_ids), types, progress=False)
-        tuned[name], tune_tables[name] = r.best, r.summary
-    times['tune'] = time.time() - t0
-    _log("tuned score threshold and minimum area per cell type on the tuning fold", t0)
+def _pick(d: dict, ids) -> dict: return {i: d[i] for i in ids}
 
-    # 5. evaluation on the test fold
-    t0 = time.time()
-    gt_test = pick(gt, test_ids)
-    evals, finals = {}, {}
-    for name in predictors:
-        rt = pick(raw[name], test_ids)
-        ct = {i: types[i] for i in test_ids} if name == 'baseline' else None
-        if name != 'baseline': evals[f'{name} (default settings)'] = _evaluate(gt_test, postprocess_all(rt, None, ct), types)
-        finals[name] = postprocess_all(rt, tuned[name], ct)
-        evals[name if name != 'baseline' else 'baseline (Otsu, true cell type)'] = _evaluate(gt_test, finals[name], types)
+def demo_tune(split: DemoSplit, raw: dict[str, dict[str, Instances]]) -> DemoTuning:
+    "Stage 4, **tune** the score threshold and minimum area per cell type of every model on the tuning fold (`tune.tune`)."
+    from cellseg_nb.tune import tune
+    gt, types = split.truth(split.tune_ids), split.types
+    runs = {name: tune(_pick(r, split.tune_ids), gt, types, progress=False) for name, r in raw.items()}
+    return DemoTuning({n: r.best for n, r in runs.items()}, {n: r.summary for n, r in runs.items()})
+
+def demo_evaluate(split: DemoSplit, raw: dict[str, dict[str, Instances]], tuning: DemoTuning) -> DemoEvaluation:
+    """Stage 5, **evaluate** on the test fold: every model with the library's default and with its tuned
+    post-processing, the baseline with the true cell type; the results table and the best model by tuned mAP."""
+    from cellseg_nb.inference import postprocess_all
+    from cellseg_nb.metric import evaluate
     from cellseg_nb.analysis import results_table, per_type_table
+    gt, types = split.truth(split.test_ids), split.types
+    evals, finals = {}, {}
+    for name in raw:
+        rt = _pick(raw[name], split.test_ids)
+        ct = {i: types[i] for i in split.test_ids} if name == 'baseline' else None
+        if name != 'baseline': evals[f'{name} (default settings)'] = evaluate(gt, postprocess_all(rt, None, ct), types)
+        finals[name] = postprocess_all(rt, tuning.settings[name], ct)
+        evals[name if name != 'baseline' else 'baseline (Otsu, true cell type)'] = evaluate(gt, finals[name], types)
     summary = results_table({k: v.summary for k, v in evals.items()})
     per_type = per_type_table({k: v.summary for k, v in evals.items()})
-    model_names = [n for n in predictors if n != 'baseline']
-    best_name = max(model_names, key=lambda n: evals[n].summary.loc['overall', 'mAP'])
-    tmp = out / 'results.csv.tmp'; summary.to_csv(tmp); os.replace(tmp, out / 'results.csv')
-    times['evaluate'] = time.time() - t0
-    _log(f"evaluated on {len(test_ids)} test images; best: {best_name} "
-         f"(mAP {evals[best_name].summary.loc['overall', 'mAP']:.3f})", t0)
+    best = max((n for n in raw if n != 'baseline'), key=lambda n: evals[n].summary.loc['overall', 'mAP'])
+    return DemoEvaluation(evals, finals, summary, per_type, best)
 
-    # 6. submission for data/test with the best model and its tuned settings
-    t0 = time.time()
-    tuned[best_name].save(out / 'postprocess.yaml')
-    sub = make_submission(predictors[best_name], out / 'data' / 'test', out / 'submission.csv', tuned[best_name],
-                          tta=tta, progress=False)
-    times['submission'] = time.time() - t0
-    _log(f"submission.csv: {int(sub.table.n_cells.sum())} cells in {len(sub.table)} test images, validated", t0)
+def demo_submit(out: Path, predictor: Predictor, config: PostprocessConfigs, tta: bool = False) -> SubmissionResult:
+    """Stage 6, **submit**: `out/postprocess.yaml` (= `config`), then predict `out/data/test/` with `predictor`,
+    post-process with `config`, write `out/submission.csv` and validate it."""
+    from cellseg_nb.inference import make_submission
+    config.save(out / 'postprocess.yaml')
+    return make_submission(predictor, out / 'data' / 'test', out / 'submission.csv', config, tta=tta, progress=False)
 
-    # 7. report
-    t0 = time.time()
-    res = dict(out=out, data=ds, train_ids=train_ids, tune_ids=tune_ids, test_ids=test_ids, raw=raw, finals=finals,
-               evals=evals, summary=summary, per_type=per_type, tuned=tuned, tune_tables=tune_tables,
-               best=best_name, submission=sub, times=times,
-               settings=dict(n_images=n_images, image_shape=tuple(image_shape), n_folds=n_folds,
-                             maskrcnn_iters=maskrcnn_iters, maskrcnn_backbone=maskrcnn_backbone,
-                             maskrcnn_scale=maskrcnn_scale, maskrcnn_mask_size=maskrcnn_mask_size,
-                             maskrcnn_warmup=maskrcnn_warmup,
-                             cellpose_epochs=cellpose_epochs, cellpose_size_epochs=cellpose_size_epochs, tta=tta, seed=seed, device=device,
-                             threads=torch.get_num_threads()))
-    times['total'] = time.time() - t_start
-    import resource
-    ru = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    times['CPU, all processes'] = sum(r.ru_utime + r.ru_stime for r in ru)
-    res['report'] = write_report(res)
-    times['report'] = time.time() - t0
-    _log(f"done in {times['total'] / 60:.1f} min ({times['CPU, all processes'] / 60:.1f} CPU-min). "
-         f"Report: {res['report'].resolve()}")
+def _demo_settings(recipe: Recipe, device: str, threads: int) -> dict:
+    "The settings table of the report: what shapes the demo's numbers (the whole recipe is in `recipe.yaml`)."
+    m, t, c, d = recipe.model, recipe.train, recipe.cellpose, recipe.demo
+    return dict(recipe=recipe.name, n_images=d.n_images, image_shape=tuple(d.image_shape), n_folds=d.n_folds,
+                maskrcnn_iters=t.iterations, maskrcnn_backbone=m.backbone, maskrcnn_scale=m.scale,
+                maskrcnn_mask_size=m.mask_size, maskrcnn_warmup=t.warmup, cellpose_epochs=c.epochs,
+                cellpose_size_epochs=c.size_epochs, tta=d.tta, seed=d.seed, device=device, threads=threads)
+
+def run_demo(out='cellseg_out/demo', recipe: Recipe | str = 'demo', device: str = 'auto',
+             models=('maskrcnn', 'cellpose'), progress: bool = True) -> DemoResult:
+    """The demo (see above) with the settings of `recipe` (a `Recipe`, a recipe name such as 'demo' or 'quick', or
+    a YAML file; `demo_recipe` changes single settings): the stages `demo_data` -> `demo_train` -> `demo_predict` ->
+    `demo_tune` -> `demo_evaluate` -> `demo_submit` -> `write_report`. Writes into `out`: `recipe.yaml` (the
+    resolved recipe), `data/`, `models/`, `predictions/`, `postprocess.yaml`, `submission.csv`, `results.csv`,
+    `figures/*.png`, `report.md`. Returns a `DemoResult`. Runs inside `deterministic(recipe.demo.seed)`: the same
+    recipe, seed and machine (thread count) give the same files."""
+    import torch, resource
+    recipe = get_recipe(recipe)
+    d = recipe.demo
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(device)
+    with deterministic(d.seed):
+        if device == 'cpu': torch.set_num_threads(max(1, os.cpu_count() or 1))
+        t_start = time.time(); times = {}
+        _log(f"cellseg demo -> {out.resolve()}  (recipe {recipe.name}, device {device}, {torch.get_num_threads()} CPU threads)")
+        recipe.save(out / 'recipe.yaml')
+        t0 = time.time()
+        split = demo_data(out, d.n_images, d.image_shape, d.n_folds, d.seed)
+        times['data'] = time.time() - t0
+        _log(f"data: {len(split.data)} synthetic images {tuple(d.image_shape)}, {int(split.data.meta.n_cells.sum())} cells; "
+             f"train {len(split.train_ids)} / tune {len(split.tune_ids)} / test {len(split.test_ids)} images (folds by sample)", t0)
+        trained = demo_train(split, out, recipe, device, models, progress)
+        times.update({f'train {k}': v for k, v in trained.seconds.items()})
+        t0 = time.time()
+        raw = demo_predict(split, trained, out, progress)
+        times['predict'] = time.time() - t0
+        _log(f"predicted {len(split.tune_ids) + len(split.test_ids)} held-out images with {', '.join(trained.predictors)}", t0)
+        t0 = time.time()
+        tuning = demo_tune(split, raw)
+        times['tune'] = time.time() - t0
+        _log("tuned score threshold and minimum area per cell type on the tuning fold", t0)
+        t0 = time.time()
+        ev = demo_evaluate(split, raw, tuning)
+        write_csv(out / 'results.csv', ev.summary, index=True)
+        times['evaluate'] = time.time() - t0
+        _log(f"evaluated on {len(split.test_ids)} test images; best: {ev.best} "
+             f"(mAP {ev.evals[ev.best].summary.loc['overall', 'mAP']:.3f})", t0)
+        t0 = time.time()
+        sub = demo_submit(out, trained.predictors[ev.best], tuning.settings[ev.best], d.tta)
+        times['submission'] = time.time() - t0
+        _log(f"submission.csv: {int(sub.table.n_cells.sum())} cells in {len(sub.table)} test images, validated", t0)
+        t0 = time.time()
+        res = DemoResult(out, recipe, _demo_settings(recipe, device, torch.get_num_threads()), split, trained, raw,
+                         tuning, ev, sub, times)
+        times['total'] = time.time() - t_start
+        ru = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        times['CPU, all processes'] = sum(r.ru_utime + r.ru_stime for r in ru)
+        write_report(res)
+        times['report'] = time.time() - t0
+        _log(f"done in {times['total'] / 60:.1f} min ({times['CPU, all processes'] / 60:.1f} CPU-min). "
+             f"Report: {res.report.resolve()}")
     return res
 
 # %% ../nbs/80_pipeline.ipynb 13
-def demo_figures(res: dict) -> dict:
+def demo_figures(res: DemoResult) -> dict:
     "The demo's figures `{name: Figure}`: per-type mAP bars, IoU histogram and errors by size of the best model, overlays."
     from cellseg_nb.analysis import plot_type_bars, cell_table, plot_iou_hist, plot_error_by_size, overlay, plot_overlays
-    ds, best, test_ids = res['data'], res['best'], res['test_ids']
-    gt = {i: ds.instances(i) for i in test_ids}
-    types = ds.meta.cell_type.to_dict()
-    models = [n for n in res['finals'] if n != 'baseline']
+    ev, split, best = res.evaluation, res.split, res.best
+    gt, types = split.truth(split.test_ids), split.types
+    models = [n for n in ev.finals if n != 'baseline']
     figs = {}
-    figs['map_per_type'] = plot_type_bars({n: res['evals'][n].summary for n in models} |
-                                          {'baseline': res['evals']['baseline (Otsu, true cell type)'].summary})
-    cells = cell_table(gt, res['finals'][best], types)
+    figs['map_per_type'] = plot_type_bars({n: ev.evals[n].summary for n in models} |
+                                          {'baseline': ev.evals['baseline (Otsu, true cell type)'].summary})
+    cells = cell_table(gt, ev.finals[best], types)
     figs['iou_hist'] = plot_iou_hist(cells); figs['iou_hist'].axes[0].set_title(f'IoU of cells: {best}, test fold')
     figs['errors_by_size'] = plot_error_by_size(cells); figs['errors_by_size'].axes[0].set_title(f'errors by cell size: {best}')
     picks = []
     for ct in ('shsy5y', 'astro', 'cort'):
-        ids = [i for i in test_ids if types[i] == ct]
+        ids = [i for i in split.test_ids if types[i] == ct]
         if ids: picks.append(ids[0])
     panels, titles = [], []
     for i in picks:
-        img = ds.image(i)
+        img = split.data.image(i)
         for n in models:
-            panels.append(overlay(img, gt[i], res['finals'][n][i]))
-            titles.append(f"{types[i]} {i}: {n} ({len(res['finals'][n][i])} cells, truth {len(gt[i])})")
+            panels.append(overlay(img, gt[i], ev.finals[n][i]))
+            titles.append(f"{types[i]} {i}: {n} ({len(ev.finals[n][i])} cells, truth {len(gt[i])})")
     if panels: figs['overlays'] = plot_overlays(panels, titles, ncols=len(models), size=4.2)
     return figs
 
-def write_report(res: dict) -> Path:
-    "Write `report.md` and `figures/*.png` of a `run_demo` result; returns the report path."
-    from cellseg_nb.analysis import save_figure
-    out = Path(res['out']); fig_dir = out / 'figures'
+def write_report(res: DemoResult) -> Path:
+    "Stage 7, **report**: write `report.md` and `figures/*.png` of a demo result (sets `res.report`, `res.figures`); returns the report path."
+    from cellseg_nb.files import save_figure
+    out = Path(res.out); fig_dir = out / 'figures'
     paths = {k: save_figure(f, fig_dir / f'{k}.png') for k, f in demo_figures(res).items()}
-    st, tm = res['settings'], res['times']
-    models = [n for n in res['finals'] if n != 'baseline']
+    st, tm, split, ev = res.settings, res.times, res.split, res.evaluation
+    models = [n for n in ev.finals if n != 'baseline']
     L = [f"# cellseg demo report", "",
          "**Synthetic data.** These numbers come from the built-in synthetic generator, not from the competition images: "
          "they show that the pipeline learns and what each step adds, nothing about the leaderboard.", "",
          "## Settings", "",
          markdown_table(pd.DataFrame({'value': {k: str(v) for k, v in st.items()}}).rename_axis('setting')), "",
-         f"Images: {len(res['train_ids'])} train, {len(res['tune_ids'])} tuning, {len(res['test_ids'])} test "
+         f"Images: {len(split.train_ids)} train, {len(split.tune_ids)} tuning, {len(split.test_ids)} test "
          f"(folds grouped by sample). Post-processing tuned per cell type on the tuning fold; scores on the test fold.", "",
          "## Results on the held-out test fold", "",
          "Competition metric (mean over images of TP / (TP + FP + FN) at IoU > t), AP@t = that precision at one t, "
          "mAP = the mean over t = 0.50, 0.55, ..., 0.95. *default settings* = the library's per-type post-processing; "
          "without a suffix = the settings tuned on the tuning fold.", "",
-         markdown_table(res['summary']), "",
-         "### mAP per cell type", "", markdown_table(res['per_type']), "",
+         markdown_table(ev.summary), "",
+         "### mAP per cell type", "", markdown_table(ev.per_type), "",
          f"![mAP per cell type](figures/{paths['map_per_type'].name})", "",
          "## Tuning (tuning fold): score before -> after, chosen settings", ""]
     for n in models:
-        L += [f"**{n}**", "", markdown_table(res['tune_tables'][n]), ""]
-    L += [f"## Errors of the best model ({res['best']})", "",
+        L += [f"**{n}**", "", markdown_table(res.tuning.tables[n]), ""]
+    L += [f"## Errors of the best model ({ev.best})", "",
           f"![IoU histogram](figures/{paths['iou_hist'].name})", "",
           f"![errors by size](figures/{paths['errors_by_size'].name})", ""]
     if 'overlays' in paths:
         L += ["## Overlays (test fold): truth green, prediction magenta", "", f"![overlays](figures/{paths['overlays'].name})", ""]
-    sub = res['submission']
+    sub = res.submission
     L += ["## Submission", "",
           f"`submission.csv`: {int(sub.table.n_cells.sum())} cells in {len(sub.table)} test images, predicted by "
-          f"**{res['best']}** with its tuned settings (`postprocess.yaml`); validated: {sub.report}", "",
+          f"**{ev.best}** with its tuned settings (`postprocess.yaml`); validated: {sub.report}", "",
           markdown_table(sub.table, index=False), "",
           "## Time", "", markdown_table(pd.DataFrame({'seconds': tm}).round(1).rename_axis('step'), digits=1), ""]
-    path = out / 'report.md'
-    tmp = out / 'report.md.tmp'; tmp.write_text('\n'.join(L)); os.replace(tmp, path)
-    res['figures'] = paths
-    return path
+    res.report, res.figures = write_text(out / 'report.md', '\n'.join(L)), paths
+    return res.report
 
 # %% ../nbs/80_pipeline.ipynb 15
 MODEL_LABELS = {

@@ -71,11 +71,10 @@ def pseudo_label(predictor, root, ids=None, rules: dict | None = None, config=No
 
 def write_pseudo_labels(df: pd.DataFrame, path) -> Path:
     "Write pseudo-label rows as CSV to `path` (a temporary file renamed into place)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    from cellseg_nb.files import write_csv
     missing = [c for c in PSEUDO_COLUMNS if c not in df.columns]
     if missing: raise ValueError(f"pseudo-label rows lack columns {missing}")
-    tmp = path.with_name(f'.{path.name}.tmp'); df[PSEUDO_COLUMNS].to_csv(tmp, index=False); os.replace(tmp, path)
-    return path
+    return write_csv(path, df[PSEUDO_COLUMNS])
 
 # %% ../nbs/17_pseudo.ipynb 11
 class PseudoLabelData:
@@ -94,6 +93,7 @@ class PseudoLabelData:
         self.df, self.ids = df, list(dict.fromkeys(df['id']))
         self._rows = {k: g.index.to_numpy() for k, g in df.groupby('id', sort=False)}
     def cell_type(self, id) -> str: return self.df['cell_type'].iloc[self._rows[id][0]]
+    def n_cells(self, id) -> int: return len(self._rows[id])
     def image(self, id) -> np.ndarray:
         r = self.df.iloc[self._rows[id][0]]
         return read_image(self.root / 'train_semi_supervised' / f'{id}.png', (int(r.height), int(r.width)),
@@ -116,7 +116,10 @@ class CombinedSource:
         self.ids = list(self._of)
     def image(self, id): return self._of[id].image(id)
     def instances(self, id): return self._of[id].instances(id)
-    def cell_type(self, id): return self._of[id].cell_type(id) if hasattr(self._of[id], 'cell_type') else None
+    def cell_type(self, id): return self._of[id].cell_type(id)
+    def n_cells(self, id) -> int:
+        from cellseg_nb.data import count_cells
+        return count_cells(self._of[id], [id])
     def is_pseudo(self, id) -> bool: return isinstance(self._of[id], PseudoLabelData)
 
 def training_sources(root, pseudo_csv, fold: int = 0, n_folds: int = 5, seed: int = 0) -> tuple:

@@ -42,23 +42,19 @@ def write_submission(preds: dict, path, ids=None) -> Path:
     if extra: raise ValueError(f"write_submission: predictions for ids not in `ids`: {extra[:10]}{' ...' if len(extra) > 10 else ''}")
     preds = {str(k): v for k, v in preds.items()}
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', newline='') as f:
-            w = csv.writer(f, lineterminator='\n')
-            w.writerow(HEADER)
-            for iid in ids:
-                inst = preds.get(iid)
-                if inst is None: w.writerow((iid, '')); continue
-                if not isinstance(inst, Instances): raise ValueError(f"write_submission: image {iid}: expected Instances, got {type(inst).__name__}")
-                ia, ib, cnt = _overlapping_pairs(inst)
-                if len(ia): raise ValueError(f"write_submission: image {iid}: cells {ia[0]} and {ib[0]} overlap by {cnt[0]} px "
-                                             f"({len(ia)} overlapping pairs); run postprocess / remove_overlaps first")
-                rles = [r for r in inst.to_rles() if r]
-                w.writerows((iid, r) for r in rles) if rles else w.writerow((iid, ''))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
+    from cellseg_nb.files import atomic_write
+    with atomic_write(path, 'w', newline='') as f:
+        w = csv.writer(f, lineterminator='\n')
+        w.writerow(HEADER)
+        for iid in ids:
+            inst = preds.get(iid)
+            if inst is None: w.writerow((iid, '')); continue
+            if not isinstance(inst, Instances): raise ValueError(f"write_submission: image {iid}: expected Instances, got {type(inst).__name__}")
+            ia, ib, cnt = _overlapping_pairs(inst)
+            if len(ia): raise ValueError(f"write_submission: image {iid}: cells {ia[0]} and {ib[0]} overlap by {cnt[0]} px "
+                                         f"({len(ia)} overlapping pairs); run postprocess / remove_overlaps first")
+            rles = [r for r in inst.to_rles() if r]
+            w.writerows((iid, r) for r in rles) if rles else w.writerow((iid, ''))
     return path
 
 # %% ../nbs/06_submission.ipynb 10

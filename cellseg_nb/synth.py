@@ -15,8 +15,8 @@ FULL_SHAPE = (520, 704)
 
 # %% auto 0
 __all__ = ['FULL_SHAPE', 'STYLES', 'LIVECELL_STYLES', 'REAL_IMAGES', 'CORT_DUPLICATES', 'LIVECELL_SPLITS', 'CellStyle',
-           'synth_instances', 'render', 'synth_image', 'write_image', 'write_csv', 'write_json', 'make_competition',
-           'mask_polygons', 'livecell_file_name', 'make_livecell']
+           'synth_instances', 'render', 'synth_image', 'write_image', 'make_competition', 'mask_polygons',
+           'livecell_file_name', 'make_livecell']
 
 # %% ../nbs/04_synth.ipynb 5
 @dataclass(frozen=True)
@@ -243,26 +243,13 @@ def synth_image(cell_type: str, seed=0, shape=FULL_SHAPE, level=1.0):
     return render(inst, np.random.default_rng(r2), style), inst
 
 # %% ../nbs/04_synth.ipynb 21
-def _write_bytes(path, data: bytes):
-    "Write `data` to `path` through a temporary file in the same folder and `os.replace` (never half-written)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, 'wb') as f: f.write(data)
-    os.replace(tmp, path)
+from .files import write_bytes, write_csv, write_json     # the atomic writers (synth's callers use them from here too)
 
 def write_image(path, img: np.ndarray):
     "Write a uint8 (H, W) image as PNG or TIF (by the suffix of `path`), atomically."
     ok, buf = cv2.imencode(Path(path).suffix, img)
     if not ok: raise ValueError(f"{path}: could not encode the image")
-    _write_bytes(path, buf.tobytes())
-
-def write_csv(path, df: pd.DataFrame):
-    "Write a DataFrame as CSV (no index), atomically."
-    _write_bytes(path, df.to_csv(index=False).encode())
-
-def write_json(path, obj):
-    "Write a JSON document, atomically."
-    _write_bytes(path, json.dumps(obj).encode())
+    write_bytes(path, buf.tobytes())
 
 # %% ../nbs/04_synth.ipynb 22
 # plate names (the first part of `sample_id` and of the semi-supervised file names) as public notebooks list the

@@ -79,3 +79,21 @@ def test_module_entry_point_for_torchrun():
     "`python -m cellseg_nb.cli` (how `torchrun -m cellseg_nb.cli train maskrcnn ...` starts it) runs `main`."
     r = subprocess.run([sys.executable, '-m', 'cellseg_nb.cli', 'train', '--help'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and 'maskrcnn' in r.stdout and 'cellpose' in r.stdout
+
+
+def test_demo_flags_change_the_recipe(capsys):
+    "`cellseg demo` flags -> `pipeline.demo_recipe`: each flag lands in its recipe field; a new size rebuilds the model."
+    from cellseg_nb.pipeline import demo_recipe
+    from cellseg_nb.config import get_recipe, small_model, ConfigError
+    assert demo_recipe('quick') == get_recipe('quick') and demo_recipe('demo') == get_recipe('demo')
+    r = demo_recipe('demo', n_images=20, image_shape=(128, 96), maskrcnn_iters=7, maskrcnn_scale=2.0, mask_size=56,
+                    maskrcnn_warmup=3, cellpose_epochs=4, tta=True, seed=5)
+    assert (r.demo.n_images, r.demo.image_shape, r.demo.tta, r.demo.seed) == (20, (128, 96), True, 5)
+    assert (r.train.iterations, r.train.warmup, r.train.seed, r.cellpose.epochs) == (7, 3, 5, 4)
+    assert r.model == small_model((128, 96), 2.0, 56) and r.model.min_size == 96 and r.model.anchor_sizes[0] == 32
+    assert r.cellpose.size_epochs == get_recipe('demo').cellpose.size_epochs                  # the rest unchanged
+    with pytest.raises(ConfigError): demo_recipe('demo', mask_size=30)
+    rc, _, err = run('demo', '--quick', '--recipe', 'demo', capsys=capsys)
+    assert rc == 1 and 'not both' in err
+    rc, _, err = run('demo', '--recipe', 'no-such-recipe', capsys=capsys)
+    assert rc == 1 and 'unknown recipe' in err

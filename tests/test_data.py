@@ -284,3 +284,39 @@ def test_semi_supervised_names_and_duplicated_cort_annotations(comp):
     i = dup.id.iloc[0]
     rles = d.instances(i).to_rles()
     assert sorted(rles) == sorted(df.annotation[df.id == i]) and len(set(rles)) < len(rles)
+
+
+def test_every_source_satisfies_the_data_source_protocol(comp, lc, tmp_path):
+    """SartoriusData, LiveCellData, Subset, PseudoLabelData, CombinedSource and ArraySource are `DataSource`s: each
+    method answers for every id, consistently with the source's own files (image and masks of one shape, cell type
+    and cell count as the CSV / JSON say)."""
+    from cellseg_nb.data import DataSource, CountsCells, Subset, count_cells
+    from cellseg_nb.pseudo import PseudoLabelData, CombinedSource, write_pseudo_labels
+    from cellseg_nb.maskrcnn_train import ArraySource
+    d, l = SartoriusData(comp), LiveCellData(lc, 'val')
+    df = pd.read_csv(comp / 'train.csv', dtype=str, keep_default_na=False)
+    semi = d.semi_supervised_ids[0]
+    rows = df[df.id == d.ids[0]].assign(id=semi, pseudo=True, score=0.9)       # a pseudo-label file of one image
+    pl = PseudoLabelData(write_pseudo_labels(rows, tmp_path / 'pseudo.csv'), comp)
+    combined = CombinedSource([(d, d.ids[1:4]), (pl, pl.ids)])
+    arrays = ArraySource([d.image(i) for i in d.ids[:2]], [d.instances(i) for i in d.ids[:2]], cell_types=['astro', None])
+    sources = [d, l, d.subset(d.ids[::3]), l.subset(l.ids[:2]).subset(l.ids[1:2]), pl, combined, arrays]
+    truth_type = {**d.meta.cell_type.to_dict(), **l.meta.cell_type.to_dict(), semi: d.meta.cell_type[d.ids[0]],
+                  '0': 'astro', '1': None}
+    truth_n = {**df.id.value_counts().to_dict(), **l.meta.n_cells.to_dict(), semi: len(rows), '0': d.n_cells(d.ids[0]),
+               '1': d.n_cells(d.ids[1])}
+    for src in sources:
+        assert isinstance(src, DataSource), src
+        assert len(src.ids) > 0
+        for i in src.ids:
+            img, inst = src.image(i), src.instances(i)
+            assert img.dtype == np.uint8 and img.shape == inst.shape
+            assert src.cell_type(i) == truth_type[i], (src, i)
+            assert len(inst) == truth_n[i], (src, i)
+        assert count_cells(src) == sum(truth_n[i] for i in src.ids)
+        if isinstance(src, CountsCells): assert [src.n_cells(i) for i in src.ids] == [truth_n[i] for i in src.ids]
+    assert not isinstance(arrays, CountsCells) and isinstance(Subset(arrays, ['1']), CountsCells)
+    assert Subset(arrays, ['1']).n_cells('1') == truth_n['1']
+    with pytest.raises(ValueError, match="unknown image id 'nope'"): d.cell_type('nope')
+    with pytest.raises(ValueError, match='not in the subset'): d.subset(d.ids[:1]).instances(d.ids[1])
+    with pytest.raises(ValueError, match="subset ids unknown, e.g. 'nope'"): l.subset(['nope'])

@@ -37,7 +37,7 @@ def test_maskrcnn_training_is_reproducible(data, tmp_path):
     for name, seed in (('a', 0), ('b', 0), ('c', 1)):
         with deterministic(seed):
             runs[name] = train_maskrcnn_demo(data, data.ids, tmp_path / name, iterations=4, progress=False, warmup=1,
-                                             seed=seed)
+                                             seed=seed, recipe='quick')     # the quick recipe's model: 96 px images
     sa, sb, sc = (_state(runs[k][0]) for k in 'abc')
     assert _same(sa, sb), [k for k in sa if not torch.equal(sa[k], sb[k])][:5]
     assert not _same(sa, sc)                                  # another seed: other weights
@@ -56,7 +56,8 @@ def test_cellpose_training_is_reproducible(data, tmp_path):
     paths = {}
     for name, seed in (('a', 0), ('b', 0), ('c', 1)):
         with deterministic(seed):
-            paths[name] = train_cellpose_demo(data, data.ids, tmp_path / name, epochs=1, size_epochs=1, seed=seed)
+            paths[name] = train_cellpose_demo(data, data.ids, tmp_path / name, epochs=1, size_epochs=1, seed=seed,
+                                               recipe='quick')
     sa, sb, sc = (_state(paths[k]) for k in 'abc')
     assert _same(sa, sb)
     assert not _same(sa, sc)
@@ -69,9 +70,8 @@ def test_cellpose_training_is_reproducible(data, tmp_path):
 @pytest.mark.skipif(not os.environ.get('CELLSEG_SLOW'), reason='the whole demo twice: set CELLSEG_SLOW=1 (about 5 CPU-minutes)')
 def test_demo_twice_gives_the_same_files(tmp_path):
     from cellseg_nb.pipeline import run_demo
-    from cellseg_nb.cli import QUICK_DEMO
-    for k in 'ab': run_demo(tmp_path / k, device='cpu', progress=False, **QUICK_DEMO)
-    for f in ('results.csv', 'submission.csv', 'postprocess.yaml', 'predictions/maskrcnn_raw.csv',
+    for k in 'ab': run_demo(tmp_path / k, 'quick', device='cpu', progress=False)
+    for f in ('recipe.yaml', 'results.csv', 'submission.csv', 'postprocess.yaml', 'predictions/maskrcnn_raw.csv',
               'predictions/cellpose_raw.csv', 'predictions/ensemble_raw.csv'):
         assert (tmp_path / 'a' / f).read_bytes() == (tmp_path / 'b' / f).read_bytes(), f
     assert _same(_state(tmp_path / 'a/models/maskrcnn/checkpoint.pt'), _state(tmp_path / 'b/models/maskrcnn/checkpoint.pt'))
