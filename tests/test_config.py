@@ -61,7 +61,7 @@ def test_dotted_overrides_parse_yaml_and_check_types():
 def test_named_recipes_hold_todays_demo_numbers():
     d = get_recipe('demo')
     assert (d.demo.n_images, d.demo.image_shape, d.demo.n_folds, d.demo.seed, d.demo.tta) == (48, (160, 160), 5, 0, False)
-    assert (d.train.iterations, d.model.backbone, d.model.scale, d.model.mask_size, d.train.warmup) == (600, 'resnet18', 1.0, 28, 20)
+    assert (d.train.iterations, d.model.backbone, d.model.scale, d.model.mask_size, d.train.warmup) == (440, 'resnet18', 1.0, 28, 20)
     assert (d.cellpose.epochs, d.cellpose.size_epochs, d.cellpose.bsize, d.cellpose.nimg_per_epoch,
             d.cellpose.diam_mean, d.cellpose.learning_rate, d.cellpose.batch_size) == (60, 5, 96, 16, 17.0, 0.005, 8)
     assert (d.train.optimizer, d.train.lr, d.train.batch_size) == ('adamw', 2e-3, 2)
