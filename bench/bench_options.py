@@ -115,6 +115,90 @@ def train_all(root, demo, work, iters, jobs):
     return done
 
 
+def _tuned_scores(raw, gt, types, tune_ids, test_ids):
+    "Post-processing tuned per type on the tuning fold, scored on the test fold: the metric's 'overall' row."
+    from cellseg_nb.tune import tune
+    from cellseg_nb.inference import postprocess_all
+    from cellseg_nb.metric import evaluate
+    sub = lambda d, ids: {i: d[i] for i in ids}
+    best = tune(sub(raw, tune_ids), sub(gt, tune_ids), types, progress=False).best
+    pred = postprocess_all(sub(raw, test_ids), best, {i: types[i] for i in test_ids})
+    return evaluate(sub(gt, test_ids), pred, types).summary.loc['overall']
+
+
+def evaluate_all(root, demo, work, iters, out_csv, max_images=None, only=None):
+    """Every row of the table (see the module docstring) -> `out_csv` (temporary file, then renamed); returns it.
+    Rows and raw predictions are cached in `work/rows_{iters}/` (a rerun or a second process reuses them);
+    `only`: 'test-time' or 'training' computes those rows only (two processes can share the work)."""
+    import torch
+    torch.set_num_threads(1)
+    from cellseg_nb import maskrcnn, cpose
+    from cellseg_nb.pipeline import deterministic, quiet_library_warnings, DEMO_SETTINGS
+    from cellseg_nb.inference import predict_images, save_predictions, load_predictions
+    from cellseg_nb.ensemble import merge_models
+    ds, _, tune_ids, test_ids = splits(root)
+    if max_images: tune_ids, test_ids = tune_ids[:max_images], test_ids[:max_images]      # a smoke run only
+    types = ds.meta.cell_type.to_dict()
+    ids = tune_ids + test_ids
+    gt = {i: ds.instances(i) for i in ids}
+    images = {i: ds.image(i) for i in ids}
+    cache = work / f'rows_{iters}' if not max_images else work / f'rows_{iters}_smoke{max_images}'
+    cache.mkdir(parents=True, exist_ok=True)
+    slug = lambda name: ''.join(ch if ch.isalnum() else '_' for ch in name)[:80]
+    rows, raw = [], {}
+
+    def run(name, group, make_predictor, train_cpu=0.0, passes=1, train_iters=None, **kw):
+        f = cache / f'{slug(name)}.csv'
+        if not f.is_file():
+            c0 = cpu_self()
+            with deterministic(SEED), quiet_library_warnings():
+                preds = predict_images(make_predictor(), images, progress=False, **kw)
+            (cache / f'{slug(name)}.cpu').write_text(str(cpu_self() - c0))
+            save_predictions(preds, f)
+        raw[name] = load_predictions(f)
+        add(name, group, float((cache / f'{slug(name)}.cpu').read_text()) + train_cpu, passes, train_iters)
+
+    def add(name, group, cpu, passes, train_iters):
+        s = _tuned_scores(raw[name], gt, types, tune_ids, test_ids)
+        rows.append({'option': name, 'group': group, 'mAP': s['mAP'], 'AP@0.5': s['AP@0.5'], 'AP@0.75': s['AP@0.75'],
+                     'AP@0.9': s['AP@0.9'], 'CPU-s': round(cpu, 1), 'passes': passes, 'train_iters': train_iters})
+        print(f"{name:58s} mAP {s['mAP']:.3f}  AP@0.75 {s['AP@0.75']:.3f}  AP@0.9 {s['AP@0.9']:.3f}  {cpu:7.1f} CPU s", flush=True)
+
+    demo_iters = DEMO_SETTINGS['maskrcnn_iters']
+    if only in (None, 'test-time'):
+        mr_path = demo / 'models' / 'maskrcnn' / 'checkpoint.pt'
+        mr_pred = lambda **o: (lambda: maskrcnn.as_predictor(maskrcnn.load_model(mr_path, device='cpu'), **o))
+        MR, CP = "Mask R-CNN (the demo's)", "Cellpose + SizeModel (the demo's)"
+        run(MR, 'test-time', mr_pred(), train_iters=demo_iters)
+        run('+ flip TTA (3 passes; boxes NMS, mask probabilities averaged)', 'test-time', mr_pred(tta=True), passes=3, train_iters=demo_iters)
+        run(f'+ multi-scale TTA x{TTA_SCALES} (3 passes)', 'test-time', mr_pred(tta_scales=TTA_SCALES), passes=3, train_iters=demo_iters)
+        run('+ flip and multi-scale TTA (9 passes)', 'test-time', mr_pred(tta=True, tta_scales=TTA_SCALES), passes=9, train_iters=demo_iters)
+        run('+ flip TTA, whole predictions fused (merge_models)', 'test-time', mr_pred(), passes=3, train_iters=demo_iters, tta=True)
+        cp_path = demo / 'models' / 'cellpose' / 'cellpose'
+        cp_pred = lambda **o: (lambda: (lambda m: (lambda image: cpose.predict(m, [image], diameter='size_model', **o)[0]))(cpose.load_model(cp_path)))
+        run(CP, 'test-time', cp_pred())
+        run("Cellpose + cellpose's augment TTA (flipped tiles)", 'test-time', cp_pred(augment=True), passes=None)
+        cpu_models = [r['CPU-s'] for r in rows if r['option'] in (MR, CP)]
+        for name, fusion in [('Ensemble, mask vote by model weight (the demo)', {}),
+                             ('Ensemble, vote weighted by score', dict(vote_by='score')),
+                             ('Ensemble, vote by score, score = mean of members', dict(vote_by='score', score_fusion='mean'))]:
+            c0 = cpu_self()
+            raw[name] = {i: merge_models([raw[MR][i], raw[CP][i]], **fusion) for i in ids}
+            add(name, 'fusion across models', sum(cpu_models) + cpu_self() - c0, 2, None)
+    if only in (None, 'training'):
+        trained = json.loads((work / f'train_times_{iters}.json').read_text())
+        for v in VARIANTS:
+            ck, train_cpu = trained[v]
+            run(f'Mask R-CNN trained: {v}', f'training ({iters} iterations)',
+                (lambda ck: lambda: maskrcnn.as_predictor(maskrcnn.load_model(ck, device='cpu')))(ck), train_cpu=train_cpu, train_iters=iters)
+    df = pd.DataFrame(rows)
+    if only is None:
+        out_csv.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_csv.with_name(out_csv.name + '.tmp'); df.to_csv(tmp, index=False, float_format='%.4f'); os.replace(tmp, out_csv)
+        print(f"wrote {out_csv}")
+    print(df.to_string(index=False))
+    return df
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--demo', default='cellseg_out/demo', help='a finished `cellseg demo` folder (default settings, seed 0)')
@@ -123,6 +207,8 @@ def main(argv=None):
     ap.add_argument('--jobs', type=int, default=2, help='variants trained at a time (one process, one thread each)')
     ap.add_argument('--phase', default='all', choices=('all', 'train', 'eval'))
     ap.add_argument('--out', default=str(REPO / 'results' / 'bench_options.csv'))
+    ap.add_argument('--only', default=None, choices=('test-time', 'training'), help='evaluate these rows only (no CSV written)')
+    ap.add_argument('--max_images', type=int, default=None, help='a smoke run: at most this many tuning and test images')
     a = ap.parse_args(argv)
     from cellseg_nb.pipeline import DEMO_SETTINGS
     demo = Path(a.demo)
@@ -132,10 +218,8 @@ def main(argv=None):
     root = make_data(demo, work)
     trained = train_all(root, demo, work, iters, a.jobs) if a.phase in ('all', 'train') else None
     if a.phase in ('all', 'eval'):
-        from bench_options_eval import evaluate_all                       # noqa: E402 (the second phase)
-        evaluate_all(root, demo, work, iters, Path(a.out))
+        evaluate_all(root, demo, work, iters, Path(a.out), a.max_images, a.only)
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()
