@@ -188,10 +188,12 @@ def evaluate_all(root, demo, work, iters, out_csv, max_images=None, only=None):
     if only in (None, 'training'):
         trained = json.loads((work / f'train_times_{iters}.json').read_text())
         for v in VARIANTS:
+            if v not in trained and only: print(f"{v}: not trained yet, skipped"); continue
+            if v not in trained: raise SystemExit(f"{v}: not trained yet (run --phase train --iters {iters})")
             ck, train_cpu = trained[v]
             run(f'Mask R-CNN trained: {v}', f'training ({iters} iterations)',
                 (lambda ck: lambda: maskrcnn.as_predictor(maskrcnn.load_model(ck, device='cpu')))(ck), train_cpu=train_cpu, train_iters=iters)
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows).astype({'passes': 'Int64', 'train_iters': 'Int64'})
     if only is None:
         out_csv.parent.mkdir(parents=True, exist_ok=True)
         tmp = out_csv.with_name(out_csv.name + '.tmp'); df.to_csv(tmp, index=False, float_format='%.4f'); os.replace(tmp, out_csv)
