@@ -14,8 +14,8 @@ from .metric import evaluate
 from .config import Config, ConfigError, read_settings
 
 # %% auto 0
-__all__ = ['match_groups', 'merge_models', 'EnsembleSettings', 'image_type', 'ensemble_candidates', 'ensemble',
-           'EnsembleTuneResult', 'tune_ensemble', 'compare_models']
+__all__ = ['VOTE_BY', 'SCORE_FUSIONS', 'match_groups', 'merge_models', 'EnsembleSettings', 'image_type', 'ensemble_candidates',
+           'ensemble', 'EnsembleTuneResult', 'tune_ensemble', 'compare_models']
 
 # %% ../nbs/13_ensemble.ipynb 6
 def _with_scores(p: Instances) -> Instances:
@@ -57,10 +57,11 @@ def match_groups(preds: list, weights=None, iou_threshold: float = 0.5):
         g += 1
     return allc, src, group
 
-def _vote_runs(allc: Instances, src, group, w, gw, vote, ng):
+def _vote_runs(allc: Instances, src, group, mw, gw, vote, ng):
     """Per group the runs where the covering members hold >= `vote` of the group's member weight `gw`, from the
-    members' run boundaries (never per pixel). Returns `(starts, lengths, offsets)` int64, offsets (ng+1,)."""
-    k = len(w)
+    members' run boundaries (never per pixel). `mw` float (ng, K): the pixel weight of group g's member from model k.
+    Returns `(starts, lengths, offsets)` int64, offsets (ng+1,)."""
+    k = mw.shape[1]
     s = allc.starts.astype(np.int64); e = s + allc.lengths
     own = allc.run_owner
     pos = np.concatenate([s, e]); grp = np.concatenate([group[own], group[own]])
@@ -69,20 +70,32 @@ def _vote_runs(allc: Instances, src, group, w, gw, vote, ng):
     pw = np.zeros(len(pos))
     for m in range(k):                               # covering weight, summed in model order (as a pixel vote does)
         cover = np.cumsum(np.where(srcs == m, step, 0))
-        pw = pw + np.where(cover > 0, w[m], 0.0)
+        pw = pw + np.where(cover > 0, mw[grp, m], 0.0)
     seg_end = np.append(pos[1:], 0)
     same = np.append(grp[1:] == grp[:-1], False)
     kept = same & (seg_end > pos) & (pw >= vote * gw[grp] - 1e-9)
     return pos[kept], (seg_end - pos)[kept], np.concatenate([[0], np.cumsum(np.bincount(grp[kept], minlength=ng))])
 
-def merge_models(preds: list, weights=None, iou_threshold: float = 0.5, vote: float = 0.5) -> Instances:
-    """Merge K models' raw predictions of one image (`Instances` with scores; missing scores count as 1) into one
-    candidate set (groups may still overlap: post-process to remove that). `weights` (K,) default equal, normalized
-    to sum 1. Group mask: pixels whose covering members hold >= `vote` of the group's member weight; score: sum of
-    weight x score over the members (float32); label: the leader's; `meta['n_models']`: members per group.
-    Cost grows with the number of runs, not of pixels (see `match_groups`)."""
+VOTE_BY = ('weight', 'score')
+SCORE_FUSIONS = ('sum', 'mean', 'max')
+
+def merge_models(preds: list, weights=None, iou_threshold: float = 0.5, vote: float = 0.5, vote_by: str = 'weight',
+                 score_fusion: str = 'sum', min_members: int = 1) -> Instances:
+    """Fuse K passes or models' raw predictions of one image (`Instances` with scores; missing scores count as 1) into
+    one candidate set (groups may still overlap: post-process to remove that). The one fusion of the project: model
+    ensembles, `inference.tta_predict` and `merge_passes` call it. `weights` (K,) default equal, normalized to sum 1.
+    Groups: `match_groups`. Group mask: pixels whose covering members hold >= `vote` of the group's member weight,
+    a member weighing its model's weight (`vote_by='weight'`) or weight x score (`'score'`, the winners' score-weighted
+    mask average). Score (float32), `score_fusion`: `'sum'` of weight x score over the members (a pass or model
+    without a member adds 0: cells seen by few passes are penalized, as in weighted boxes fusion), `'mean'` the
+    weighted mean over the members, `'max'` the best member's. Groups with fewer than `min_members` members are
+    dropped. Label: the leader's; `meta['n_models']`: members per group. Cost grows with the number of runs, not of
+    pixels (see `match_groups`)."""
     if not preds: raise ValueError("merge_models needs at least one prediction")
+    if vote_by not in VOTE_BY: raise ValueError(f"vote_by={vote_by!r}: expected one of {VOTE_BY}")
+    if score_fusion not in SCORE_FUSIONS: raise ValueError(f"score_fusion={score_fusion!r}: expected one of {SCORE_FUSIONS}")
     k = len(preds)
+    if not 1 <= int(min_members) <= k: raise ValueError(f"min_members={min_members}: expected 1..{k} (the number of predictions)")
     w = np.ones(k) if weights is None else np.asarray(weights, np.float64)
     if w.shape != (k,) or (w < 0).any() or w.sum() <= 0: raise ValueError(f"weights {weights!r}: expected {k} non-negative numbers, not all 0")
     w = w / w.sum()
@@ -91,17 +104,23 @@ def merge_models(preds: list, weights=None, iou_threshold: float = 0.5, vote: fl
     if len(allc) == 0: return Instances.empty(shape, scores=True, labels=allc.labels is not None)
     ng = int(group.max()) + 1
     wi = w[src]
-    gw = np.bincount(group, weights=wi, minlength=ng)                         # member weight per group
-    starts, lengths, offsets = _vote_runs(allc, src, group, w, gw, vote, ng)
-    scores = np.bincount(group, weights=wi * allc.scores, minlength=ng).astype(np.float32)
+    pix_w = wi * allc.scores if vote_by == 'score' else wi                  # a member's weight in the pixel vote
+    mw = np.zeros((ng, k)); mw[group, src] = pix_w
+    if vote_by == 'weight': mw[:] = w                                      # (as before: a model's weight, member or not)
+    gw = np.bincount(group, weights=pix_w, minlength=ng)                    # member weight per group
+    starts, lengths, offsets = _vote_runs(allc, src, group, mw, gw, vote, ng)
+    wsum = np.bincount(group, weights=wi * allc.scores, minlength=ng)
+    if score_fusion == 'sum': scores = wsum
+    elif score_fusion == 'mean': scores = wsum / np.maximum(np.bincount(group, weights=wi, minlength=ng), 1e-12)
+    else: scores = np.full(ng, -np.inf); np.maximum.at(scores, group, allc.scores.astype(np.float64))
     leader = np.full(ng, -1, np.int64)
     order = np.argsort(-(allc.scores * wi), kind='stable')
     first = order[np.unique(group[order], return_index=True)[1]]               # highest weighted member per group
     leader[group[first]] = first
     labels = allc.labels[leader] if allc.labels is not None else None
     n_models = np.bincount(group, minlength=ng)
-    out = Instances(starts, lengths, offsets, shape, scores, labels, allc.meta)
-    keep = out.areas > 0
+    out = Instances(starts, lengths, offsets, shape, scores.astype(np.float32), labels, allc.meta)
+    keep = (out.areas > 0) & (n_models >= min_members)
     return out.select(keep).with_(meta={**allc.meta, 'n_models': n_models[keep]})
 
 

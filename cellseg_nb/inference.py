@@ -13,8 +13,9 @@ from .data import read_image
 from .ensemble import merge_models
 
 # %% auto 0
-__all__ = ['IMAGE_SUFFIXES', 'FLIPS', 'SubmissionResult', 'list_images', 'threshold_predictor', 'merge_passes', 'tta_predict',
-           'predict_images', 'save_predictions', 'load_predictions', 'postprocess_all', 'make_submission']
+__all__ = ['IMAGE_SUFFIXES', 'FLIPS', 'SubmissionResult', 'list_images', 'threshold_predictor', 'resize_instances',
+           'merge_passes', 'tta_predict', 'predict_images', 'save_predictions', 'load_predictions', 'postprocess_all',
+           'make_submission']
 
 # %% ../nbs/15_inference.ipynb 6
 IMAGE_SUFFIXES = ('.png', '.tif', '.tiff', '.jpg', '.jpeg')
@@ -45,30 +46,77 @@ def threshold_predictor(image: np.ndarray, sigma: float = 1.5, min_area: int = 2
     return inst.with_(scores=(mean / 255).astype(np.float32), meta={})
 
 # %% ../nbs/15_inference.ipynb 12
-def merge_passes(passes: list, iou_threshold: float = 0.5, vote: float = 0.5) -> Instances:
-    "Merge the Instances of several passes over one image into one set (see above). Scores default to 1."
+def _nearest_source(n_out: int, n_in: int) -> np.ndarray:
+    "Source index (int64 (n_out,), non-decreasing) of each output pixel by pixel centres: floor((2i + 1) n_in / 2 n_out)."
+    i = np.arange(n_out, dtype=np.int64)
+    return np.minimum((2 * i + 1) * n_in // (2 * n_out), n_in - 1)
+
+def resize_instances(inst: Instances, shape) -> Instances:
+    """`inst` (on an (h, w) grid) resampled to `shape` (H, W) by nearest neighbour at pixel centres, exactly as
+    `masks[:, src_rows][:, :, src_cols]` (`_nearest_source`) but on runs. Scores, labels and meta are kept; a cell
+    may come out empty when shrunk."""
+    H, W = int(shape[0]), int(shape[1]); h, w = inst.shape
+    if (H, W) == (h, w): return inst
+    sr, sc = _nearest_source(H, h), _nearest_source(W, w)
+    s = inst.starts.astype(np.int64); e = s + inst.lengths
+    own = inst.run_owner
+    y0, y1 = s // w, (e - 1) // w                                   # a run may span rows: one piece per row
+    n = y1 - y0 + 1
+    k = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    y = np.repeat(y0, n) + k
+    a = np.where(k == 0, np.repeat(s % w, n), 0)
+    b = np.where(y == np.repeat(y1, n), np.repeat((e - 1) % w + 1, n), w)
+    own = np.repeat(own, n)
+    r_lo, r_hi = np.searchsorted(sr, y, 'left'), np.searchsorted(sr, y, 'right')
+    c_lo, c_hi = np.searchsorted(sc, a, 'left'), np.searchsorted(sc, b, 'left')
+    ok = (r_hi > r_lo) & (c_hi > c_lo)
+    r_lo, r_hi, c_lo, c_hi, own = r_lo[ok], r_hi[ok], c_lo[ok], c_hi[ok], own[ok]
+    m = r_hi - r_lo                                                  # output rows reading this piece's row
+    r = np.repeat(r_lo, m) + np.arange(m.sum()) - np.repeat(np.cumsum(m) - m, m)
+    starts = r * W + np.repeat(c_lo, m); lengths = np.repeat(c_hi - c_lo, m); own = np.repeat(own, m)
+    o = np.lexsort((starts, own))
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(own, minlength=len(inst)))])
+    return Instances(starts[o], lengths[o], offsets, (H, W), inst.scores, inst.labels, inst.meta)
+
+
+# %% ../nbs/15_inference.ipynb 15
+def merge_passes(passes: list, iou_threshold: float = 0.5, vote: float = 0.5, **fusion) -> Instances:
+    """Merge the Instances of several passes over one image into one set (see above). Scores default to 1.
+    `fusion`: `vote_by`, `score_fusion`, `min_members` of `cellseg_nb.ensemble.merge_models` (the one fusion)."""
     if len(passes) == 1:
         p = passes[0]
         return p if p.scores is not None else p.with_(scores=np.ones(len(p), np.float32))
-    return merge_models(passes, None, iou_threshold, vote)     # the ensemble's merge with equal weights
+    return merge_models(passes, None, iou_threshold, vote, **fusion)     # the ensemble's merge, equal weights
 
-# %% ../nbs/15_inference.ipynb 14
+# %% ../nbs/15_inference.ipynb 17
 FLIPS = {'none': None, 'h': 1, 'v': 0}
 
 def tta_predict(predictor, image: np.ndarray, flips=('none', 'h', 'v'), iou_threshold: float = 0.5,
-                vote: float = 0.5) -> Instances:
-    """Predict on `image` and its mirror images (`'h'` left-right, `'v'` up-down), map every pass back to the
-    original frame and merge them with `merge_passes`. `image` uint8 (H, W) -> Instances."""
-    passes = []
+                vote: float = 0.5, scales=(1.0,), **fusion) -> Instances:
+    """Predict on `image` and its mirror images (`'h'` left-right, `'v'` up-down) at every factor of `scales`
+    (the image resized bilinearly to round(H x s), round(W x s)), map every pass back to the original pixel grid
+    (`flip`, then `resize_instances`: exact, sparse) and merge them with `merge_passes` (`fusion`: its options).
+    Passes: len(flips) x len(scales). `image` uint8 (H, W) -> Instances."""
+    import cv2
     for f in flips:
         if f not in FLIPS: raise ValueError(f"unknown flip {f!r}; expected one of {list(FLIPS)}")
-        ax = FLIPS[f]
-        if ax is None: passes.append(predictor(image)); continue
-        pred = predictor(np.ascontiguousarray(np.flip(image, ax)))
-        passes.append(pred.flip(ax))
-    return merge_passes(passes, iou_threshold, vote)
+    scales = tuple(float(x) for x in np.atleast_1d(scales))
+    if not scales or any(not 0.1 <= x <= 10 for x in scales): raise ValueError(f"scales {scales!r}: expected factors in 0.1..10")
+    h, w = image.shape[:2]
+    passes = []
+    for sc in scales:
+        size = (max(1, round(h * sc)), max(1, round(w * sc)))
+        im = image if size == (h, w) else cv2.resize(image, size[::-1], interpolation=cv2.INTER_LINEAR)
+        for f in flips:
+            ax = FLIPS[f]
+            pred = predictor(im) if ax is None else predictor(np.ascontiguousarray(np.flip(im, ax))).flip(ax)
+            if size != (h, w):
+                pred = resize_instances(pred, (h, w)); pred = pred.select(pred.areas > 0)
+            passes.append(pred)
+    return merge_passes(passes, iou_threshold, vote, **fusion)
 
-# %% ../nbs/15_inference.ipynb 20
+
+# %% ../nbs/15_inference.ipynb 25
 def _as_images(images):
     "A folder, a {id: path|array} dict or a list of paths -> ordered {id: path|array}."
     if isinstance(images, (str, os.PathLike)): return list_images(images)
@@ -79,27 +127,30 @@ def _named(message: str, iid) -> str:
     "A predictor's warning about its one image ('image 0: ...') reworded to name the image `iid`."
     return f"image {iid}: {message[len('image 0: '):]}" if message.startswith('image 0: ') else f"image {iid}: {message}"
 
-def predict_images(predictor, images, tta: bool | tuple = False, progress: bool = True, desc='predict') -> dict:
+def predict_images(predictor, images, tta: bool | tuple = False, progress: bool = True, desc='predict',
+                   tta_scales=None, **fusion) -> dict:
     """Run `predictor` over `images` (a folder, `{id: path or uint8 (H, W) array}` or a list of paths).
-    `tta=True` uses flips ('none', 'h', 'v'); a tuple picks the flips. Returns `{id: Instances}` (raw, with the
+    `tta=True` uses flips ('none', 'h', 'v'); a tuple picks the flips; `tta_scales` (e.g. `(0.8, 1, 1.25)`)
+    adds passes at those scales (`tta_predict`; `fusion`: `merge_passes` options). Returns `{id: Instances}` (raw, with the
     predictor's scores and labels). The predictor's warnings are passed on naming the image."""
     from tqdm.auto import tqdm
     items = _as_images(images)
     flips = ('none', 'h', 'v') if tta is True else (tuple(tta) if tta else None)
+    if tta_scales is not None and flips is None: flips = ('none',)
     out = {}
     for iid, im in tqdm(items.items(), desc=desc, disable=not progress, leave=False):
         image = read_image(im, rescale=True) if isinstance(im, (str, os.PathLike)) else np.asarray(im)
         if image.ndim != 2: raise ValueError(f"image {iid}: expected a grayscale (H, W) image, got shape {image.shape}")
         with warnings.catch_warnings(record=True) as caught:             # name the image in the model's warnings
             warnings.simplefilter('always')
-            pred = tta_predict(predictor, image, flips) if flips else predictor(image)
+            pred = tta_predict(predictor, image, flips, scales=tta_scales or (1.0,), **fusion) if flips else predictor(image)
         for w in caught: warnings.warn(_named(str(w.message), iid), w.category, stacklevel=2)
         if not isinstance(pred, Instances): raise TypeError(f"image {iid}: predictor returned {type(pred).__name__}, expected Instances")
         if pred.shape != image.shape: raise ValueError(f"image {iid}: prediction shape {pred.shape} != image shape {image.shape}")
         out[iid] = pred
     return out
 
-# %% ../nbs/15_inference.ipynb 23
+# %% ../nbs/15_inference.ipynb 28
 def save_predictions(preds: dict, path) -> Path:
     "Write `{id: Instances}` with scores/labels to a CSV (temporary file, then renamed). Returns the path."
     rows = []
@@ -131,7 +182,7 @@ def load_predictions(path) -> dict:
                                        ids=[f"{path.name} row {i + 2} (image {iid})" for i in g.index])
     return out
 
-# %% ../nbs/15_inference.ipynb 26
+# %% ../nbs/15_inference.ipynb 31
 from collections import namedtuple
 SubmissionResult = namedtuple('SubmissionResult', 'path raw final table report')
 

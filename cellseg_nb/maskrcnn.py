@@ -28,7 +28,7 @@ import dataclasses
 
 # %% auto 0
 __all__ = ['MODEL_DEFAULTS', 'BACKBONES', 'mask_targets', 'CellRoIHeads', 'CellTransform', 'build_model', 'read_checkpoint',
-           'load_weights', 'load_model', 'paste_sparse', 'predict', 'as_predictor', 'anchor_coverage']
+           'load_weights', 'load_model', 'paste_sparse', 'tta_variants', 'predict', 'as_predictor', 'anchor_coverage']
 
 # %% ../nbs/10_maskrcnn.ipynb 6
 def mask_targets(gt: Instances, boxes: torch.Tensor, matched_idxs: torch.Tensor, M: int = 28, group: int = 64):
@@ -335,52 +335,77 @@ def _mask_probs(model, features, i, boxes, labels, image_size, chunk):
     M = 2 * rh.mask_roi_pool.output_size[0]
     return torch.cat(out) if out else boxes.new_zeros((0, M, M))
 
+def tta_variants(tta: bool = False, tta_scales=None, model_scale: float = 1.0) -> list:
+    """The passes of `predict`: `[(flip, scale), ...]`, flips `None`, `'h'`, `'v'` (all three when `tta`, else `None`
+    only) at every factor of `tta_scales` (default `(1.0,)`; factors of the model's own `scale`, so one `scale` setting
+    drives training, inference and TTA). The first pass is the unflipped one at the first factor."""
+    flips = (None, 'h', 'v') if tta else (None,)
+    scales = (1.0,) if tta_scales is None else tuple(float(x) for x in np.atleast_1d(tta_scales))
+    bad = [x for x in scales if not 0.25 <= x * model_scale <= 8]
+    if not scales or bad: raise ValueError(f"tta_scales {tta_scales!r}: each x the model scale {model_scale} must lie in 0.25..8")
+    return [(f, x) for x in scales for f in flips]
+
 @torch.inference_mode()
-def _predict_batch(model, imgs, tta, mask_chunk, threshold, device):
-    variants = [None, 'h', 'v'] if tta else [None]
-    rh = model.roi_heads
+def _predict_batch(model, imgs, variants, mask_chunk, threshold, device):
+    """Every pass `(flip, scale)` of `variants` over `imgs`; with several passes, boxes are mapped to the first pass's
+    frame, merged by class-wise NMS, and each kept box's mask is the mean of the mask head's outputs of all passes at
+    that box (mapped into each pass's frame); then pasted sparse at the input's pixels."""
+    rh, tr = model.roi_heads, model.transform
+    base = getattr(tr, 'scale', 1.0)
     passes = []
-    for v in variants:
-        x = [t.flip(-1) if v == 'h' else t.flip(-2) if v == 'v' else t for t in imgs]
-        x = [t.to(device) for t in x]
-        images, _ = model.transform(x)
-        feats = model.backbone(images.tensors)
-        props, _ = model.rpn(images, feats)
-        bf = rh.box_head(rh.box_roi_pool(feats, props, images.image_sizes))
-        cl, br = rh.box_predictor(bf)
-        boxes, scores, labels = rh.postprocess_detections(cl, br, props, images.image_sizes)
-        passes.append((feats, images.image_sizes, boxes, scores, labels))
+    try:
+        for v, sc in variants:
+            x = [t.flip(-1) if v == 'h' else t.flip(-2) if v == 'v' else t for t in imgs]
+            x = [t.to(device) for t in x]
+            if sc != 1.0: tr.scale = base * sc
+            images, _ = tr(x)
+            tr.scale = base
+            feats = model.backbone(images.tensors)
+            props, _ = model.rpn(images, feats)
+            bf = rh.box_head(rh.box_roi_pool(feats, props, images.image_sizes))
+            cl, br = rh.box_predictor(bf)
+            boxes, scores, labels = rh.postprocess_detections(cl, br, props, images.image_sizes)
+            passes.append((feats, images.image_sizes, boxes, scores, labels))
+    finally: tr.scale = base
     out = []
     for i, img in enumerate(imgs):
-        size = passes[0][1][i]; h, w = size
-        if tta:
-            b = torch.cat([_flip_boxes(p[2][i], v, h, w) for p, v in zip(passes, variants)])
+        h0, w0 = passes[0][1][i]
+        def ratio(size, inverse=False):                  # pass frame -> first frame (x, y, x, y factors)
+            h, w = size
+            r = torch.tensor([w0 / w, h0 / h, w0 / w, h0 / h] if not inverse else [w / w0, h / h0, w / w0, h / h0], device=device)
+            return r
+        if len(variants) > 1:
+            b = torch.cat([_flip_boxes(p[2][i], v, *p[1][i]) * ratio(p[1][i]) for p, (v, _) in zip(passes, variants)])
             s = torch.cat([p[3][i] for p in passes]); l = torch.cat([p[4][i] for p in passes])
             keep = box_ops.batched_nms(b, s, l, rh.nms_thresh)[:rh.detections_per_img]
             b, s, l = b[keep], s[keep], l[keep]
         else: b, s, l = passes[0][2][i], passes[0][3][i], passes[0][4][i]
         probs = 0
-        for (feats, sizes, *_), v in zip(passes, variants):
-            p = _mask_probs(model, feats, i, _flip_boxes(b, v, h, w), l, size, mask_chunk)
+        for (feats, sizes, *_), (v, _) in zip(passes, variants):
+            h, w = sizes[i]
+            p = _mask_probs(model, feats, i, _flip_boxes(b * ratio(sizes[i], True), v, h, w), l, sizes[i], mask_chunk)
             probs = probs + (p.flip(-1) if v == 'h' else p.flip(-2) if v == 'v' else p)
         probs = probs / len(variants)
         H, W = img.shape[-2:]
-        b_img = b * torch.tensor([W / w, H / h, W / w, H / h], device=b.device)
-        out.append(paste_sparse(probs.float().cpu().numpy() if len(b) else np.zeros((0, 28, 28), np.float32),
+        b_img = b * torch.tensor([W / w0, H / h0, W / w0, H / h0], device=b.device)
+        M = 2 * rh.mask_roi_pool.output_size[0]
+        out.append(paste_sparse(probs.float().cpu().numpy() if len(b) else np.zeros((0, M, M), np.float32),
                                 b_img.cpu().numpy(), (H, W), threshold, s.cpu().numpy(), l.cpu().numpy(),
                                 meta={'classes': model.config.get('class_names') if hasattr(model, 'config') else None}))
     return out
 
-def predict(model, images, tta: bool = False, batch_size: int = 1, mask_threshold: float = 0.5, mask_chunk: int = 100,
+def predict(model, images, tta: bool = False, tta_scales=None, batch_size: int = 1, mask_threshold: float = 0.5, mask_chunk: int = 100,
             postprocess=False, cell_types=None, device=None, progress: bool = False) -> list:
     """Predict cells on images: one image, a stack or a list, each (H, W) uint8, (H, W, 3) with equal
     channels, 16-bit or float in [0, 1] (`cellseg_nb.data.as_image_list`, the rule `read_image` applies to files).
     Returns one `Instances` per image with `scores` (float32), `labels` (1-based class ids) and
-    `meta['classes']` (class names). `tta`: also run h/v flips and merge. `postprocess`: False (raw detections),
+    `meta['classes']` (class names). `tta`: also run h/v flips and merge; `tta_scales`: also run at these
+    factors of the model's `scale` (e.g. `(0.8, 1, 1.25)`; passes = flips x scales, see `tta_variants`). `postprocess`: False (raw detections),
     True (`cellseg_nb.postprocess.postprocess` with its default per-type configs) or a config for it, applied with
     `cell_types[i]` (None: the image's score-weighted majority class). The model is run in eval mode on `device`
     (default: where its parameters are) and left in the mode it was in."""
     imgs = [_as_image(im, i) for i, im in enumerate(as_image_list(images))]
+    variants = tta_variants(tta, tta_scales, float(getattr(model.transform, 'scale', 1.0)))
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -388,7 +413,7 @@ def predict(model, images, tta: bool = False, batch_size: int = 1, mask_threshol
         from tqdm.auto import tqdm
         res = []
         for a in tqdm(range(0, len(imgs), batch_size), disable=not progress, desc='predict'):
-            res += _predict_batch(model, imgs[a:a + batch_size], tta, mask_chunk, mask_threshold, device)
+            res += _predict_batch(model, imgs[a:a + batch_size], variants, mask_chunk, mask_threshold, device)
     finally: model.train(was_training)
     if postprocess is not False and postprocess is not None:
         from cellseg_nb.postprocess import postprocess as _post

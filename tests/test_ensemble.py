@@ -158,3 +158,73 @@ def test_match_and_merge_equal_dense_on_piled_candidates(seed):
         km = cover >= vote * np.bincount(group, weights=wn[src])[g] - 1e-9
         if km.any(): exp.append(km)
     assert np.array_equal(m.to_masks(), np.stack(exp))
+
+
+# --- the one fusion (merge_models) used by model ensembles and TTA: properties on random inputs ---
+
+def _cells(p):
+    "An Instances as a sorted list of (rle, score, label): equality up to order."
+    return sorted(zip(p.to_rles(), np.round(p.scores.astype(np.float64), 5).tolist(), p.labels.tolist()))
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_fusing_identical_passes_returns_the_input(seed):
+    p = _scored(random_candidates(30, (48, 64), seed=seed, dup_frac=0), seed)
+    for n in (2, 3, 5):
+        for fusion in (dict(), dict(vote_by='score'), dict(score_fusion='mean'), dict(score_fusion='max', min_members=n)):
+            m = merge_models([p] * n, **fusion)
+            assert _cells(m) == _cells(p), (n, fusion)
+            assert (m.meta['n_models'] == n).all()
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_fusion_is_invariant_to_pass_order(seed):
+    rng = np.random.default_rng(seed)
+    base = random_candidates(25, (48, 64), seed=seed, dup_frac=0)
+    passes = [_scored(Instances.concat([random_candidates(10, (48, 64), seed=50 + 7 * seed + j),
+                                        base.select(rng.permutation(len(base))[:18])]), 10 * seed + j) for j in range(4)]
+    w = rng.uniform(0.5, 2, 4)
+    for fusion in (dict(), dict(vote_by='score', score_fusion='mean'), dict(score_fusion='max', min_members=2)):
+        ref = _cells(merge_models(passes, w, **fusion))
+        for _ in range(3):
+            o = rng.permutation(4)
+            assert _cells(merge_models([passes[i] for i in o], w[o], **fusion)) == ref
+
+
+@pytest.mark.parametrize('seed', range(2))
+def test_score_weighted_vote_and_score_fusions_match_dense(seed):
+    p = [_scored(random_candidates(25, (40, 56), seed=s + 10 * seed), s) for s in (1, 2)]
+    p.append(_scored(Instances.concat([p[0].select(np.arange(0, 25, 2)), p[1].select(np.arange(1, 25, 3))]), 9))
+    w = np.array([0.5, 0.3, 0.2])
+    allc, src, group = match_groups(p, w, 0.5)
+    dense = allc.to_masks()
+    for vote in (0.3, 0.5, 0.8):
+        exp, s_sum, s_mean, s_max, n_mem = [], [], [], [], []
+        for g in range(group.max() + 1):
+            mem = np.flatnonzero(group == g)
+            pw = w[src[mem]] * allc.scores[mem]                         # a member's pixel weight: weight x score
+            km = np.tensordot(pw, dense[mem], 1) >= vote * pw.sum() - 1e-9
+            if not km.any(): continue
+            exp.append(km); n_mem.append(len(mem)); s_sum.append(pw.sum())
+            s_mean.append(pw.sum() / w[src[mem]].sum()); s_max.append(allc.scores[mem].max())
+        for fusion, scores in (('sum', s_sum), ('mean', s_mean), ('max', s_max)):
+            m = merge_models(p, w, 0.5, vote, vote_by='score', score_fusion=fusion)
+            assert np.array_equal(m.to_masks(), np.stack(exp))
+            np.testing.assert_allclose(m.scores, scores, rtol=1e-5)
+        n_mem = np.array(n_mem)
+        m2 = merge_models(p, w, 0.5, vote, vote_by='score', min_members=2)
+        assert np.array_equal(m2.to_masks(), np.stack(exp)[n_mem >= 2]) and (m2.meta['n_models'] >= 2).all()
+
+
+def test_fused_then_postprocessed_has_no_overlaps():
+    from cellseg_nb.postprocess import postprocess
+    g = random_candidates(60, (96, 128), seed=4, dup_frac=0)
+    passes = [simulate_predictions(g, label=1, seed=s) for s in range(3)]
+    for fusion in (dict(), dict(vote_by='score', score_fusion='mean')):
+        m = merge_models(passes, **fusion)
+        assert len(m) and m.overlap_count().max() > 1                   # the fused candidates do overlap
+        out = postprocess(m, 'shsy5y')
+        assert len(out) and out.overlap_count().max() <= 1
+    with pytest.raises(ValueError, match='vote_by'): merge_models(passes, vote_by='pixels')
+    with pytest.raises(ValueError, match='score_fusion'): merge_models(passes, score_fusion='median')
+    with pytest.raises(ValueError, match='min_members'): merge_models(passes, min_members=4)

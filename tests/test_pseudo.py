@@ -97,3 +97,23 @@ def test_bad_inputs_name_what_is_wrong(comp, tmp_path):
         pseudo_label(oracle(data), root, ids=[data.ids[0]], progress=False)
     with pytest.raises(FileNotFoundError, match='pseudo-label file not found'):
         PseudoLabelData(tmp_path / 'missing.csv', root)
+
+
+@pytest.mark.parametrize('n_folds', [2, 3])     # 12 images: 3 samples of astro and shsy5y
+def test_every_fold_is_grouped_and_never_validates_pseudo_labels(comp, tmp_path, n_folds):
+    """For every fold: validation = exactly the fold's labelled images; training = the other folds' labelled images
+    + every pseudo-labelled image; no sample_id on both sides; every labelled image on exactly one side."""
+    root, data, semi = comp
+    csv = write_pseudo_labels(pseudo_label(oracle(data), root, rules=RULES, progress=False), tmp_path / 'pseudo.csv')
+    pseudo_ids = set(PseudoLabelData(csv, root).ids)
+    assert pseudo_ids
+    folds = data.folds(n_folds)['fold']
+    for k in range(n_folds):
+        tr, va = training_sources(root, csv, fold=k, n_folds=n_folds)
+        assert sorted(va.ids) == sorted(folds.index[folds == k]) and not set(va.ids) & pseudo_ids
+        assert pseudo_ids <= set(tr.ids) and all(tr.is_pseudo(i) for i in pseudo_ids)
+        labelled = [i for i in tr.ids if not tr.is_pseudo(i)]
+        assert sorted(labelled + list(va.ids)) == sorted(data.ids)
+        assert not set(data.meta.sample_id[labelled]) & set(data.meta.sample_id[list(va.ids)])
+        i = next(iter(pseudo_ids))
+        assert tr.instances(i).meta['pseudo'] and tr.image(i).shape == data.image_shape
