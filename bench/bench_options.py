@@ -211,6 +211,14 @@ def evaluate_all(root, demo, work, iters, out_csv, max_images=None, only=None):
     print(df.to_string(index=False))
     return df
 
+def table_markdown(csv=REPO / 'results' / 'bench_options.csv') -> str:
+    "The README's options table (Markdown) from `results/bench_options.csv` (a path or its DataFrame)."
+    from cellseg_nb.pipeline import markdown_table
+    df = pd.read_csv(csv) if isinstance(csv, (str, os.PathLike)) else csv
+    cols = ['option', 'group', 'mAP', 'AP@0.5', 'AP@0.75', 'AP@0.9', 'CPU-s', 'passes', 'train_iters']
+    return markdown_table(df[cols], index=False)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--demo', default='cellseg_out/demo', help='a finished `cellseg demo` folder (default settings, seed 0)')
@@ -221,7 +229,12 @@ def main(argv=None):
     ap.add_argument('--out', default=str(REPO / 'results' / 'bench_options.csv'))
     ap.add_argument('--only', default=None, choices=('test-time', 'training'), help='evaluate these rows only (no CSV written)')
     ap.add_argument('--max_images', type=int, default=None, help='a smoke run: at most this many tuning and test images')
+    ap.add_argument('--readme', action='store_true', help="only rewrite the README's options table from --out, then exit")
     a = ap.parse_args(argv)
+    if a.readme:
+        sys.path.insert(0, str(REPO / 'docs'))
+        import readme
+        readme.set_block('options-table', table_markdown(a.out)); readme.main(); return
     demo = Path(a.demo)
     if not (demo / 'models' / 'maskrcnn' / 'checkpoint.pt').is_file(): raise SystemExit(f"{demo}: not a finished demo folder (run `cellseg demo`)")
     iters = a.iters or 250

@@ -25,6 +25,13 @@ def test_readme_real_benchmark_table_is_its_csv():
     assert readme.block('real-bench-table') == bench_real.table_markdown(ROOT / 'results' / 'bench_real.csv').strip('\n')
 
 
+def test_readme_options_table_is_its_csv():
+    sys.path.insert(0, str(ROOT / 'bench'))
+    import bench_options
+    assert readme.block('options-table') == bench_options.table_markdown(ROOT / 'results' / 'bench_options.csv').strip('\n'), \
+        "run python bench/bench_options.py --readme"
+
+
 def test_marker_blocks_round_trip(tmp_path):
     nb = dict(cells=[dict(cell_type='markdown', metadata={}, source='a\n<!-- t:start -->\nold\n<!-- t:end -->\nb')],
               metadata={}, nbformat=4, nbformat_minor=5)
