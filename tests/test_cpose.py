@@ -48,12 +48,13 @@ def _images(seeds, level=3.0, shape=(192, 192)):
 
 
 class _Arrays:
-    "The data interface of `SartoriusData` (ids, meta.cell_type, image(id), instances(id)) over in-memory images."
+    "A data source (`data.DataSource`: ids, image(id), instances(id), cell_type(id)) over in-memory images."
     def __init__(self, items):
         self.items, self.ids = items, list(range(len(items)))
         self.meta = pd.DataFrame({'cell_type': [x[0] for x in items]})
     def image(self, i): return self.items[i][1]
     def instances(self, i): return self.items[i][2]
+    def cell_type(self, i): return self.items[i][0]
 
 
 @pytest.fixture(scope='session')

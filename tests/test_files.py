@@ -31,7 +31,7 @@ def test_round_trips_match_the_plain_writers(tmp_path):
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
     fig, ax = plt.subplots(); ax.plot([0, 1])
     png = save_figure(fig, tmp_path / 'f.png').read_bytes()
-    assert png[:8] == b'\x89PNG\r\n\x1a\n' and not plt.get_fignums()                 # a PNG, and the figure closed
+    assert png[:8] == b'\x89PNG\r\n\x1a\n' and fig.number not in plt.get_fignums()   # a PNG, and this figure closed
     assert not any(n.endswith('.tmp') for n in _listing(tmp_path) + _listing(tmp_path / 'sub'))
 
 
