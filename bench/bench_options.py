@@ -213,10 +213,8 @@ def evaluate_all(root, demo, work, iters, out_csv, max_images=None, only=None):
 
 def table_markdown(csv=REPO / 'results' / 'bench_options.csv') -> str:
     "The README's options table (Markdown) from `results/bench_options.csv` (a path or its DataFrame)."
-    from cellseg_nb.pipeline import markdown_table
-    df = pd.read_csv(csv) if isinstance(csv, (str, os.PathLike)) else csv
-    cols = ['option', 'group', 'mAP', 'AP@0.5', 'AP@0.75', 'AP@0.9', 'CPU-s', 'passes', 'train_iters']
-    return markdown_table(df[cols], index=False)
+    from table import csv_markdown
+    return csv_markdown(csv, ['option', 'group', 'mAP', 'AP@0.5', 'AP@0.75', 'AP@0.9', 'CPU-s', 'passes', 'train_iters'])
 
 
 def main(argv=None):

@@ -160,10 +160,8 @@ def run_fold(k: int, epochs: int, with_maskrcnn: bool, seed: int = SEED, ours_op
 
 def table_markdown(table) -> str:
     "The README's table (Markdown) from `results/bench_real.csv` (a path or its DataFrame)."
-    from cellseg_nb.pipeline import markdown_table
-    table = pd.read_csv(table) if isinstance(table, (str, os.PathLike)) else table
-    cols = ['fold', 'held_out', 'model', 'mAP', 'ap50', 'ap75', 'n_pred', 'diameter', 'train_cpu_s']
-    return markdown_table(table[cols], index=False)
+    from table import csv_markdown
+    return csv_markdown(table, ['fold', 'held_out', 'model', 'mAP', 'ap50', 'ap75', 'n_pred', 'diameter', 'train_cpu_s'])
 
 
 def main(argv=None):

@@ -13,6 +13,15 @@ INDEX = ROOT / 'nbs' / 'index.ipynb'
 HEAD = "| what | ours | peer (same inputs, same run) | ratio | script |\n|---|---|---|---|---|"
 
 
+def csv_markdown(csv, cols) -> str:
+    "A README table (Markdown) of columns `cols` of a results CSV (a path or its DataFrame), rounded as the README shows."
+    import os
+    import pandas as pd
+    from cellseg_nb.pipeline import markdown_table
+    df = pd.read_csv(csv) if isinstance(csv, (str, os.PathLike)) else csv
+    return markdown_table(df[cols], index=False)
+
+
 def _rows(name):
     p = RESULTS / f'{name}.json'
     return json.loads(p.read_text())['rows'] if p.exists() else None
