@@ -44,6 +44,7 @@ VARIANTS = {'baseline': dict(scale=1.0, mask_size=28), 'scale 1.5': dict(scale=1
 
 
 from cellseg_nb.config import get_recipe
+from cellseg_nb.files import write_csv, write_json
 RECIPE = get_recipe('demo')                  # the demo's settings (data, folds, model, training)
 DEMO = RECIPE.demo
 
@@ -120,7 +121,7 @@ def train_all(root, demo, work, iters, jobs):
         for f in cf.as_completed(futs):
             n = futs[f]; ck, c = f.result()
             done[n] = [ck, c]
-            tmp = done_file.with_suffix('.tmp'); tmp.write_text(json.dumps(done, indent=1)); os.replace(tmp, done_file)
+            write_json(done_file, done, indent=1)
             print(f"trained {n}: {c:.0f} CPU s -> {ck}", flush=True)
     return done
 
@@ -206,7 +207,7 @@ def evaluate_all(root, demo, work, iters, out_csv, max_images=None, only=None):
     df = pd.DataFrame(rows).astype({'passes': 'Int64', 'train_iters': 'Int64'})
     if only is None:
         out_csv.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_csv.with_name(out_csv.name + '.tmp'); df.to_csv(tmp, index=False, float_format='%.4f'); os.replace(tmp, out_csv)
+        write_csv(out_csv, df, float_format='%.4f')
         print(f"wrote {out_csv}")
     print(df.to_string(index=False))
     return df

@@ -199,7 +199,8 @@ def main(argv=None):
     mean.insert(0, 'fold', 'mean'); mean['held_out'] = f'{len(folds)} folds'
     table = pd.concat([df, mean], ignore_index=True)
     out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + '.tmp'); table.to_csv(tmp, index=False); os.replace(tmp, out)
+    from cellseg_nb.files import write_csv, write_text
+    write_csv(out, table)
     pd.set_option('display.width', 200); pd.set_option('display.max_columns', 20)
     print(table.round(3).to_string(index=False))
     m = mean.set_index('model')['mAP']
@@ -209,8 +210,7 @@ def main(argv=None):
           f"{BUDGET['diam_mean']:.0f} px), seed {SEED}, 1 thread; wall {time.time() - t0:.0f} s")
     for k, v in ours.items(): print(f"{k}: mAP {v:.3f} vs peer {peer:.3f}: ratio {v / max(peer, 1e-9):.2f}")
     if a.markdown:
-        md = Path(a.markdown); tmp = md.with_name(md.name + '.tmp')
-        tmp.write_text(table_markdown(table) + '\n'); os.replace(tmp, md)
+        write_text(a.markdown, table_markdown(table) + '\n')
     if a.readme:
         sys.path.insert(0, str(REPO / 'docs'))
         import readme
