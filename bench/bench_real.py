@@ -1,6 +1,7 @@
 """Real-image benchmark: Cellpose trained through cellseg_nb vs cellpose's own training, on five real LIVECell images.
 
-Run: `python bench/bench_real.py [--folds 0 1 2 3 4] [--epochs E] [--check] [--no-maskrcnn] [--jobs J]`.
+Run: `python bench/bench_real.py [--folds 0 1 2 3 4] [--epochs E] [--check] [--no-maskrcnn] [--no-options]
+[--jobs J] [--cache DIR] [--readme]`.
 Data: `../shared/realdata/livecell_val5/` (five LIVECell images, 1,243 annotated cells, CC BY-NC: read in place, never
 copied). Fold k trains on four images and scores the fifth (`ids[k]`) with the competition metric (mean over IoU
 thresholds 0.50-0.95 of TP / (TP + FP + FN)); the held-out image rotates over the five folds.
@@ -17,12 +18,20 @@ sees cells at) for every model, all from scratch, one CPU thread each:
 - Mask R-CNN (`cellseg_nb.maskrcnn_train.train`, the demo's resnet18 model, from scratch, no pretrained weights:
   this machine has no local COCO checkpoint) on random 256 px crops, and the ensemble of ours (shipped) with it
   (`ensemble`: fixed weights, not tuned on the held-out image).
+- the winners' options on real images, each against its own baseline row of the same fold: inference options on the
+  fold's trained models (no training: our Cellpose with cellpose's `augment` TTA; Mask R-CNN with flip TTA; the
+  ensemble with the score-weighted vote, `merge_models(vote_by='score')`) and training options (`TRAINING_OPTIONS`:
+  Mask R-CNN trained again on the same images, budget and seed with ONE setting changed: input scale 1.5, 56 x 56
+  masks; `--no-options` leaves them out). Pseudo-labels are not measured here: the five images have no unlabelled
+  neighbours in this folder.
+Work is split into tasks (one fold's models; one training option on one fold), run `--jobs` at a time, the folds'
+models first; with `--cache DIR` every finished task's rows are kept there and a rerun with the same budget reuses them.
 Writes `results/bench_real.csv` (one row per fold and model, plus the mean) and, with `--markdown PATH`, the table as
 Markdown. `--check` runs fold 0 only and exits 1 when ours (shipped or at the same diameter) is below the peer.
 Every figure is CPU time (user + sys of the process), not wall time: the machine may be shared.
 """
 # not in CI
-import argparse, os, sys, tempfile, time
+import argparse, hashlib, json, os, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -81,15 +90,16 @@ def ours_train(images, insts, types, work: Path, epochs: int, seed: int, **optio
     return load_model(path), cpu() - c0
 
 
-def maskrcnn_train(images, insts, work: Path, seed: int):
-    "The demo's small Mask R-CNN (resnet18, from scratch) on random crops; returns (model, CPU seconds)."
+def maskrcnn_train(images, insts, work: Path, seed: int, **options):
+    """The demo's small Mask R-CNN (resnet18, from scratch) on random crops, `options` (`scale`, `mask_size`) for
+    `maskrcnn_demo_options`; returns (model, CPU seconds)."""
     from cellseg_nb.maskrcnn_train import train, ArraySource
     from cellseg_nb.pipeline import maskrcnn_demo_options
     c0 = cpu()
     it, c = MASKRCNN['iterations'], MASKRCNN['crop']
     one_class = [x.with_(labels=None) for x in insts]                    # one class: cell (any line)
     r = train((ArraySource(images, one_class), None), work / 'maskrcnn', backbone='resnet18',
-              model_options=maskrcnn_demo_options(images[0].shape), iterations=it, batch_size=MASKRCNN['batch_size'],
+              model_options=maskrcnn_demo_options(images[0].shape, **options), iterations=it, batch_size=MASKRCNN['batch_size'],
               optimizer='adamw', lr=2e-3, warmup=min(20, it // 5), val_every=10 ** 9, checkpoint_every=10 ** 9,
               augment=dict(crop_size=(c, c)), seed=seed, progress=False, device='cpu')
     return r['model'], cpu() - c0
@@ -98,14 +108,14 @@ def maskrcnn_train(images, insts, work: Path, seed: int):
 ENSEMBLE = dict(weights=(0.7, 0.3), vote=0.5, score_threshold=0.3)   # fixed beforehand, not tuned on held-out images
 
 
-def ensemble(cellpose_pred, maskrcnn_pred):
+def ensemble(cellpose_pred, maskrcnn_pred, vote_by: str = 'weight'):
     """Cellpose (weight 0.7) + Mask R-CNN (0.3) merged by `merge_models` (pixel vote 0.5), cells with a merged score
     below 0.3 dropped, overlaps removed. A cell found by Mask R-CNN alone scores at most 0.3 x its score, so at a
     budget where Mask R-CNN has barely learned it cannot add false cells; where both models find a cell, the vote
-    keeps the pixels of the stronger model."""
+    keeps the pixels of the stronger model. `vote_by='score'`: each member's vote weighs weight x its score."""
     from cellseg_nb.ensemble import merge_models
     from cellseg_nb.postprocess import filter_scores, remove_overlaps
-    merged = merge_models([cellpose_pred, maskrcnn_pred], ENSEMBLE['weights'], vote=ENSEMBLE['vote'])
+    merged = merge_models([cellpose_pred, maskrcnn_pred], ENSEMBLE['weights'], vote=ENSEMBLE['vote'], vote_by=vote_by)
     return remove_overlaps(filter_scores(merged, ENSEMBLE['score_threshold']), min_kept=0.5, min_area=15)
 
 
@@ -116,52 +126,146 @@ def score(gt, pred) -> dict:
     return dict(mAP=float(p.mean()), ap50=float(p[t.index(0.5)]), ap75=float(p[t.index(0.75)]), n_pred=len(pred))
 
 
+TRAINING_OPTIONS = {'Mask R-CNN, input scale 1.5': dict(scale=1.5),          # one setting changed, same budget
+                    'Mask R-CNN, 56 x 56 masks': dict(mask_size=56)}
+PEER, SHIPPED, MASKRCNN_ROW = 'peer (cellpose train_seg + eval)', 'ours (shipped: SizeModel diameter)', 'Mask R-CNN (resnet18, from scratch)'
+
+
+def _setup(budget, maskrcnn):
+    "In a worker process: the parent's budget, one torch thread, the data; returns (ids, images, insts, types)."
+    import torch
+    BUDGET.update(budget or {}); MASKRCNN.update(maskrcnn or {})
+    torch.set_num_threads(1)
+    return load_data()
+
+
+def _split(k, data):
+    ids, images, insts, types = data
+    tr = [i for i in range(len(ids)) if i != k]
+    return images[k], insts[k], [images[i] for i in tr], [insts[i] for i in tr], [types[i] for i in tr]
+
+
+class _Rows(list):
+    "The rows of one task, each logged as it is scored."
+    def __init__(self, k, data):
+        super().__init__(); self.k, (self.ids, _, self.insts, self.types) = k, data
+    def log(self, msg): print(f"[fold {self.k}, {time.strftime('%H:%M:%S')}, CPU {cpu():.0f} s] {msg}", flush=True)
+    def add(self, model, pred, train_cpu, predict_cpu, diameter=np.nan, option=''):
+        k, gt = self.k, self.insts[self.k]
+        self.append(dict(fold=k, held_out=self.ids[k], cell_type=self.types[k], n_cells=len(gt), model=model,
+                         option=option, **score(gt, pred), diameter=round(float(diameter), 2),
+                         train_cpu_s=round(train_cpu, 1), predict_cpu_s=round(predict_cpu, 1)))
+        self.log(f"{model}: mAP {self[-1]['mAP']:.3f}, {len(pred)} cells, train CPU {train_cpu:.0f} s, predict CPU {predict_cpu:.0f} s")
+
+
+def _maskrcnn_cells(raw):
+    from cellseg_nb.postprocess import remove_overlaps, filter_scores
+    return remove_overlaps(filter_scores(raw, 0.5), min_kept=0.5, min_area=15)
+
+
 def run_fold(k: int, epochs: int, with_maskrcnn: bool, seed: int = SEED, ours_options: dict | None = None,
              budget: dict | None = None, maskrcnn: dict | None = None) -> list:
-    "Train every model on the four images other than `ids[k]` and score `ids[k]`: one row per model."
-    import torch
-    BUDGET.update(budget or {}); MASKRCNN.update(maskrcnn or {})          # (set again in a worker process)
-    torch.set_num_threads(1)
+    """Train every model on the four images other than `ids[k]` and score `ids[k]`: one row per model, then the
+    inference options on these models (rows with `option` set)."""
+    data = _setup(budget, maskrcnn)
     from cellseg_nb.cpose import predict
-    from cellseg_nb.postprocess import remove_overlaps, filter_scores
-    ids, images, insts, types = load_data()
-    tr = [i for i in range(len(ids)) if i != k]
-    img, gt = images[k], insts[k]
-    timg, tins, ttyp = [images[i] for i in tr], [insts[i] for i in tr], [types[i] for i in tr]
-    rows = []
-    def log(msg): print(f"[fold {k}, {time.strftime('%H:%M:%S')}, CPU {cpu():.0f} s] {msg}", flush=True)
-    def row(model, pred, train_cpu, predict_cpu, diameter):
-        rows.append(dict(fold=k, held_out=ids[k], cell_type=types[k], n_cells=len(gt), model=model, **score(gt, pred),
-                         diameter=round(float(diameter), 2), train_cpu_s=round(train_cpu, 1),
-                         predict_cpu_s=round(predict_cpu, 1)))
-        log(f"{model}: mAP {rows[-1]['mAP']:.3f}, {len(pred)} cells, train CPU {train_cpu:.0f} s, predict CPU {predict_cpu:.0f} s")
+    img, gt, timg, tins, ttyp = _split(k, data)
+    rows = _Rows(k, data)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         peer, d_peer, t_peer = peer_train(timg, tins, work, epochs, seed)
-        c0 = cpu(); p = peer_predict(peer, img); row('peer (cellpose train_seg + eval)', p, t_peer, cpu() - c0, d_peer)
+        c0 = cpu(); p = peer_predict(peer, img); rows.add(PEER, p, t_peer, cpu() - c0, d_peer)
         ours, t_ours = ours_train(timg, tins, ttyp, work, epochs, seed, **(ours_options or {}))
         c0 = cpu(); shipped = predict(ours, [img], diameter='size_model')[0]
-        row('ours (shipped: SizeModel diameter)', shipped, t_ours, cpu() - c0, shipped.meta['diameter'])
+        rows.add(SHIPPED, shipped, t_ours, cpu() - c0, shipped.meta['diameter'])
         c0 = cpu(); same = predict(ours, [img], diameter=d_peer)[0]
-        row("ours (at the peer's diameter)", same, t_ours, cpu() - c0, d_peer)
+        rows.add("ours (at the peer's diameter)", same, t_ours, cpu() - c0, d_peer)
+        c0 = cpu(); aug = predict(ours, [img], diameter='size_model', augment=True)[0]
+        rows.add('ours shipped + cellpose augment TTA', aug, t_ours, cpu() - c0, aug.meta['diameter'], option='inference')
         if with_maskrcnn:
           try:
             from cellseg_nb.maskrcnn import predict as mr_predict
             mr, t_mr = maskrcnn_train(timg, tins, work, seed)
             c0 = cpu(); mraw = mr_predict(mr, [img])[0]; t_mp = cpu() - c0
-            mr_cells = remove_overlaps(filter_scores(mraw, 0.5), min_kept=0.5, min_area=15)
-            row('Mask R-CNN (resnet18, from scratch)', mr_cells, t_mr, t_mp, np.nan)
+            rows.add(MASKRCNN_ROW, _maskrcnn_cells(mraw), t_mr, t_mp)
             c0 = cpu(); ens = ensemble(shipped, mraw)
-            row('ensemble (ours shipped + Mask R-CNN)', ens, t_ours + t_mr, cpu() - c0, np.nan)
+            rows.add('ensemble (ours shipped + Mask R-CNN)', ens, t_ours + t_mr, cpu() - c0)
+            c0 = cpu(); flip = mr_predict(mr, [img], tta=True)[0]
+            rows.add('Mask R-CNN + flip TTA', _maskrcnn_cells(flip), t_mr, cpu() - c0, option='inference')
+            c0 = cpu(); ens_s = ensemble(shipped, mraw, vote_by='score')
+            rows.add('ensemble, score-weighted vote', ens_s, t_ours + t_mr, cpu() - c0, option='inference')
           except Exception:                                       # keep the Cellpose rows of this fold; say what failed
-            import traceback; traceback.print_exc(); log('Mask R-CNN / ensemble FAILED (traceback above)')
-    return rows
+            import traceback; traceback.print_exc(); rows.log('Mask R-CNN / ensemble FAILED (traceback above)')
+    return list(rows)
+
+
+def run_option(k: int, name: str, seed: int = SEED, budget: dict | None = None, maskrcnn: dict | None = None) -> list:
+    "Mask R-CNN trained on fold `k`'s four images with the training option `name` (`TRAINING_OPTIONS`): one row."
+    data = _setup(budget, maskrcnn)
+    from cellseg_nb.maskrcnn import predict as mr_predict
+    img, gt, timg, tins, ttyp = _split(k, data)
+    rows = _Rows(k, data)
+    with tempfile.TemporaryDirectory() as tmp:
+        mr, t_mr = maskrcnn_train(timg, tins, Path(tmp), seed, **TRAINING_OPTIONS[name])
+        c0 = cpu(); raw = mr_predict(mr, [img])[0]
+        rows.add(name, _maskrcnn_cells(raw), t_mr, cpu() - c0, option='training')
+    return list(rows)
+
+
+def _task_key(task, budget, maskrcnn) -> str:
+    "File name of a task's cached rows: the task and a hash of everything that changes its result."
+    h = hashlib.sha256(json.dumps([task, budget, maskrcnn, SEED, SIZE_EPOCHS, ENSEMBLE, TRAINING_OPTIONS],
+                                  sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return '_'.join(str(t).replace(' ', '').replace(',', '') for t in task) + f'_{h}.json'
+
+
+def run_tasks(tasks: list, jobs: int, cache: Path | None, with_maskrcnn: bool, ours_options: dict) -> list:
+    """Run `tasks` (('fold', k) or ('option', k, name)) `jobs` at a time in spawned processes, in the order given;
+    rows of tasks already in `cache` are reused, each finished task's rows written there at once."""
+    budget, maskrcnn = dict(BUDGET), dict(MASKRCNN)
+    def call(t):
+        if t[0] == 'fold': return run_fold, (t[1], budget['n_epochs'], with_maskrcnn, SEED, ours_options, budget, maskrcnn)
+        return run_option, (t[1], t[2], SEED, budget, maskrcnn)
+    from cellseg_nb.files import write_json
+    done, todo = {}, []
+    for t in tasks:
+        f = cache / _task_key(t, budget, maskrcnn) if cache else None
+        if f is not None and f.is_file(): done[t] = json.loads(f.read_text()); print(f"cached: {t} ({f.name})")
+        else: todo.append(t)
+    def finish(t, rows):
+        done[t] = rows
+        if cache: write_json(cache / _task_key(t, budget, maskrcnn), rows)
+    if jobs > 1 and len(todo) > 1:
+        import concurrent.futures as cf, multiprocessing as mp
+        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context('spawn')) as pool:
+            futs = {pool.submit(call(t)[0], *call(t)[1]): t for t in todo}
+            for f in cf.as_completed(futs): finish(futs[f], f.result())
+    else:
+        for t in todo: fn, args = call(t); finish(t, fn(*args))
+    return [r for t in tasks for r in done[t]]
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    "Per model (rows in first-seen order): mAP of each fold, then the means over the folds the model ran on."
+    df = df[df.fold != 'mean'].copy(); df['fold'] = df.fold.astype(int)
+    order = list(dict.fromkeys(df.model))
+    per_fold = df.pivot(index='model', columns='fold', values='mAP').reindex(order)
+    per_fold.columns = [f'fold {c}' for c in per_fold.columns]
+    means = df.groupby('model')[['mAP', 'ap50', 'ap75', 'n_pred', 'train_cpu_s']].mean().reindex(order)
+    means.columns = ['mean mAP', 'mean AP@0.5', 'mean AP@0.75', 'mean cells', 'train CPU s']
+    means[['mean cells', 'train CPU s']] = means[['mean cells', 'train CPU s']].round().astype(int)
+    opt = df.groupby('model')['option'].first().reindex(order).fillna('')
+    return pd.concat([opt.rename('option'), per_fold, means], axis=1).reset_index()
 
 
 def table_markdown(table) -> str:
-    "The README's table (Markdown) from `results/bench_real.csv` (a path or its DataFrame)."
+    "The README's table (Markdown) from `results/bench_real.csv` (a path or its DataFrame): one row per model."
     from table import csv_markdown
-    return csv_markdown(table, ['fold', 'held_out', 'model', 'mAP', 'ap50', 'ap75', 'n_pred', 'diameter', 'train_cpu_s'])
+    df = pd.read_csv(table, dtype={'option': str}, keep_default_na=False, na_values=['']) if isinstance(table, (str, os.PathLike)) else table
+    if 'option' not in df: df = df.assign(option='')
+    df['option'] = df['option'].fillna('')
+    s = summary(df)
+    return csv_markdown(s, list(s.columns))
 
 
 def main(argv=None):
@@ -171,10 +275,12 @@ def main(argv=None):
     ap.add_argument('--bsize', type=int, default=BUDGET['bsize'], help='training crop size (ours and the peer)')
     ap.add_argument('--batch-size', type=int, default=BUDGET['batch_size'])
     ap.add_argument('--crops', type=int, default=BUDGET['nimg_per_epoch'], help='crops per epoch (nimg_per_epoch)')
-    ap.add_argument('--check', action='store_true', help='fold 0 only; exit 1 when ours is below the peer')
+    ap.add_argument('--check', action='store_true', help='fold 0 only, no options; exit 1 when ours is below the peer')
     ap.add_argument('--no-maskrcnn', action='store_true')
+    ap.add_argument('--no-options', action='store_true', help='leave out the training options (Mask R-CNN trained again)')
     ap.add_argument('--maskrcnn-iters', type=int, default=MASKRCNN['iterations'])
-    ap.add_argument('--jobs', type=int, default=1, help='folds run in parallel processes (one CPU thread each)')
+    ap.add_argument('--jobs', type=int, default=1, help='tasks run in parallel processes (one CPU thread each)')
+    ap.add_argument('--cache', default=None, help="keep each finished task's rows in this folder; reuse them on a rerun")
     ap.add_argument('--out', default=str(REPO / 'results' / 'bench_real.csv'))
     ap.add_argument('--markdown', default=None, help='also write the table as Markdown to this file')
     ap.add_argument('--readme', action='store_true', help='also rewrite the README table (nbs/index.ipynb, README.md)')
@@ -185,29 +291,26 @@ def main(argv=None):
     BUDGET.update(n_epochs=a.epochs, bsize=a.bsize, batch_size=a.batch_size, nimg_per_epoch=a.crops)
     t0 = time.time()
     opts = {} if a.ours_lr is None else dict(learning_rate=a.ours_lr)
-    if a.jobs > 1 and len(folds) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-        import multiprocessing as mp
-        with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context('spawn')) as pool:
-            results = list(pool.map(run_fold, folds, [a.epochs] * len(folds), [not a.no_maskrcnn] * len(folds),
-                                    [SEED] * len(folds), [opts] * len(folds), [dict(BUDGET)] * len(folds),
-                                    [dict(MASKRCNN)] * len(folds)))
-    else:
-        results = [run_fold(k, a.epochs, not a.no_maskrcnn, SEED, opts, dict(BUDGET), dict(MASKRCNN)) for k in folds]
-    df = pd.DataFrame([r for rs in results for r in rs])
+    tasks = [('fold', k) for k in folds]
+    if not (a.check or a.no_options or a.no_maskrcnn): tasks += [('option', k, n) for n in TRAINING_OPTIONS for k in folds]
+    cache = Path(a.cache) if a.cache else None
+    if cache: cache.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(run_tasks(tasks, a.jobs, cache, not a.no_maskrcnn, opts))
     mean = df.groupby('model', sort=False)[['mAP', 'ap50', 'ap75', 'n_pred', 'train_cpu_s', 'predict_cpu_s']].mean().reset_index()
     mean.insert(0, 'fold', 'mean'); mean['held_out'] = f'{len(folds)} folds'
+    mean['option'] = mean.model.map(df.groupby('model')['option'].first())
     table = pd.concat([df, mean], ignore_index=True)
     out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
     from cellseg_nb.files import write_csv, write_text
     write_csv(out, table)
-    pd.set_option('display.width', 200); pd.set_option('display.max_columns', 20)
-    print(table.round(3).to_string(index=False))
+    pd.set_option('display.width', 250); pd.set_option('display.max_columns', 20)
+    print(summary(table).round(3).to_string(index=False))
     m = mean.set_index('model')['mAP']
-    peer = m['peer (cellpose train_seg + eval)']
+    peer = m[PEER]
     ours = {k: v for k, v in m.items() if k.startswith('ours') or k.startswith('ensemble')}
     print(f"\nbudget: {a.epochs} epochs x {BUDGET['nimg_per_epoch']} crops of {BUDGET['bsize']} px (cells seen at "
-          f"{BUDGET['diam_mean']:.0f} px), seed {SEED}, 1 thread; wall {time.time() - t0:.0f} s")
+          f"{BUDGET['diam_mean']:.0f} px), Mask R-CNN {MASKRCNN['iterations']} iterations, seed {SEED}, 1 thread per "
+          f"task; wall {time.time() - t0:.0f} s")
     for k, v in ours.items(): print(f"{k}: mAP {v:.3f} vs peer {peer:.3f}: ratio {v / max(peer, 1e-9):.2f}")
     if a.markdown:
         write_text(a.markdown, table_markdown(table) + '\n')
