@@ -13,8 +13,8 @@ from fastcore.script import anno_parser
 # %% auto 0
 __all__ = ['COMMANDS', 'KAGGLE_PACKAGES', 'command', 'print_table', 'main', 'project_root', 'wheel_tags', 'wheel_fits',
            'build_wheels_bundle', 'kaggle_bundle', 'validate_submission_cmd', 'data_root', 'read_any_predictions',
-           'evaluate_cmd', 'predict_cmd', 'tune_cmd', 'tune_ensemble_cmd', 'bundle_cmd', 'pseudo_label_cmd',
-           'resolve_recipe', 'train_maskrcnn_cmd', 'train_cellpose_cmd', 'demo_cmd']
+           'evaluate_cmd', 'parse_scales', 'predict_cmd', 'tune_cmd', 'tune_ensemble_cmd', 'bundle_cmd',
+           'pseudo_label_cmd', 'resolve_recipe', 'train_maskrcnn_cmd', 'train_cellpose_cmd', 'demo_cmd']
 
 # %% ../nbs/90_cli.ipynb 5
 COMMANDS = {}
@@ -296,6 +296,14 @@ def _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device):
     print(f"{predictor}; post-processing: {src}")
     return predictor, cfg
 
+def parse_scales(text: str | None) -> tuple | None:
+    "`--tta_scales '0.8,1,1.25'` -> (0.8, 1.0, 1.25); None or '' -> None. Each factor must be a number > 0."
+    if not text: return None
+    try: scales = tuple(float(x) for x in str(text).split(','))
+    except ValueError: raise ValueError(f"--tta_scales {text!r}: expected comma-separated numbers such as 0.8,1,1.25") from None
+    if any(not (s > 0) or s > 4 for s in scales): raise ValueError(f"--tta_scales {text!r}: every factor must be in (0, 4]")
+    return scales
+
 @command('predict')
 def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cellseg train maskrcnn`
                 cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`
@@ -307,6 +315,7 @@ def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cell
                 n_folds: int = 5,  # number of folds (with --fold)
                 config: str = None,  # post-processing YAML from `cellseg tune` (default: the bundle's / ensemble's, else library defaults)
                 tta: bool = False,  # flip test-time augmentation (3 passes)
+                tta_scales: str = None,  # multi-scale TTA: comma-separated factors of the input, e.g. 0.8,1,1.25 (x flips passes)
                 cell_type: str = None,  # post-process every image as this type (shsy5y/astro/cort); default: voted from the predicted classes (needed for models trained on LIVECell alone)
                 out: str = 'submission.csv',  # the submission CSV to write ('' to skip)
                 raw: str = None,  # also write raw predictions (scores, classes) to this CSV
@@ -325,12 +334,14 @@ def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cell
         cell_types = ds.meta.cell_type.to_dict()
     else:
         items = list_images(images or data_root(data) / 'test')
-    print(f"{predictor.name} on {len(items)} images" + (' with flip TTA' if tta else ''))
+    scales = parse_scales(tta_scales)
+    print(f"{predictor.name} on {len(items)} images" + (' with flip TTA' if tta else '')
+          + (f" at scales {', '.join(map(str, scales))}" if scales else ''))
     if out:
-        res = make_submission(predictor, items, out, cfg, tta=tta, cell_types=cell_type or None)
+        res = make_submission(predictor, items, out, cfg, tta=tta, cell_types=cell_type or None, tta_scales=scales)
         raw_preds = res.raw
         print_table(res.table.set_index('id'), f"wrote {out} (validated)")
-    else: raw_preds = predict_images(predictor, items, tta=tta)
+    else: raw_preds = predict_images(predictor, items, tta=tta, tta_scales=scales)
     if raw:
         save_predictions(raw_preds, raw); print(f"raw predictions: {raw}")
 

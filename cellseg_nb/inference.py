@@ -199,12 +199,13 @@ def postprocess_all(raw: dict, config=None, cell_types: dict | str | None = None
     return out
 
 def make_submission(predictor, images, path, config=None, tta: bool | tuple = False,
-                    cell_types: dict | str | None = None, progress: bool = True) -> SubmissionResult:
-    """Predict `images` (folder / dict / list, see `predict_images`), post-process per cell type, write the
-    submission CSV at `path` and validate it. Returns `SubmissionResult(path, raw, final, table)`."""
+                    cell_types: dict | str | None = None, progress: bool = True, tta_scales=None) -> SubmissionResult:
+    """Predict `images` (folder / dict / list, see `predict_images`; `tta`, `tta_scales`: its test-time passes),
+    post-process per cell type, write the submission CSV at `path` and validate it.
+    Returns `SubmissionResult(path, raw, final, table)`."""
     from cellseg_nb.submission import write_submission, validate_submission
     items = _as_images(images)
-    raw = predict_images(predictor, items, tta=tta, progress=progress)
+    raw = predict_images(predictor, items, tta=tta, progress=progress, tta_scales=tta_scales)
     final = postprocess_all(raw, config, cell_types)
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     shape = next(iter(final.values())).shape if final else (520, 704)
