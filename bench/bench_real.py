@@ -20,7 +20,8 @@ sees cells at) for every model, all from scratch, one CPU thread each:
   (`ensemble`: fixed weights, not tuned on the held-out image).
 - the winners' options on real images, each against its own baseline row of the same fold: inference options on the
   fold's trained models (no training: our Cellpose with cellpose's `augment` TTA; Mask R-CNN with flip TTA; the
-  ensemble with the score-weighted vote, `merge_models(vote_by='score')`) and training options (`TRAINING_OPTIONS`:
+  ensemble with the score-weighted vote, `merge_models(vote_by='score')`; the union of both models' cells,
+  `union_ensemble`) and training options (`TRAINING_OPTIONS`:
   Mask R-CNN trained again on the same images, budget and seed with ONE setting changed: input scale 1.5, 56 x 56
   masks; `--no-options` leaves them out). Pseudo-labels are not measured here: the five images have no unlabelled
   neighbours in this folder.
@@ -119,6 +120,20 @@ def ensemble(cellpose_pred, maskrcnn_pred, vote_by: str = 'weight'):
     return remove_overlaps(filter_scores(merged, ENSEMBLE['score_threshold']), min_kept=0.5, min_area=15)
 
 
+UNION = dict(weights=(0.5, 0.5), vote_by='score', score_fusion='max', maskrcnn_min_score=0.5)
+
+
+def union_ensemble(cellpose_pred, maskrcnn_raw):
+    """Every cell of either model: Cellpose's cells and Mask R-CNN's confident ones (score >= 0.5, its own threshold
+    here) fused by `merge_models` with equal weights, the score-weighted pixel vote and the best member's score
+    (`score_fusion='max'`), no further score threshold, overlaps removed. An option row: measured, not shipped."""
+    from cellseg_nb.ensemble import merge_models
+    from cellseg_nb.postprocess import filter_scores, remove_overlaps
+    mr = filter_scores(maskrcnn_raw, UNION['maskrcnn_min_score'])
+    merged = merge_models([cellpose_pred, mr], UNION['weights'], vote_by=UNION['vote_by'], score_fusion=UNION['score_fusion'])
+    return remove_overlaps(merged, min_kept=0.5, min_area=15)
+
+
 def score(gt, pred) -> dict:
     from cellseg_nb.metric import precision_at, THRESHOLDS
     p = precision_at(gt, pred)
@@ -164,36 +179,45 @@ def _maskrcnn_cells(raw):
 
 
 def run_fold(k: int, epochs: int, with_maskrcnn: bool, seed: int = SEED, ours_options: dict | None = None,
-             budget: dict | None = None, maskrcnn: dict | None = None) -> list:
+             budget: dict | None = None, maskrcnn: dict | None = None, keep: str | None = None) -> list:
     """Train every model on the four images other than `ids[k]` and score `ids[k]`: one row per model, then the
-    inference options on these models (rows with `option` set)."""
+    inference options on these models (rows with `option` set). `keep`: a folder where each model's raw prediction
+    of the held-out image is saved (`inference.save_predictions`, one CSV per model) for later re-scoring."""
     data = _setup(budget, maskrcnn)
     from cellseg_nb.cpose import predict
     img, gt, timg, tins, ttyp = _split(k, data)
     rows = _Rows(k, data)
+    def kept(name, inst):
+        if keep:
+            from cellseg_nb.inference import save_predictions
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            save_predictions({str(data[0][k]): inst}, Path(keep) / f'{name}.csv')
+        return inst
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         peer, d_peer, t_peer = peer_train(timg, tins, work, epochs, seed)
-        c0 = cpu(); p = peer_predict(peer, img); rows.add(PEER, p, t_peer, cpu() - c0, d_peer)
+        c0 = cpu(); p = kept('peer', peer_predict(peer, img)); rows.add(PEER, p, t_peer, cpu() - c0, d_peer)
         ours, t_ours = ours_train(timg, tins, ttyp, work, epochs, seed, **(ours_options or {}))
-        c0 = cpu(); shipped = predict(ours, [img], diameter='size_model')[0]
+        c0 = cpu(); shipped = kept('ours_shipped', predict(ours, [img], diameter='size_model')[0])
         rows.add(SHIPPED, shipped, t_ours, cpu() - c0, shipped.meta['diameter'])
-        c0 = cpu(); same = predict(ours, [img], diameter=d_peer)[0]
+        c0 = cpu(); same = kept('ours_same_d', predict(ours, [img], diameter=d_peer)[0])
         rows.add("ours (at the peer's diameter)", same, t_ours, cpu() - c0, d_peer)
-        c0 = cpu(); aug = predict(ours, [img], diameter='size_model', augment=True)[0]
+        c0 = cpu(); aug = kept('ours_augment', predict(ours, [img], diameter='size_model', augment=True)[0])
         rows.add('ours shipped + cellpose augment TTA', aug, t_ours, cpu() - c0, aug.meta['diameter'], option='inference')
         if with_maskrcnn:
           try:
             from cellseg_nb.maskrcnn import predict as mr_predict
             mr, t_mr = maskrcnn_train(timg, tins, work, seed)
-            c0 = cpu(); mraw = mr_predict(mr, [img])[0]; t_mp = cpu() - c0
+            c0 = cpu(); mraw = kept('maskrcnn_raw', mr_predict(mr, [img])[0]); t_mp = cpu() - c0
             rows.add(MASKRCNN_ROW, _maskrcnn_cells(mraw), t_mr, t_mp)
             c0 = cpu(); ens = ensemble(shipped, mraw)
             rows.add('ensemble (ours shipped + Mask R-CNN)', ens, t_ours + t_mr, cpu() - c0)
-            c0 = cpu(); flip = mr_predict(mr, [img], tta=True)[0]
+            c0 = cpu(); flip = kept('maskrcnn_flip_raw', mr_predict(mr, [img], tta=True)[0])
             rows.add('Mask R-CNN + flip TTA', _maskrcnn_cells(flip), t_mr, cpu() - c0, option='inference')
             c0 = cpu(); ens_s = ensemble(shipped, mraw, vote_by='score')
             rows.add('ensemble, score-weighted vote', ens_s, t_ours + t_mr, cpu() - c0, option='inference')
+            c0 = cpu(); uni = union_ensemble(shipped, mraw)
+            rows.add("ensemble, union of both models' cells", uni, t_ours + t_mr, cpu() - c0, option='inference')
           except Exception:                                       # keep the Cellpose rows of this fold; say what failed
             import traceback; traceback.print_exc(); rows.log('Mask R-CNN / ensemble FAILED (traceback above)')
     return list(rows)
@@ -214,8 +238,8 @@ def run_option(k: int, name: str, seed: int = SEED, budget: dict | None = None, 
 
 def _task_key(task, budget, maskrcnn) -> str:
     "File name of a task's cached rows: the task and a hash of everything that changes its result."
-    h = hashlib.sha256(json.dumps([task, budget, maskrcnn, SEED, SIZE_EPOCHS, ENSEMBLE, TRAINING_OPTIONS],
-                                  sort_keys=True, default=str).encode()).hexdigest()[:12]
+    what = [task, budget, maskrcnn, SEED, SIZE_EPOCHS, ENSEMBLE, TRAINING_OPTIONS] + ([UNION, 'kept'] if task[0] == 'fold' else [])
+    h = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return '_'.join(str(t).replace(' ', '').replace(',', '') for t in task) + f'_{h}.json'
 
 
@@ -224,7 +248,8 @@ def run_tasks(tasks: list, jobs: int, cache: Path | None, with_maskrcnn: bool, o
     rows of tasks already in `cache` are reused, each finished task's rows written there at once."""
     budget, maskrcnn = dict(BUDGET), dict(MASKRCNN)
     def call(t):
-        if t[0] == 'fold': return run_fold, (t[1], budget['n_epochs'], with_maskrcnn, SEED, ours_options, budget, maskrcnn)
+        keep = str(cache / 'predictions' / _task_key(t, budget, maskrcnn)[:-5]) if cache else None
+        if t[0] == 'fold': return run_fold, (t[1], budget['n_epochs'], with_maskrcnn, SEED, ours_options, budget, maskrcnn, keep)
         return run_option, (t[1], t[2], SEED, budget, maskrcnn)
     from cellseg_nb.files import write_json
     done, todo = {}, []
