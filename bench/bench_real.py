@@ -263,7 +263,8 @@ def run_tasks(tasks: list, jobs: int, cache: Path | None, with_maskrcnn: bool, o
     if jobs > 1 and len(todo) > 1:
         import concurrent.futures as cf, multiprocessing as mp
         with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context('spawn')) as pool:
-            futs = {pool.submit(call(t)[0], *call(t)[1]): t for t in todo}
+            futs = {}
+            for t in todo: fn, args = call(t); futs[pool.submit(fn, *args)] = t
             for f in cf.as_completed(futs): finish(futs[f], f.result())
     else:
         for t in todo: fn, args = call(t); finish(t, fn(*args))
@@ -279,17 +280,14 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     means = df.groupby('model')[['mAP', 'ap50', 'ap75', 'n_pred', 'train_cpu_s']].mean().reindex(order)
     means.columns = ['mean mAP', 'mean AP@0.5', 'mean AP@0.75', 'mean cells', 'train CPU s']
     means[['mean cells', 'train CPU s']] = means[['mean cells', 'train CPU s']].round().astype(int)
-    opt = df.groupby('model')['option'].first().reindex(order).fillna('')
+    opt = (df['option'] if 'option' in df else pd.Series('', df.index)).fillna('').groupby(df.model).first().reindex(order)
     return pd.concat([opt.rename('option'), per_fold, means], axis=1).reset_index()
 
 
 def table_markdown(table) -> str:
     "The README's table (Markdown) from `results/bench_real.csv` (a path or its DataFrame): one row per model."
     from table import csv_markdown
-    df = pd.read_csv(table, dtype={'option': str}, keep_default_na=False, na_values=['']) if isinstance(table, (str, os.PathLike)) else table
-    if 'option' not in df: df = df.assign(option='')
-    df['option'] = df['option'].fillna('')
-    s = summary(df)
+    s = summary(pd.read_csv(table) if isinstance(table, (str, os.PathLike)) else table)
     return csv_markdown(s, list(s.columns))
 
 
