@@ -297,11 +297,13 @@ def _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device):
     return predictor, cfg
 
 def parse_scales(text: str | None) -> tuple | None:
-    "`--tta_scales '0.8,1,1.25'` -> (0.8, 1.0, 1.25); None or '' -> None. Each factor must be a number > 0."
+    """`--tta_scales '0.8,1,1.25'` -> (0.8, 1.0, 1.25); None or '' -> None. Each factor must be a number > 0 (the
+    range a pass may take is checked where the passes run: `inference.tta_predict`)."""
     if not text: return None
     try: scales = tuple(float(x) for x in str(text).split(','))
-    except ValueError: raise ValueError(f"--tta_scales {text!r}: expected comma-separated numbers such as 0.8,1,1.25") from None
-    if any(not (s > 0) or s > 4 for s in scales): raise ValueError(f"--tta_scales {text!r}: every factor must be in (0, 4]")
+    except ValueError: scales = ()
+    if not scales or any(not s > 0 for s in scales):
+        raise ValueError(f"--tta_scales {text!r}: expected comma-separated numbers > 0 such as 0.8,1,1.25")
     return scales
 
 @command('predict')

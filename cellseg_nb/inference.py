@@ -14,8 +14,8 @@ from .ensemble import merge_models
 
 # %% auto 0
 __all__ = ['IMAGE_SUFFIXES', 'FLIPS', 'SubmissionResult', 'list_images', 'threshold_predictor', 'resize_instances',
-           'merge_passes', 'tta_predict', 'predict_images', 'save_predictions', 'load_predictions', 'postprocess_all',
-           'make_submission']
+           'merge_passes', 'tta_scales_checked', 'tta_predict', 'predict_images', 'save_predictions',
+           'load_predictions', 'postprocess_all', 'make_submission']
 
 # %% ../nbs/15_inference.ipynb 6
 IMAGE_SUFFIXES = ('.png', '.tif', '.tiff', '.jpg', '.jpeg')
@@ -91,6 +91,12 @@ def merge_passes(passes: list, iou_threshold: float = 0.5, vote: float = 0.5, **
 # %% ../nbs/15_inference.ipynb 17
 FLIPS = {'none': None, 'h': 1, 'v': 0}
 
+def tta_scales_checked(scales) -> tuple:
+    "TTA scale factors as a tuple of floats, or a ValueError unless there is at least one and each lies in 0.1..10."
+    scales = tuple(float(x) for x in np.atleast_1d(scales))
+    if not scales or any(not 0.1 <= x <= 10 for x in scales): raise ValueError(f"scales {scales!r}: expected factors in 0.1..10")
+    return scales
+
 def tta_predict(predictor, image: np.ndarray, flips=('none', 'h', 'v'), iou_threshold: float = 0.5,
                 vote: float = 0.5, scales=(1.0,), **fusion) -> Instances:
     """Predict on `image` and its mirror images (`'h'` left-right, `'v'` up-down) at every factor of `scales`
@@ -100,8 +106,7 @@ def tta_predict(predictor, image: np.ndarray, flips=('none', 'h', 'v'), iou_thre
     import cv2
     for f in flips:
         if f not in FLIPS: raise ValueError(f"unknown flip {f!r}; expected one of {list(FLIPS)}")
-    scales = tuple(float(x) for x in np.atleast_1d(scales))
-    if not scales or any(not 0.1 <= x <= 10 for x in scales): raise ValueError(f"scales {scales!r}: expected factors in 0.1..10")
+    scales = tta_scales_checked(scales)
     h, w = image.shape[:2]
     passes = []
     for sc in scales:
@@ -136,7 +141,9 @@ def predict_images(predictor, images, tta: bool | tuple = False, progress: bool 
     from tqdm.auto import tqdm
     items = _as_images(images)
     flips = ('none', 'h', 'v') if tta is True else (tuple(tta) if tta else None)
-    if tta_scales is not None and flips is None: flips = ('none',)
+    if tta_scales is not None:
+        tta_scales = tta_scales_checked(tta_scales)                      # before any image is read or predicted
+        if flips is None: flips = ('none',)
     out = {}
     for iid, im in tqdm(items.items(), desc=desc, disable=not progress, leave=False):
         image = read_image(im, rescale=True) if isinstance(im, (str, os.PathLike)) else np.asarray(im)

@@ -95,7 +95,6 @@ def test_maskrcnn_train_predict_tune_evaluate_submit(comp, maskrcnn_ckpt, tmp_pa
     assert f'{sub} is a submission CSV' in err and '--config' in err, err
 
 
-
 def test_predict_multiscale_tta_flag(comp, maskrcnn_ckpt, tmp_path, capsys):
     "`predict --tta --tta_scales` runs the passes `predict_images` runs in process (same raw file byte for byte)."
     from cellseg_nb.predictors import maskrcnn_predictor
@@ -111,6 +110,9 @@ def test_predict_multiscale_tta_flag(comp, maskrcnn_ckpt, tmp_path, capsys):
     for bad in ('1,x', '0,1', '-1'):
         err = run_fails(capsys, 'predict', '--maskrcnn', maskrcnn_ckpt, '--images', comp / 'test', '--tta_scales', bad, '--out', '')
         assert '--tta_scales' in err and bad in err, err
+    err = run_fails(capsys, 'predict', '--maskrcnn', maskrcnn_ckpt, '--images', comp / 'test', '--tta_scales', '20', '--out', '')
+    assert 'expected factors in 0.1..10' in err, err                  # the range: checked where the passes run
+
 
 def test_cellpose_train_command(cellpose_model):
     model, out = cellpose_model
