@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_files.ipynb 3
 from __future__ import annotations
-import os, json, uuid, contextlib
+import os, json, uuid, errno, shutil, contextlib
 from pathlib import Path
 
 # %% auto 0
@@ -15,6 +15,23 @@ __all__ = ['atomic_path', 'atomic_write', 'stale_temps', 'write_bytes', 'write_t
 def _temp_name(path: Path) -> Path:
     "A fresh hidden temporary name next to `path`: `.{name}.{pid}.{8 hex}.tmp`."
     return path.with_name(f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
+
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+def _out_of_room_error(path: Path, err: BaseException):
+    """An `OSError` that names `path` and the free space on its disk when a writer's failure `err` is a full disk,
+    a quota or a file-size limit (errno ENOSPC/EDQUOT/EFBIG, torch's short-write `RuntimeError`, or under 1 MiB
+    left on the disk); None for any other failure (it is re-raised as it is)."""
+    if not isinstance(err, Exception): return None
+    try: free = shutil.disk_usage(path.parent).free
+    except OSError: free = None
+    short_write = isinstance(err, RuntimeError) and any(s in str(err) for s in ('unexpected pos', 'write failed'))
+    if not (isinstance(err, OSError) and err.errno in _NO_ROOM or short_write or (free is not None and free < 2**20)):
+        return None
+    room = 'unknown' if free is None else f'{free / 2**20:,.1f} MiB'
+    code = err.errno if isinstance(err, OSError) and err.errno in _NO_ROOM else errno.ENOSPC
+    return OSError(code, f"{path}: no room to write it (disk full, quota or file-size limit; {room} free on its "
+                         f"disk); nothing was written. The writer said: {type(err).__name__}: {err}")
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -27,8 +44,10 @@ def atomic_path(path):
         yield tmp
         if not tmp.is_file(): raise FileNotFoundError(f"{path}: the writer created no file (expected {tmp.name})")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        out_of_room = _out_of_room_error(path, err)      # measured before the temporary file frees its space
         with contextlib.suppress(FileNotFoundError): tmp.unlink()
+        if out_of_room is not None: raise out_of_room from err
         raise
 
 @contextlib.contextmanager

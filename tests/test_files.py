@@ -73,3 +73,33 @@ def test_modules_write_through_it(tmp_path):
     with pytest.raises(ValueError, match='overlap'):
         write_submission({'a': good, 'b': overlapping}, tmp_path / 'submission.csv')
     assert path.read_bytes() == first and _listing(tmp_path) == ['submission.csv']
+
+
+_NO_ROOM_SCRIPT = r'''
+import errno, resource, signal, sys, torch
+from pathlib import Path
+from cellseg_nb.files import write_bytes, save_torch
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)           # a write past the limit fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+folder = Path(sys.argv[1])
+for name, write in [('big.bin', lambda p: write_bytes(p, b'x' * (3 << 20))),
+                    ('big.pt', lambda p: save_torch({'w': torch.zeros(1 << 20)}, p))]:
+    try: write(folder / name)
+    except OSError as e: print(name, e.errno, '|', e, '|', type(e.__cause__).__name__)
+    else: print(name, 'written')
+'''
+
+
+def test_no_room_to_write_is_one_clear_error(tmp_path):
+    "A file-size limit (as a full disk) under plain writes and torch.save: an OSError naming the file, nothing left."
+    import subprocess, sys, errno
+    (tmp_path / 'big.pt').write_bytes(b'old checkpoint')
+    r = subprocess.run([sys.executable, '-c', _NO_ROOM_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = dict(line.split(' ', 1) for line in r.stdout.strip().splitlines())
+    assert lines['big.bin'].startswith(f'{errno.EFBIG} |') and lines['big.bin'].endswith('| OSError')
+    assert lines['big.pt'].startswith(f'{errno.ENOSPC} |') and lines['big.pt'].endswith('| RuntimeError')
+    for name in ('big.bin', 'big.pt'):
+        assert str(tmp_path / name) in lines[name] and 'no room to write it' in lines[name] and 'MiB free' in lines[name]
+    assert _listing(tmp_path) == ['big.pt'] and (tmp_path / 'big.pt').read_bytes() == b'old checkpoint'
