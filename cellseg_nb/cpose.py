@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_cpose.ipynb 3
 from __future__ import annotations
-import os, json, time, shutil, tempfile
+import os, json, time, shutil, tempfile, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -323,6 +323,17 @@ def clamp_diameter(diameter: float, diameter_range=DIAMETER_RANGE, where: str = 
     if out != d: warnings.warn(f"{where}: diameter estimate {d:.3g} px is outside {lo:g}-{hi:g} px; clamped to {out:g} px")
     return out
 
+def _size_estimate(size_model, image, **eval_kw) -> tuple:
+    """cellpose's `SizeModel.eval` on one image (H, W) with our channels and normalization -> (diameter, style
+    diameter), floats. On an image where its network finds no cell, cellpose takes the median of an empty list
+    (numpy's 'Mean of empty slice' and 'invalid value' RuntimeWarnings) and then falls back to its own default;
+    those two warnings are silenced here, every other one passes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', 'Mean of empty slice', RuntimeWarning)
+        warnings.filterwarnings('ignore', 'invalid value encountered in (scalar )?divide', RuntimeWarning)
+        d, ds = size_model.eval(image, channels=list(_CHANNELS), normalize=dict(_NORMALIZE), **eval_kw)
+    return float(d), float(ds)
+
 def _nearest_type(style, centroids: dict):
     "Cell type whose unit centroid has the largest cosine with `style` (None without centroids)."
     if not centroids: return None
@@ -370,7 +381,7 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
     cp, out = bundle.cp, []
     for i in tqdm(range(n), desc='cellpose', disable=not progress):
         img, ct = imgs[i], cell_types[i]
-        if diameter == 'size_model': d = float(bundle.size.eval(img, **{k: kw[k] for k in ('channels', 'normalize', 'batch_size', 'augment')})[0])
+        if diameter == 'size_model': d = _size_estimate(bundle.size, img, **{k: kw[k] for k in ('batch_size', 'augment')})[0]
         elif diameter == 'cell_type':
             if ct is None:
                 if not bundle.type_centroids: raise ValueError(f"image {i}: diameter='cell_type' needs cell_types or a model with type centroids (train_size_model)")
@@ -434,7 +445,7 @@ def compare_diameters(model, data, ids=None) -> pd.DataFrame:
     rows = []
     for id in (data.ids if ids is None else ids):
         inst, ct = data.instances(id), data.cell_type(id)
-        d, ds = bundle.size.eval(np.asarray(data.image(id)), channels=list(_CHANNELS), normalize=dict(_NORMALIZE))
+        d, ds = _size_estimate(bundle.size, np.asarray(data.image(id)))
         gt = image_diameter(inst)
         rows.append(dict(id=id, cell_type=ct, n_cells=len(inst), gt=gt, type_gt=bundle.type_diameters.get(ct, np.nan),
                          style=float(ds), size_model=float(d), rel_error=(float(d) - gt) / gt))

@@ -133,6 +133,17 @@ def test_no_network_during_training_and_prediction(sets, trained):
     assert len(net.attempts) == 1
 
 
+def test_size_model_on_an_image_without_cells_is_silent(trained):
+    "cellpose's SizeModel finds no cell on a blank image: its median of an empty list warns nothing at the user."
+    import warnings
+    blank = np.full((96, 96), 128, np.uint8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        pred, = predict(trained['path'], [blank], diameter='size_model', progress=False)
+    assert len(pred) == 0 and pred.shape == blank.shape
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+
 def test_cell_type_from_style(sets, trained):
     "Without cell_types the image's type comes from the style centroids stored by train_size_model."
     ts, val = sets
