@@ -148,6 +148,32 @@ def test_overlap_pairs_match_dense(tmp_path):
         w = msg.split()
         got.add((int(w[5]), int(w[7]), int(w[9])))
     assert got == want and len(want) > 10
+    few = validate_submission(p, ['img'], shape=shape, max_overlaps=5).problems.query("kind == 'overlap'")
+    listed = {(int(w[5]), int(w[7]), int(w[9])) for w in few.message.str.split().iloc[:-1]}
+    assert len(few) == 6 and len(listed) == 5 and listed <= want                # the first 5, exact, then a summary
+    cover = m.sum(0)
+    assert few.message.iloc[-1] == (f"image img: more overlapping pairs than the 5 listed: "
+                                    f"{int((inter - np.diag(np.diag(inter)) > 0).any(1).sum())} cells overlap another, "
+                                    f"{int((cover > 1).sum())} pixels are covered twice or more")
+
+
+def test_overlap_checks_stay_bounded_on_a_pile_up(tmp_path):
+    "A half-trained model's 1000 large piled-up masks: the overlap error and the report take seconds, not minutes."
+    import time
+    pile = random_candidates(1000, SHAPE, seed=0, area=(4000, 60000), dup_frac=0.6)
+    t = time.process_time()
+    with pytest.raises(ValueError, match=r"image x: cells 0 and \d+ overlap by \d+ px \(\d+ cells overlap another"):
+        write_submission({'x': pile}, tmp_path / 's.csv')
+    assert not (tmp_path / 's.csv').exists()
+    (tmp_path / 'pile.csv').write_text('id,predicted\n' + ''.join(f'x,{r}\n' for r in pile.to_rles()))
+    rep = validate_submission(tmp_path / 'pile.csv', ['x'])
+    cpu = time.process_time() - t
+    ov = rep.problems.query("kind == 'overlap'")
+    assert len(ov) == 101 and ov.message.iloc[-1].startswith('image x: more overlapping pairs than the 100 listed')
+    one, = [(int(w[5]) - 2, int(w[7]) - 2, int(w[9])) for w in ov.message.iloc[:1].str.split()]
+    assert one[2] == int((pile[one[0]].to_masks() & pile[one[1]].to_masks()).sum())    # exact, against dense masks
+    print(f"\n1000 piled-up masks ({pile.n_pixels:,} px): overlap error + report in {cpu:.1f} CPU s")
+    assert cpu < 20
 
 
 def test_read_submission_errors(tmp_path):
