@@ -221,12 +221,13 @@ def validate_submission_cmd(path: str,  # the submission CSV to check
                             images: str = None,  # folder of the test images: their ids and size are expected
                             ids: str = None,  # instead of --images: sample_submission.csv or comma-separated ids
                             height: int = 520,  # image height when --images is not given
-                            width: int = 704):  # image width when --images is not given
+                            width: int = 704,  # image width when --images is not given
+                            max_overlaps: int = 100):  # overlapping pairs listed per image before a summary row (0: all)
     "Check a submission CSV: header, ids, RLE syntax, bounds, overlapping cells. Exit status 1 when invalid."
     from cellseg_nb.submission import validate_submission
     if not Path(path).is_file(): raise FileNotFoundError(f"no such submission file: {path}")
     expected, shape = _expected(images, ids)
-    report = validate_submission(path, expected, shape=shape or (height, width))
+    report = validate_submission(path, expected, shape=shape or (height, width), max_overlaps=max_overlaps or None)
     print(report)
     return 0 if report.ok else 1
 

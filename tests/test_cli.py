@@ -43,6 +43,19 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert 'Traceback' not in err
 
 
+def test_validate_submission_caps_the_overlap_rows(tmp_path, capsys):
+    "Piled-up cells: --max_overlaps pairs listed, then one summary row; 0 lists every pair. Exit status 1."
+    from cellseg_nb.postprocess import random_candidates
+    pile = random_candidates(30, (60, 80), seed=1, area=(200, 800))
+    sub = tmp_path / 's.csv'
+    sub.write_text('id,predicted\n' + ''.join(f'im,{r}\n' for r in pile.to_rles()))
+    args = ('validate-submission', str(sub), '--ids', 'im', '--height', '60', '--width', '80')
+    rc, out, _ = run(*args, '--max_overlaps', '2', capsys=capsys)
+    assert rc == 1 and out.count('share') == 2 and 'more overlapping pairs than the 2 listed' in out, out
+    rc, out, _ = run(*args, '--max_overlaps', '0', capsys=capsys)
+    assert rc == 1 and out.count('share') > 20 and 'more overlapping pairs' not in out
+
+
 def test_console_script_entry_point():
     "The installed `cellseg` script (settings.ini console_scripts) runs `main`."
     exe = Path(sys.executable).with_name('cellseg')
