@@ -17,17 +17,26 @@ at the full size. Peak memory: `tracemalloc` (numpy allocations are traced) arou
     python bench/bench_worstcase.py --model         # also an untrained R50-FPN (1000 detections): plain vs TTA
     python bench/bench_worstcase.py --kernel DIR    # the Kaggle kernel's predictors on 520 x 704 images, untrained
                                                     # models built in DIR (`build_fullsize`): s/image, TTA off/on
+
+The same pile, unprocessed, is also what a submission check meets when a user writes raw predictions:
+`write_submission` refuses overlapping cells and `validate_submission` lists them. Ours: `submission._overlaps`
+(pairs cell by cell from one sort of the shared pixels; at most 100 listed per image by default). Peer: the previous
+check, every intersecting pair from `intersections(inst, inst)`. Identical pairs and counts at --peer-n cells;
+ours alone at the full pile (capped as the validator and the writer use it).
 """
 import argparse, sys, time, tracemalloc
 import numpy as np
 from cellseg_nb.instances import Instances, pairwise_iou
 from cellseg_nb.postprocess import random_candidates, postprocess, PostprocessConfig, score_order, remove_overlaps
 from cellseg_nb.ensemble import merge_models
+from cellseg_nb.instances import intersections
+from cellseg_nb.submission import _overlaps
 
 SHAPE = (520, 704)
 CONFIG = PostprocessConfig(score_threshold=0.0, min_area=20, nms_iou=0.5, min_kept=0.5)
 MAX_PEAK_GB = 2.0        # the bound of issue 9 for TTA merging + post-processing of any 1000 candidates per pass
 MAX_CPU_S = 45.0         # the whole worst case (3 x 1000 large cells): merge + post-process, CPU seconds
+MAX_OVERLAP_CPU_S = 10.0  # listing the first 100 overlapping pairs of one raw pass of 1000 large cells
 
 
 def worst_case(n=1000, passes=3, area=(4000, 60000), seed=0) -> list:
@@ -122,6 +131,32 @@ def measure(fn, *args):
 
 def ours(passes): return postprocess(merge_models(passes), config=CONFIG)
 def peer(passes): return old_postprocess(old_merge_models(passes))
+
+
+def old_overlapping_pairs(inst: Instances):
+    "The previous submission check: every intersecting pair i < j with its pixel count."
+    ia, ib, cnt = intersections(inst, inst)
+    sel = ia < ib
+    return ia[sel], ib[sel], cnt[sel]
+
+
+def overlap_check(raw: Instances, peer_n: int, check: bool):
+    "Submission overlap check on one raw pass: peer vs ours at `peer_n` cells, then ours capped at the full pass."
+    if not check:
+        small = raw.select(np.arange(peer_n))
+        (pa, pb, pc), t_peer, m_peer = measure(old_overlapping_pairs, small)
+        ov, t_ours, m_ours = measure(_overlaps, small)
+        assert ov.complete and all(np.array_equal(x, y) for x, y in ((pa, ov.ia), (pb, ov.ib), (pc, ov.count)))
+        print(f"submission overlap check, {peer_n} raw cells: identical {len(pa)} pairs\n"
+              f"  peer {t_peer:.2f} s CPU, peak {m_peer:.0f} MB | ours (all pairs) {t_ours:.2f} s, peak {m_ours:.0f} MB"
+              f" | ratio time {t_peer / t_ours:.1f}x, memory {m_peer / m_ours:.1f}x")
+    for cap in (1, 100):
+        ov, t, m = measure(_overlaps, raw, cap)
+        print(f"submission overlap check, {len(raw)} raw cells ({raw.n_pixels / 1e6:.1f} M px), first {cap} pair(s): "
+              f"{t:.2f} s CPU, peak {m:.0f} MB ({ov.n_cells} cells overlap, {ov.n_pixels} px covered twice or more)")
+        assert len(ov) == cap and not ov.complete
+        if check:
+            assert t < MAX_OVERLAP_CPU_S and m < MAX_PEAK_GB * 1024, f"overlap check {t:.1f} s, {m:.0f} MB"
 
 
 def same(a: Instances, b: Instances):
@@ -247,6 +282,7 @@ def main(argv=None):
         assert m_all < MAX_PEAK_GB * 1024, f"peak {m_all:.0f} MB over {MAX_PEAK_GB} GB"
         assert t_all < MAX_CPU_S, f"{t_all:.1f} s CPU over {MAX_CPU_S} s"
         print(f"check passed: peak {m_all:.0f} MB < {MAX_PEAK_GB * 1024:.0f} MB, {t_all:.1f} s < {MAX_CPU_S:.0f} s CPU")
+    overlap_check(passes[0], a.peer_n, a.check)
     if a.model: model_pass()
 
 
