@@ -53,7 +53,7 @@ def _overlaps(inst: Instances, max_pairs: int | None = None) -> Overlaps:
     ends = np.cumsum(inst.areas); starts = ends - inst.areas
     ia, ib, cnt, complete = [], [], [], True
     for i in cells.tolist():
-        mine = pix[starts[i]:ends[i]][shared[starts[i]:ends[i]]]
+        mine = pix[starts[i]:ends[i]][shared[starts[i]:ends[i]]].astype(small)   # same dtype: no copy of sp per call
         lo, hi = np.searchsorted(sp, mine, 'left'), np.searchsorted(sp, mine, 'right')
         n = hi - lo
         idx = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(n.sum())      # every entry of these pixels
