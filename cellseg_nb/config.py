@@ -12,8 +12,8 @@ import yaml
 
 # %% auto 0
 __all__ = ['RECIPES', 'ConfigError', 'ConfigTypeError', 'write_settings', 'read_settings', 'check_value', 'parse_override',
-           'apply_overrides', 'Config', 'ModelConfig', 'AugmentConfig', 'TrainConfig', 'CellposeConfig', 'DemoConfig',
-           'Recipe', 'small_model', 'get_recipe']
+           'apply_overrides', 'Config', 'ModelConfig', 'AugmentConfig', 'TrainConfig', 'CellposeConfig',
+           'PretrainedConfig', 'DemoConfig', 'Recipe', 'small_model', 'get_recipe']
 
 # %% ../nbs/08_config.ipynb 6
 class ConfigError(ValueError):
@@ -184,6 +184,8 @@ class ModelConfig(Config):
     "Mask R-CNN architecture and inference settings (`maskrcnn.build_model`)."
     num_classes: int | None = None          # cell classes without background; None: the data's (3 competition, 8 LIVECell)
     backbone: Literal['resnet18', 'resnet34', 'resnet50', 'resnet101'] = 'resnet50'   # FPN backbone
+    arch: Literal['maskrcnn_resnet50_fpn', 'maskrcnn_resnet50_fpn_v2'] = 'maskrcnn_resnet50_fpn'   # torchvision's layout
+                                            # (v2: BatchNorm in FPN and heads, 4-conv box head; resnet50 only)
     norm: Literal['auto', 'frozen_bn', 'bn', 'gn'] = 'auto'   # backbone norm; auto: frozen_bn with weights, else bn
     trainable_layers: int = 5               # backbone stages trained (0..5)
     fpn_channels: int = 256                 # FPN width
@@ -278,6 +280,13 @@ class CellposeConfig(Config):
         return {'n_epochs': self.epochs, **d}
 
 @dataclass
+class PretrainedConfig(Config):
+    "Pretrained starts by name (`cellseg_nb.pretrained`), resolved in the libraries' own cache folders."
+    maskrcnn: str | None = None             # 'coco', 'imagenet' or a weights file; None: random initialisation
+    cellpose: str | None = None             # a cellpose 3 model name (livecell_cp3, cyto2, ...) or file; None: from scratch
+    download: bool = False                  # fetch a named file missing from the cache (training only; never at inference)
+
+@dataclass
 class DemoConfig(Config):
     "The synthetic demo (`cellseg demo`): data size, folds, evaluation."
     n_images: int = 48                      # synthetic train images (all folds)
@@ -296,6 +305,7 @@ class Recipe(Config):
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: TrainConfig | None = None     # LIVECell stage before `train` (with LIVECell data); None: as `train`
     cellpose: CellposeConfig = field(default_factory=CellposeConfig)
+    pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)   # pretrained starts of both models
     demo: DemoConfig = field(default_factory=DemoConfig)
     postprocess: PostprocessConfigs | None = None   # per cell type; None: the library's per-type defaults
     ensemble: EnsembleSettings | None = None        # tuned ensemble choice per cell type; None: equal-weight vote
@@ -378,8 +388,9 @@ def _quick() -> Recipe:
 # %% ../nbs/08_config.ipynb 22
 def _competition() -> Recipe:
     """A GPU run on the real competition data, after the strong public solutions: R50-FPN Mask R-CNN pretrained
-    on LIVECell then fine-tuned on the competition images, at 2x input scale; Cellpose from scratch on LIVECell,
-    then the competition images. Start Mask R-CNN from a local COCO (or ImageNet) checkpoint with `--weights`."""
+    on LIVECell then fine-tuned on the competition images, at 2x input scale; Cellpose on LIVECell, then the
+    competition images. Both start from pretrained weights by name (`pretrained`): torchvision's COCO Mask R-CNN and
+    cellpose's `livecell_cp3`, found in the libraries' cache folders (`cellseg_nb.pretrained`)."""
     return Recipe(
         name='competition',
         model=ModelConfig(
@@ -410,6 +421,11 @@ def _competition() -> Recipe:
             bsize=224,                   # cellpose's crop size
             diam_mean=30.,               # cells rescaled to 30 px (cellpose's default; ~1.5-2x for shsy5y, like Mask R-CNN)
             min_train_masks=1, size_epochs=10),
+        pretrained=PretrainedConfig(
+            maskrcnn='coco',             # torchvision's COCO Mask R-CNN R50-FPN: the reference solution (LB 0.306) and
+                                         # nearly every strong team started from COCO; from scratch ours scores 0.020
+            cellpose='livecell_cp3'),    # cellpose's own LIVECell model: the LIVECell-pretrained Cellpose scored 0.333
+                                         # (cyto2 is the other common start); --pretrained cyto2 to use it
         demo=DemoConfig())
 
 def _default() -> Recipe:

@@ -15,7 +15,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.models.detection.faster_rcnn import TwoMLPHead, FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import TwoMLPHead, FastRCNNPredictor, FastRCNNConvFCHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import roi_align, MultiScaleRoIAlign, boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -133,7 +133,7 @@ def _norm_layer(norm):
     if norm == 'gn': return lambda c: nn.GroupNorm(32, c)
     raise ValueError(f"norm must be 'frozen_bn', 'bn' or 'gn', got {norm!r}")
 
-def _fpn_backbone(name, norm, trainable_layers, fpn_channels):
+def _fpn_backbone(name, norm, trainable_layers, fpn_channels, fpn_norm=None):
     if name not in BACKBONES: raise ValueError(f"backbone must be one of {BACKBONES}, got {name!r}")
     if not 0 <= trainable_layers <= 5: raise ValueError(f"trainable_layers must be 0..5, got {trainable_layers}")
     body = getattr(torchvision.models, name)(weights=None, norm_layer=_norm_layer(norm))
@@ -142,13 +142,17 @@ def _fpn_backbone(name, norm, trainable_layers, fpn_channels):
         if not any(n.startswith(t) for t in train): p.requires_grad_(False)
     c = body.inplanes // 8                       # 64 for resnet18/34, 256 for resnet50/101
     return BackboneWithFPN(body, {f'layer{i + 1}': str(i) for i in range(4)}, [c * 2 ** i for i in range(4)],
-                           fpn_channels, extra_blocks=LastLevelMaxPool())
+                           fpn_channels, extra_blocks=LastLevelMaxPool(), norm_layer=fpn_norm)
 
-def build_model(num_classes: int = 3, backbone: str = 'resnet50', weights=None, **overrides) -> MaskRCNN:
+def build_model(num_classes: int = 3, backbone: str = 'resnet50', weights=None, download: bool = False,
+                **overrides) -> MaskRCNN:
     """Mask R-CNN for cells. `num_classes`: cell classes without background (3 competition types, 8 LIVECell);
-    `backbone`: resnet18/34/50/101 FPN; `weights`: optional local file (torchvision COCO Mask R-CNN, ImageNet ResNet
-    or one of our checkpoints) loaded by `load_weights`; `overrides`: any key of `MODEL_DEFAULTS`.
-    The returned model carries `model.config` (a dict of plain values)."""
+    `backbone`: resnet18/34/50/101 FPN; `weights`: optional pretrained start loaded by `load_weights`: 'coco' or
+    'imagenet' (torchvision's files, from its cache; `download=True` lets torchvision fetch a missing one) or a
+    local file (torchvision COCO Mask R-CNN, ImageNet ResNet or one of our checkpoints); `overrides`: any key of
+    `MODEL_DEFAULTS` (`arch='maskrcnn_resnet50_fpn_v2'`: torchvision's improved layout, BatchNorm in the FPN and
+    heads and a 4-conv box head). The returned model carries `model.config` (a dict of plain values) and, with
+    `weights`, `model.pretrained` (what was loaded: `load_weights`'s record)."""
     unknown = set(overrides) - set(MODEL_DEFAULTS)
     if unknown: raise ValueError(f"unknown model options {sorted(unknown)}; known: {sorted(MODEL_DEFAULTS)}")
     cfg = {**MODEL_DEFAULTS, **overrides, 'num_classes': int(num_classes), 'backbone': backbone}
@@ -159,24 +163,31 @@ def build_model(num_classes: int = 3, backbone: str = 'resnet50', weights=None, 
     if cfg['class_names'] is not None and len(cfg['class_names']) != num_classes:
         raise ValueError(f"{len(cfg['class_names'])} class_names for {num_classes} classes")
     if cfg['class_names'] is None and num_classes == len(CELL_TYPES): cfg['class_names'] = list(CELL_TYPES)
-    bb = _fpn_backbone(backbone, cfg['norm'], cfg['trainable_layers'], cfg['fpn_channels'])
+    v2 = cfg['arch'] == 'maskrcnn_resnet50_fpn_v2'
+    if cfg['arch'] not in ('maskrcnn_resnet50_fpn', 'maskrcnn_resnet50_fpn_v2'):
+        raise ValueError(f"arch must be 'maskrcnn_resnet50_fpn' or 'maskrcnn_resnet50_fpn_v2', got {cfg['arch']!r}")
+    if v2 and backbone != 'resnet50': raise ValueError(f"arch maskrcnn_resnet50_fpn_v2 needs backbone resnet50, got {backbone!r}")
+    nl = _norm_layer(cfg['norm']) if v2 else None       # v2: the same norm in the FPN and the heads
+    bb = _fpn_backbone(backbone, cfg['norm'], cfg['trainable_layers'], cfg['fpn_channels'], nl)
     fc = cfg['fpn_channels']
     anchors = AnchorGenerator(tuple((s,) for s in cfg['anchor_sizes']), (cfg['aspect_ratios'],) * 5)
     names = ['0', '1', '2', '3']
     mh = cfg['mask_head_channels']
+    box_head = FastRCNNConvFCHead((fc, 7, 7), [fc] * 4, [cfg['box_head_dim']], norm_layer=nl) if v2 \
+        else TwoMLPHead(fc * 49, cfg['box_head_dim'])
     model = MaskRCNN(
         bb, num_classes=None, rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(fc, anchors.num_anchors_per_location()[0]),
+        rpn_head=RPNHead(fc, anchors.num_anchors_per_location()[0], conv_depth=2 if v2 else 1),
         rpn_pre_nms_top_n_train=cfg['rpn_pre_nms_top_n_train'], rpn_post_nms_top_n_train=cfg['rpn_post_nms_top_n_train'],
         rpn_pre_nms_top_n_test=cfg['rpn_pre_nms_top_n_test'], rpn_post_nms_top_n_test=cfg['rpn_post_nms_top_n_test'],
         rpn_batch_size_per_image=cfg['rpn_batch_size_per_image'],
         box_roi_pool=MultiScaleRoIAlign(names, 7, 2),
-        box_head=TwoMLPHead(fc * 49, cfg['box_head_dim']),
+        box_head=box_head,
         box_predictor=FastRCNNPredictor(cfg['box_head_dim'], num_classes + 1),
         box_score_thresh=cfg['box_score_thresh'], box_nms_thresh=cfg['box_nms_thresh'],
         box_detections_per_img=cfg['detections_per_img'], box_batch_size_per_image=cfg['box_batch_size_per_image'],
         mask_roi_pool=MultiScaleRoIAlign(names, cfg['mask_size'] // 2, 2),
-        mask_head=MaskRCNNHeads(fc, [mh] * 4, 1), mask_predictor=MaskRCNNPredictor(mh, mh, num_classes + 1))
+        mask_head=MaskRCNNHeads(fc, [mh] * 4, 1, norm_layer=nl), mask_predictor=MaskRCNNPredictor(mh, mh, num_classes + 1))
     rh = model.roi_heads
     model.roi_heads = CellRoIHeads(
         rh.box_roi_pool, rh.box_head, rh.box_predictor, 0.5, 0.5, cfg['box_batch_size_per_image'], 0.25, None,
@@ -185,7 +196,7 @@ def build_model(num_classes: int = 3, backbone: str = 'resnet50', weights=None, 
     model.transform = CellTransform(cfg['min_size'], cfg['max_size'], [float(cfg['image_mean'])] * 3,
                                     [float(cfg['image_std'])] * 3, scale=cfg['scale'])
     model.config = cfg
-    if weights is not None: load_weights(model, weights)
+    if weights is not None: load_weights(model, weights, download=download)
     return model
 
 # %% ../nbs/10_maskrcnn.ipynb 14
@@ -220,33 +231,34 @@ def _state_dict_of(obj, path):
         sd[k] = v
     return sd, config
 
-def load_weights(model: MaskRCNN, path) -> dict:
-    """Load a local weights file into `model` (see above). Returns `{'loaded': n, 'reinitialized': [keys]}`.
-    Raises FileNotFoundError for a missing file and ValueError for an unreadable file or another architecture."""
-    sd, _ = _state_dict_of(read_checkpoint(path), path)
-    own = model.state_dict()
-    if any(k.startswith('backbone.') for k in sd): scope = ''
-    elif 'conv1.weight' in sd and any(k.startswith('layer1.') for k in sd):       # ImageNet ResNet
-        sd = {'backbone.body.' + k: v for k, v in sd.items() if not k.startswith('fc.')}
-        scope = 'backbone.body.'
-    else: raise ValueError(f"{path} is neither a Mask R-CNN nor a ResNet state dict (keys like {list(sd)[:3]})")
-    skip = lambda k: k.endswith('num_batches_tracked')
-    load, reinit, bad = {}, [], []
-    for k, v in own.items():
-        if not k.startswith(scope) or skip(k): continue
-        if k not in sd: (reinit if k.startswith(_REINIT) else bad).append(f"missing {k}")
-        elif sd[k].shape != v.shape:
-            if k.startswith(_REINIT): reinit.append(k)
-            else: bad.append(f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}")
-        else: load[k] = sd[k]
-    bad += [f"unexpected {k}" for k in sd if k not in own and not skip(k)]
-    if bad:
-        arch = {k: model.config.get(k) for k in ('backbone', 'norm', 'fpn_channels', 'mask_head_channels', 'box_head_dim')} \
-            if hasattr(model, 'config') else {}
-        raise ValueError(f"{path} does not fit this model ({arch}): {len(bad)} mismatched keys, e.g. " + '; '.join(bad[:4]))
+def load_weights(model: MaskRCNN, path, download: bool = False, verbose: bool = True) -> dict:
+    """Load a pretrained start into `model` (see above): `path` is 'coco' / 'imagenet' (resolved in torchvision's
+    cache by `pretrained.resolve_maskrcnn_weights`; `download` lets torchvision fetch a missing one) or a local file.
+    Partial by nature (`pretrained.partial_state`): every tensor whose name and shape fit is loaded, the rest is
+    new (kept as initialised) or skipped, and the report is printed (`verbose`). The model's backbone (body and
+    FPN; the body alone for an ImageNet ResNet) must fit completely. Sets and returns `model.pretrained`:
+    `{'name', 'kind', 'file', 'sha256', 'loaded', 'new', 'skipped', 'new_keys', 'skipped_keys', 'reinitialized',
+    'via'}` (`via`: the start of the checkpoint loaded, when it was one of ours trained from a pretrained start).
+    FileNotFoundError (MissingWeights) for a missing file, ValueError for an unreadable or unfitting one."""
+    from cellseg_nb.pretrained import resolve_maskrcnn_weights, partial_state
+    cfg = getattr(model, 'config', {})
+    start = resolve_maskrcnn_weights(path, cfg.get('arch', 'maskrcnn_resnet50_fpn'), cfg.get('backbone', 'resnet50'), download)
+    obj = read_checkpoint(start.path)
+    sd, _ = _state_dict_of(obj, start.path)
+    via = obj.get('pretrained') if isinstance(obj, dict) and isinstance(obj.get('pretrained'), dict) else None
+    if any(k.startswith('backbone.') for k in sd): exact = ('backbone.',)
+    elif 'conv1.weight' in sd and any(k.startswith('layer1.') for k in sd):       # ImageNet ResNet (its fc: skipped)
+        sd = {k if k.startswith('fc.') else 'backbone.body.' + k: v for k, v in sd.items()}
+        exact = ('backbone.body.',)
+    else: raise ValueError(f"{start.path} is neither a Mask R-CNN nor a ResNet state dict (keys like {list(sd)[:3]})")
+    arch = {k: cfg.get(k) for k in ('arch', 'backbone', 'norm', 'fpn_channels', 'mask_head_channels', 'box_head_dim')}
+    src = f"{start.name} ({start.path})" if start.kind != 'file' else str(start.path)
+    try: load, rep = partial_state(model.state_dict(), sd, src, exact)
+    except ValueError as e: raise ValueError(f"{e} [model: {arch}]") from None
     model.load_state_dict(load, strict=False)
-    if reinit: warnings.warn(f"{path}: re-initialized {len(reinit)} head tensors that do not fit (class or anchor count): {reinit}")
-    return {'loaded': len(load), 'reinitialized': reinit}
+    if verbose: print(f"pretrained start {rep}", flush=True)
+    model.pretrained = {**start.record(), **rep.to_dict(), 'reinitialized': list(rep.new), 'via': via}
+    return model.pretrained
 
 def load_model(path, device=None, **overrides) -> MaskRCNN:
     "Rebuild a model from one of our checkpoints (its stored `config`, updated by `overrides`) and load its weights."
