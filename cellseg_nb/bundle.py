@@ -11,8 +11,8 @@ import pandas as pd
 
 # %% auto 0
 __all__ = ['BUNDLE_FORMAT', 'MANIFEST', 'KAGGLE_METADATA', 'UNHASHED', 'CELLPOSE_FILES', 'file_sha256', 'runtime_versions',
-           'version_problems', 'data_fingerprint', 'strip_maskrcnn_checkpoint', 'write_bundle', 'Bundle',
-           'check_bundle', 'read_bundle']
+           'version_problems', 'data_fingerprint', 'strip_maskrcnn_checkpoint', 'pretrained_summary', 'write_bundle',
+           'Bundle', 'check_bundle', 'read_bundle']
 
 # %% ../nbs/18_bundle.ipynb 6
 BUNDLE_FORMAT = 1
@@ -74,6 +74,7 @@ def strip_maskrcnn_checkpoint(src, dst) -> dict:
     out = {'model': sd, 'config': config}
     recipe = ck.get('recipe') if isinstance(ck, dict) else None
     if recipe is not None: out['recipe'] = recipe
+    if isinstance(ck, dict) and ck.get('pretrained') is not None: out['pretrained'] = ck['pretrained']
     torch.save(out, dst)
     if recipe is None and isinstance(ck, dict) and ck.get('train_config') is not None: recipe = {'train_config': ck['train_config']}
     return recipe
@@ -95,6 +96,26 @@ def _need(path, what) -> Path:
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f"{what} not found: {p}")
     return p
+
+def pretrained_summary(record) -> dict | None:
+    """The manifest's view of a model's pretrained start (`checkpoint['pretrained']`, the Cellpose `.json`'s
+    `pretrained`): name, kind, file, sha256 and the loaded / new / skipped counts, with `via` (the start of the
+    checkpoint it was loaded from, e.g. COCO before the LIVECell stage) summarized the same way; None: from scratch."""
+    if not isinstance(record, dict): return None
+    out = {k: record[k] for k in ('name', 'kind', 'file', 'sha256', 'loaded', 'new', 'skipped') if k in record}
+    if record.get('via') is not None: out['via'] = pretrained_summary(record['via'])
+    return out
+
+def _pretrained_records(tmp: Path, models: dict) -> dict:
+    "`{model: pretrained_summary}` of the bundled models (read back from the bundled files)."
+    import torch
+    out = {}
+    if 'maskrcnn' in models:
+        out['maskrcnn'] = pretrained_summary(torch.load(tmp / models['maskrcnn'], map_location='cpu', weights_only=True).get('pretrained'))
+    if 'cellpose' in models:
+        info = tmp / 'cellpose.json'
+        out['cellpose'] = pretrained_summary(json.loads(info.read_text()).get('pretrained')) if info.is_file() else None
+    return out
 
 def _kaggle_metadata(title: str, dataset_id: str | None) -> dict:
     user = os.environ.get('KAGGLE_USERNAME', 'your-kaggle-username')
@@ -166,7 +187,7 @@ def write_bundle(out, maskrcnn=None, cellpose=None, postprocess=None, ensemble=N
                         created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), versions=versions, models=models,
                         recipes=recipes, postprocess='postprocess.yaml', postprocess_from=pp_source,
                         ensemble='ensemble.json' if ensemble is not None else None,
-                        data_fingerprint=fingerprint, cv_scores=cv, files=files)
+                        data_fingerprint=fingerprint, cv_scores=cv, pretrained=_pretrained_records(tmp, models), files=files)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + '\n')
         _replace_dir(tmp, out)
     except BaseException:

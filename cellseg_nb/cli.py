@@ -309,7 +309,7 @@ def parse_scales(text: str | None) -> tuple | None:
 
 @command('predict')
 def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cellseg train maskrcnn`
-                cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`
+                cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`, or a stock cellpose 3 model by name (livecell_cp3, cyto2, ...: from cellpose's folder, never downloaded)
                 bundle: str = None,  # a bundle folder from `cellseg bundle` (instead of model files and settings)
                 ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (with both models)
                 images: str = None,  # folder of images to predict (default: the test/ folder of --data)
@@ -425,9 +425,10 @@ def bundle_cmd(out: str = 'cellseg_out/bundle',  # the bundle folder to write (r
 # %% ../nbs/90_cli.ipynb 17
 @command('pseudo-label')
 def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellseg train maskrcnn`
-                     cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`
+                     cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`, or a stock cellpose 3 model by name (livecell_cp3, ...)
                      bundle: str = None,  # a bundle folder from `cellseg bundle` (instead of model files and settings)
                      ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (with both models)
+                     download: bool = False,  # let cellpose download a stock model named by --cellpose that is missing from its folder
                      data: str = None,  # competition folder (default: $CELLSEG_DATA); its train_semi_supervised/ is labelled
                      out: str = 'pseudo_labels.csv',  # CSV to write: train.csv columns + pseudo (flag) + score
                      rules: str = None,  # JSON merged over PSEUDO_RULES, e.g. '{"cort": {"min_score": 0.8}}'
@@ -443,6 +444,9 @@ def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellse
     except json.JSONDecodeError as e: raise ValueError(f"--rules is not JSON: {e}") from None
     merged = {t: {**PSEUDO_RULES.get(t, {}), **extra.get(t, {})} for t in {*PSEUDO_RULES, *extra}}
     ids = SartoriusData(root).semi_supervised_ids[:limit]
+    if download and cellpose:
+        from cellseg_nb.pretrained import resolve_cellpose_model, CELLPOSE_MODEL_NAMES
+        if cellpose in CELLPOSE_MODEL_NAMES: resolve_cellpose_model(cellpose, download=True)
     predictor, cfg = _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device)
     print(f"{predictor.name} on {len(ids)} unlabelled images")
     df = pseudo_label(predictor, root, ids, merged, cfg)
@@ -511,7 +515,9 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
                        pseudo_labels: str = None,  # pseudo-label CSV (cellseg pseudo-label): its images join training, never validation
                        backbone: str = None,  # resnet18 / resnet34 / resnet50 / resnet101 FPN (default: recipe)
                        small: bool = False,  # narrow FPN and heads (64 channels) for CPU runs
-                       weights: str = None,  # local initial weights (torchvision COCO Mask R-CNN, ImageNet ResNet, ours)
+                       weights: str = None,  # pretrained start: coco or imagenet (torchvision's files, from its cache $TORCH_HOME/hub/checkpoints) or a weights file (default: the recipe's pretrained.maskrcnn)
+                       download: bool = False,  # let torchvision download a named weights file missing from its cache
+                       arch: str = None,  # maskrcnn_resnet50_fpn or maskrcnn_resnet50_fpn_v2 (torchvision's improved layout, resnet50) (default: recipe)
                        iters: int = None,  # training iterations (default: recipe)
                        batch_size: int = None,  # images per iteration, per process under torchrun (default: recipe)
                        lr: float = None,  # peak learning rate (default: recipe)
@@ -541,7 +547,8 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
              'pretrain.iterations': livecell_iters, 'model.backbone': backbone, 'train.iterations': iters,
              'train.batch_size': batch_size, 'train.lr': lr, 'train.optimizer': optimizer, 'train.warmup': warmup,
              'model.scale': scale, 'model.mask_size': mask_size, 'train.val_every': val_every,
-             'train.checkpoint_every': checkpoint_every}
+             'train.checkpoint_every': checkpoint_every, 'model.arch': arch, 'pretrained.maskrcnn': weights,
+             'pretrained.download': True if download else None}
     r = resolve_recipe(recipe, {'model.min_size': min(shape), 'model.max_size': max(shape), **flags})
     if fold is not None and fold < 0: r = r.merge({'train.fold': None})
     if small:
@@ -551,7 +558,7 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
     if lc is not None and root is not None and r.pretrain is None: r = r.merge({'pretrain': r.train.to_dict()})
     if int(os.environ.get('RANK', '0')) == 0: _save_recipe(r, out)      # once under torchrun
     dev = None if os.environ.get('LOCAL_RANK') else resolve_device(device)
-    common = dict(weights=weights, resume=resume, device=dev, recipe=r)
+    common = dict(weights=r.pretrained.maskrcnn, download=r.pretrained.download, resume=resume, device=dev, recipe=r)
     o = r.maskrcnn_options()
     if pseudo_labels:
         tr, va = _pseudo_sources(root, pseudo_labels, r.train.fold, r.train.n_folds)
@@ -596,7 +603,8 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
                        livecell_types: str = None,  # LIVECell lines to use, e.g. shsy5y,a172 (release or paper names, any case; default all)
                        livecell_epochs: int = None,  # LIVECell epochs (with --livecell and competition data) (default: recipe)
                        pseudo_labels: str = None,  # pseudo-label CSV (cellseg pseudo-label): its images join training, never the held-out fold
-                       pretrained: str = None,  # a local cellpose-3 model file to start from (default: from scratch)
+                       pretrained: str = None,  # pretrained start: a cellpose 3 model name (livecell_cp3, cyto2, cyto3, ...; from cellpose's folder $CELLPOSE_LOCAL_MODELS_PATH or ~/.cellpose/models) or a model file (default: the recipe's pretrained.cellpose, else from scratch)
+                       download: bool = False,  # let cellpose download a named model missing from its folder
                        epochs: int = None,  # training epochs (default: recipe)
                        lr: float = None,  # learning rate (default: recipe)
                        bsize: int = None,  # training crop size (default: recipe)
@@ -613,7 +621,8 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
     if pseudo_labels and root is None: raise ValueError("--pseudo_labels needs the competition folder (--data or $CELLSEG_DATA)")
     r = resolve_recipe(recipe, {'cellpose.livecell_epochs': livecell_epochs, 'cellpose.epochs': epochs,
                                 'cellpose.learning_rate': lr, 'cellpose.bsize': bsize,
-                                'cellpose.size_epochs': 0 if no_size_model else None}, set)
+                                'cellpose.size_epochs': 0 if no_size_model else None, 'pretrained.cellpose': pretrained,
+                                'pretrained.download': True if download else None}, set)
     c = r.cellpose
     lcd = None if lc is None else LiveCellData(lc, 'train', lines)
     if root is None:                                   # LIVECell alone: train split, held-out = val split
@@ -628,8 +637,8 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
     train_data = _cellpose_training_set(ds, ids, pseudo_labels, root, None if fold < 0 else fold, n_folds, c) \
         if pseudo_labels else ds
     gpu = resolve_device(device).startswith('cuda')
-    path = cpose.train_cellpose(train_data, out, ids=ids, livecell=lcd, pretrained_model=pretrained, gpu=gpu,
-                                **c.train_options())
+    path = cpose.train_cellpose(train_data, out, ids=ids, livecell=lcd, pretrained_model=r.pretrained.cellpose, gpu=gpu,
+                                download=r.pretrained.download, **c.train_options())
     print(f"model: {path}")
     if c.size_epochs > 0:
         sp = cpose.train_size_model(path, train_data, ids=ids, n_epochs=c.size_epochs, batch_size=c.batch_size, bsize=c.bsize,

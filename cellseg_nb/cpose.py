@@ -18,8 +18,8 @@ _CP = CellposeConfig()     # the training defaults live in `config.CellposeConfi
 # %% auto 0
 __all__ = ['OVERLAP_RULES', 'BUILTIN_MODEL_NAMES', 'DIAMETER_MODES', 'DIAMETER_RANGE', 'label_image', 'cell_diameters',
            'image_diameter', 'cell_type_diameters', 'TrainingSet', 'training_set', 'check_model_path',
-           'training_progress', 'train_cellpose', 'CellposeBundle', 'load_model', 'clamp_diameter', 'to_instances',
-           'predict', 'train_size_model', 'compare_diameters', 'diameter_summary']
+           'pretrained_start', 'training_progress', 'train_cellpose', 'CellposeBundle', 'load_model', 'clamp_diameter',
+           'to_instances', 'predict', 'train_size_model', 'compare_diameters', 'diameter_summary']
 
 # %% ../nbs/12_cpose.ipynb 6
 OVERLAP_RULES = ('smaller', 'larger', 'order', 'drop')
@@ -152,7 +152,30 @@ def check_model_path(path, what: str = 'cellpose model') -> Path:
     if p.stat().st_size == 0: raise ValueError(f"{what} {p} is empty")
     return p.resolve()
 
-# %% ../nbs/12_cpose.ipynb 26
+# %% ../nbs/12_cpose.ipynb 24
+def pretrained_start(model, download: bool = False, verbose: bool = True):
+    """(`pretrained.PretrainedStart`, record dict) of a cellpose 3 model name or local file: resolved in cellpose's
+    folder (`download=True`: cellpose's downloader fetches a missing named file), read with `weights_only=True` and
+    matched against a fresh cellpose U-Net (`partial_state`; the network must fit completely, the output layer may
+    differ). The record (`name`, `kind`, `file`, `sha256`, counts, `diam_mean`) goes into the trained model's `.json`."""
+    import torch
+    from cellseg_nb.pretrained import resolve_cellpose_model, partial_state
+    start = resolve_cellpose_model(model, download)
+    try: sd = torch.load(start.path, map_location='cpu', weights_only=True)
+    except Exception as e: raise ValueError(f"cannot read cellpose model {start.path}: {type(e).__name__}: {str(e)[:300]}") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{start.path} holds no state dict of tensors: not a cellpose 3 model file")
+    if 'W2' in sd: raise ValueError(f"{start.path} is a cellpose 4 model (cellpose-SAM); cellseg uses cellpose 3 models")
+    from cellpose.resnet_torch import CPnet
+    own = CPnet([2, 32, 64, 128, 256], 3, sz=3, mkldnn=False, max_pool=True).state_dict()
+    src = f"{start.name} ({start.path})" if start.kind != 'file' else str(start.path)
+    _, rep = partial_state(own, sd, src, exact=('downsample', 'upsample'))
+    if verbose: print(f"pretrained start {rep}", flush=True)
+    # a zoo file without diam_mean: cellpose itself uses 30 (17 for nuclei), as here
+    diam = float(sd['diam_mean'].reshape(-1)[0]) if 'diam_mean' in sd else (17. if start.name == 'nuclei' else 30.)
+    return start, {**start.record(), **rep.to_dict(), 'diam_mean': diam}
+
+# %% ../nbs/12_cpose.ipynb 28
 _NORMALIZE = {'normalize': True}     # a dict: with a bool, cellpose mutates its module-level normalize_default
 _CHANNELS = [0, 0]                   # grayscale, no nuclear channel
 
@@ -166,7 +189,7 @@ def _cellpose_model(path=None, diam_mean: float = 30., gpu: bool = False, mkldnn
         raise RuntimeError(f"cellpose replaced the model path {path} by {m.pretrained_model}")
     return m
 
-# %% ../nbs/12_cpose.ipynb 29
+# %% ../nbs/12_cpose.ipynb 31
 class training_progress:
     """Context manager: a tqdm bar over cellpose's training epochs, with the epoch's mean loss and the time left.
     `cellpose.train.train_seg` reports only through `logging` (every 10 epochs); this wraps its loss function
@@ -198,7 +221,7 @@ class training_progress:
         self.bar.close()
 
 
-# %% ../nbs/12_cpose.ipynb 30
+# %% ../nbs/12_cpose.ipynb 32
 def _as_training_set(x, ids, overlap, min_masks):
     return x if isinstance(x, TrainingSet) else training_set(x, ids, overlap, min_masks)
 
@@ -233,20 +256,26 @@ def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pr
                    batch_size: int = _CP.batch_size, bsize: int = _CP.bsize, nimg_per_epoch: int | None = _CP.nimg_per_epoch,
                    min_train_masks: int = _CP.min_train_masks, diam_mean: float = _CP.diam_mean, overlap: str = _CP.overlap,
                    SGD: bool = _CP.SGD,
-                   model_name: str = 'cellpose', seed: int = 0, gpu: bool = False, progress: bool = True) -> Path:
+                   model_name: str = 'cellpose', seed: int = 0, gpu: bool = False, progress: bool = True,
+                   download: bool = False) -> Path:
     """Train a cellpose-3 U-Net and return the path of the saved model file `out_dir/model_name`.
 
     `data`: competition data (`SartoriusData`, its root path or a `TrainingSet`), `ids` its training images
     (default all). `livecell`: optional `LiveCellData`, LIVECell root path (train split) or `TrainingSet`, trained
     on first for `livecell_epochs`
-    (`livecell_ids` default all). `pretrained_model`: None or False (from scratch) or a local cellpose-3 model file.
+    (`livecell_ids` default all). `pretrained_model`: None or False (from scratch), a cellpose 3 model name
+    (`livecell_cp3`, `cyto2`, ...: cellpose's folder, `pretrained_start`; `download=True` may fetch it) or a local
+    cellpose-3 model file.
     `bsize`: training crop size; `nimg_per_epoch`: images drawn per epoch (default the training set size);
     `min_train_masks`: images with fewer cells are left out (and reported); `diam_mean`: the diameter the network
     sees cells at (from scratch only; a pretrained file keeps its own); `overlap`: rule of `label_image`.
     `progress`: a bar per stage with epoch, loss and time left (`training_progress`).
     `out_dir` is created; the model file is `out_dir/model_name`, with `model_name.json` beside it."""
     import torch
-    pre = None if pretrained_model is None or pretrained_model is False else check_model_path(pretrained_model)
+    start, record = (None, None) if pretrained_model is None or pretrained_model is False else \
+        pretrained_start(pretrained_model, download)
+    pre = check_model_path(start.path) if start else None
+    if start is not None and start.kind == 'cellpose': diam_mean = record['diam_mean']   # a zoo model keeps its own
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir(): raise ValueError(f"out_dir {out_dir} exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -267,13 +296,14 @@ def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pr
     stages.append(dict(data='competition', **info))
     from cellpose import version as cp_version
     meta = dict(cellpose_version=str(getattr(cp_version, 'version', '')), pretrained_model=str(pre) if pre else None,
+                pretrained=record,
                 diam_mean=float(model.net.diam_mean.item()), overlap=overlap, min_train_masks=min_train_masks,
                 type_diameters=comp.type_diameters(), train_ids=list(map(str, comp.ids)), stages=stages,
                 settings=dict(bsize=bsize, batch_size=batch_size, nimg_per_epoch=nimg_per_epoch, SGD=SGD, seed=seed))
     _write_json(out_dir / f'{model_name}.json', meta)
     return path
 
-# %% ../nbs/12_cpose.ipynb 32
+# %% ../nbs/12_cpose.ipynb 34
 @dataclass
 class CellposeBundle:
     """A trained cellpose model and its companions: `cp` (`cellpose.models.CellposeModel`), `path`, `size`
@@ -290,12 +320,16 @@ class CellposeBundle:
                 f"types={sorted(self.type_diameters)})")
 
 def load_model(path, gpu: bool = False, mkldnn: bool = True) -> CellposeBundle:
-    """Load a cellpose-3 model file (checked first: missing path or built-in name -> error, never a download) with
-    its SizeModel `{path}_size.npy`, `{path}.json` and `{path}_types.json` when present."""
-    path = check_model_path(path)
+    """Load a cellpose-3 model file (checked first: missing path -> error, never a download) with its SizeModel
+    `{path}_size.npy`, `{path}.json` and `{path}_types.json` when present; or a stock cellpose 3 model by name
+    (`livecell_cp3`, `cyto2`, ...) from cellpose's own folder with cellpose's size model when it has one
+    (`pretrained_start`; a missing file is an error naming it, never a download)."""
+    from cellseg_nb.pretrained import CELLPOSE_MODEL_NAMES
+    zoo = pretrained_start(path, verbose=False)[0] if str(path) in CELLPOSE_MODEL_NAMES and not Path(str(path)).exists() else None
+    path = check_model_path(zoo.path if zoo else path)
     cp = _cellpose_model(path, gpu=gpu, mkldnn=mkldnn)
     size = None
-    size_file = Path(str(path) + '_size.npy')
+    size_file = (zoo.size_path or Path(str(path) + '_size.npy')) if zoo else Path(str(path) + '_size.npy')
     if size_file.is_file():
         from cellpose import models
         size = models.SizeModel(cp, pretrained_size=str(size_file))
@@ -305,7 +339,7 @@ def load_model(path, gpu: bool = False, mkldnn: bool = True) -> CellposeBundle:
     cents = {k: np.asarray(v, np.float32) for k, v in json.loads(types.read_text()).items()} if types.is_file() else {}
     return CellposeBundle(cp, path, size, dict(info.get('type_diameters', {})), cents)
 
-# %% ../nbs/12_cpose.ipynb 34
+# %% ../nbs/12_cpose.ipynb 36
 DIAMETER_MODES = (None, 'size_model', 'cell_type')
 DIAMETER_RANGE = (8.0, 100.0)      # px: the diameters cells have in the competition and LIVECell images
 
@@ -402,7 +436,7 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
         out = [_post(r, r.meta.get('cell_type'), cfg) for r in out]
     return out
 
-# %% ../nbs/12_cpose.ipynb 46
+# %% ../nbs/12_cpose.ipynb 48
 def train_size_model(model, data, ids=None, n_epochs: int = _CP.size_epochs, batch_size: int = _CP.batch_size,
                      bsize: int = _CP.bsize, overlap: str = _CP.overlap, min_train_masks: int = _CP.min_train_masks,
                      gpu: bool = False) -> Path:

@@ -465,14 +465,14 @@ def _count_cells(src, ds, train_ids) -> int:
     from cellseg_nb.data import count_cells
     return count_cells(src, train_ids)
 
-def _make_model(cfg, state, backbone, weights, class_names):
+def _make_model(cfg, state, backbone, weights, class_names, download=False):
     "The model: rebuilt from the checkpoint's own resolved config when resuming, else from the options (seeded)."
     torch.manual_seed(cfg['seed'])
     if state:      # the checkpoint's config (e.g. norm chosen by 'auto' from the first run's weights)
         mc = dict(state['config']); return build_model(mc.pop('num_classes'), mc.pop('backbone'), **mc)
     mo = dict(cfg['model_options']); nc = mo.pop('num_classes', len(class_names))
     if mo.get('class_names') is None: mo['class_names'] = class_names[:nc] if len(class_names) >= nc else None
-    return build_model(nc, backbone, weights=weights, **mo)
+    return build_model(nc, backbone, weights=weights, download=download, **mo)
 
 def _make_optimizer(model, cfg):
     params = [p for p in model.parameters() if p.requires_grad]
@@ -495,12 +495,14 @@ def _run_recipe(recipe, model, cfg) -> dict:
 # %% ../nbs/11_maskrcnn_train.ipynb 28
 def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50', weights=None, resume: bool = False,
           model_options: dict | None = None, progress: bool = True, device=None, threads: int | None = None,
-          recipe=None, hooks=(), **options) -> dict:
+          recipe=None, hooks=(), download: bool = False, **options) -> dict:
     """Train Mask R-CNN on a data root and write `out_dir/checkpoint.pt` and `out_dir/log.csv`.
 
     `root`: competition folder (`dataset='competition'`), LIVECell folder (`dataset='livecell'`), or a pair
     `(train_source, val_source_or_None)` of in-memory sources (`ArraySource`, all their ids used).
-    `backbone`, `weights` (local file), `model_options` (`config.ModelConfig` fields): passed to `build_model`; the
+    `backbone`, `weights` ('coco', 'imagenet' or a local file; `download=True` lets torchvision fetch a named file
+    missing from its cache), `model_options` (`config.ModelConfig` fields): passed to `build_model`; what the
+    pretrained start loaded is stored as `checkpoint['pretrained']` (kept when resuming); the
     class count defaults to the dataset's (3 or 8). `options`: any `config.TrainConfig` field (iterations, batch_size per
     process, optimizer 'sgd'/'adamw', lr, warmup, schedule 'cosine'/'step'/'constant', clip_grad, amp (True: float16 autocast + GradScaler on CUDA only; 'any': on every device, slow on CPU, a way to step the AMP path without a GPU),
     checkpoint_every, val_every (iterations; validation = our competition metric on fold `fold` after
@@ -524,7 +526,8 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     ds = CellDataset(src, train_ids, augment=cfg['augment'])
     if _count_cells(src, ds, train_ids) == 0:
         raise ValueError(f"{root if not isinstance(root, tuple) else 'training source'}: the {len(ds)} training images hold no annotated cells")
-    model = _make_model(cfg, state, backbone, weights, class_names).to(device)
+    model = _make_model(cfg, state, backbone, weights, class_names, download).to(device)
+    pretrained = state.get('pretrained') if state else getattr(model, 'pretrained', None)
     ds.scale = float(model.config.get('scale', 1.0))         # training images at the model's input scale
     opt = _make_optimizer(model, cfg)
     use_amp = cfg['amp'] == 'any' or (bool(cfg['amp']) and device.type == 'cuda')
@@ -550,7 +553,7 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     trainer = Trainer(model, opt, batches, device, n, start, net, scaler, use_amp, cfg['clip_grad'], rank=rank, hooks=[
         LRSchedule(cfg), Validation(vsrc, val_ids, cfg['val_every'], _val_config(cfg['val_postprocess'])),
         CSVLog(log_path, cfg['log_every'], resume=state is not None), ProgressBar(progress), *hooks,
-        Checkpoint(ckpt_path, cfg['checkpoint_every'], {'train_config': cfg, 'recipe': run_recipe})])
+        Checkpoint(ckpt_path, cfg['checkpoint_every'], {'train_config': cfg, 'recipe': run_recipe, 'pretrained': pretrained})])
     if state: trainer.load_hook_states(state.get('hooks') or {'log': {'acc': state['log_acc']}})
     trainer.run()
     if joined: dist.destroy_process_group()
@@ -558,14 +561,17 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     log = pd.read_csv(log_path) if rank == 0 and log_path.exists() else None
     score = trainer.hook('validation').score
     if log is not None and log.val_score.notna().any(): score = float(log.val_score.dropna().iloc[-1])
-    return {'model': model, 'checkpoint': ckpt_path, 'log': log, 'val_score': score, 'recipe': run_recipe}
+    return {'model': model, 'checkpoint': ckpt_path, 'log': log, 'val_score': score, 'recipe': run_recipe,
+            'pretrained': pretrained}
 
 # %% ../nbs/11_maskrcnn_train.ipynb 30
 def transfer(root, out_dir, livecell_root=None, backbone: str = 'resnet50', weights=None, resume: bool = False,
              pretrain: dict | None = None, finetune: dict | None = None, model_options: dict | None = None,
-             progress: bool = True, device=None, threads: int | None = None, livecell_types=None, recipe=None) -> dict:
+             progress: bool = True, device=None, threads: int | None = None, livecell_types=None, recipe=None,
+             download: bool = False) -> dict:
     """Pretrain on LIVECell (8 classes), then fine-tune on the competition data (3 classes; the class heads are
-    re-initialized), as the reference did. `root`: competition folder; `livecell_root`: default
+    re-initialized), as the reference did. `weights` / `download`: the LIVECell stage's pretrained start (see
+    `train`; the competition stage's record keeps it as `via`). `root`: competition folder; `livecell_root`: default
     `root/LIVECell_dataset_2021`; `pretrain` / `finetune`: training options of each stage (see `train`);
     `livecell_types`: pretrain on these LIVECell lines only (e.g. `'shsy5y'`; default all); `recipe`: stored in
     both stages' checkpoints (see `train`).
@@ -575,7 +581,8 @@ def transfer(root, out_dir, livecell_root=None, backbone: str = 'resnet50', weig
     livecell_root = Path(livecell_root) if livecell_root is not None else Path(root) / 'LIVECell_dataset_2021'
     common = dict(backbone=backbone, resume=resume, model_options=model_options, progress=progress, device=device, threads=threads,
                   recipe=recipe)
-    a = train(livecell_root, out_dir / 'livecell', livecell_dataset(livecell_types), weights=weights, **common, **(pretrain or {}))
+    a = train(livecell_root, out_dir / 'livecell', livecell_dataset(livecell_types), weights=weights, download=download,
+              **common, **(pretrain or {}))
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*re-initialized.*')
         b = train(root, out_dir / 'competition', 'competition', weights=a['checkpoint'], **common, **(finetune or {}))

@@ -73,14 +73,17 @@ def maskrcnn_predictor(model, device: str = 'auto', mask_threshold: float = 0.5,
 # %% ../nbs/14_predictors.ipynb 17
 def cellpose_predictor(model, diameter='auto', device: str = 'auto') -> ModelPredictor:
     """Cellpose as a predictor. `model`: a model file from `cellseg_nb.cpose.train_cellpose` (with its SizeModel
-    and type files beside it when trained) or a loaded `CellposeBundle`. `diameter`: 'auto' = the SizeModel's
+    and type files beside it when trained), a stock cellpose 3 model name (`livecell_cp3`, ...: from cellpose's
+    folder, never downloaded) or a loaded `CellposeBundle`. `diameter`: 'auto' = the SizeModel's
     estimate when the model has one, else the model's training diameter; or None, a number, 'size_model', 'cell_type'.
     Output: Instances with scores (mean cell probability) and the image's 1-based class label."""
     from cellseg_nb import cpose
     gpu = resolve_device(device).startswith('cuda')
     src = ''
     if isinstance(model, (str, os.PathLike)):
-        src = str(model); model = cpose.load_model(_existing(model, 'Cellpose model'), gpu=gpu)
+        from cellseg_nb.pretrained import CELLPOSE_MODEL_NAMES      # a stock model by name: from cellpose's folder
+        zoo = str(model) in CELLPOSE_MODEL_NAMES and not Path(str(model)).exists()
+        src = str(model); model = cpose.load_model(model if zoo else _existing(model, 'Cellpose model'), gpu=gpu)
     if diameter == 'auto': diameter = 'size_model' if model.size is not None else None
     def fn(image):
         with quiet_library_warnings(): return cpose.predict(model, [image], diameter=diameter)[0]
