@@ -528,6 +528,7 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
                        val_every: int = None,  # validate (competition metric on the fold) every N iterations (default: recipe)
                        checkpoint_every: int = None,  # write checkpoint.pt every N iterations (default: recipe)
                        resume: bool = False,  # continue the run in --out from its last checkpoint
+                       stop_after: float = None,  # seconds: write a checkpoint and stop (exit status 75) when this much time has passed; continue with --resume
                        device: str = 'auto'):  # cpu, cuda or auto (torchrun sets the GPU per process)
     """Train Mask R-CNN on the competition data (optionally LIVECell first, or LIVECell alone when no competition
     folder is given: the train settings on its train split, validated on its val split); runs under torchrun as DDP.
@@ -558,7 +559,17 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
     if lc is not None and root is not None and r.pretrain is None: r = r.merge({'pretrain': r.train.to_dict()})
     if int(os.environ.get('RANK', '0')) == 0: _save_recipe(r, out)      # once under torchrun
     dev = None if os.environ.get('LOCAL_RANK') else resolve_device(device)
-    common = dict(weights=r.pretrained.maskrcnn, download=r.pretrained.download, resume=resume, device=dev, recipe=r)
+    from cellseg_nb.maskrcnn_train import TimeBudget, TimeUp
+    common = dict(weights=r.pretrained.maskrcnn, download=r.pretrained.download, resume=resume, device=dev, recipe=r,
+                  hooks=[TimeBudget(stop_after)] if stop_after is not None else [])
+    try: return _train_maskrcnn_run(r, root, lc, lines, out, pseudo_labels, common)
+    except TimeUp as e:
+        print(f"\nstopped: {e}", flush=True); return 75
+
+def _train_maskrcnn_run(r, root, lc, lines, out, pseudo_labels, common):
+    "The training of `train maskrcnn` (competition data, LIVECell first or alone, pseudo-labels) with the resolved recipe."
+    from cellseg_nb.maskrcnn_train import train, transfer, livecell_dataset
+    from cellseg_nb.config import Recipe
     o = r.maskrcnn_options()
     if pseudo_labels:
         tr, va = _pseudo_sources(root, pseudo_labels, r.train.fold, r.train.n_folds)

@@ -16,7 +16,8 @@ from .config import AugmentConfig, TrainConfig
 # %% auto 0
 __all__ = ['AUGMENT_DEFAULTS', 'TRAIN_DEFAULTS', 'LOSSES', 'resize_instances', 'ArraySource', 'CellDataset', 'augment_sample',
            'open_source', 'livecell_dataset', 'lr_at', 'KeySampler', 'save_checkpoint', 'validate', 'Hook', 'Trainer',
-           'LRSchedule', 'Validation', 'CSVLog', 'ProgressBar', 'Checkpoint', 'train', 'transfer']
+           'LRSchedule', 'Validation', 'CSVLog', 'ProgressBar', 'Checkpoint', 'TimeUp', 'TimeBudget', 'train',
+           'transfer']
 
 # %% ../nbs/11_maskrcnn_train.ipynb 6
 def resize_instances(inst: Instances, shape) -> Instances:
@@ -434,7 +435,35 @@ class Checkpoint(Hook):
                                             'hooks': hooks, **self.extra})
             _barrier()
 
-# %% ../nbs/11_maskrcnn_train.ipynb 27
+# %% ../nbs/11_maskrcnn_train.ipynb 28
+class TimeUp(Exception):
+    "Training stopped by `TimeBudget`: `iteration` steps done, checkpoint `path` written (continue with resume=True)."
+    def __init__(self, iteration: int, path):
+        self.iteration, self.path = int(iteration), Path(path)
+        super().__init__(f"time budget reached after iteration {iteration}: checkpoint {path} written; resume to continue")
+
+class TimeBudget(Hook):
+    """Before each step, when `seconds` have passed since the hook was made (or `deadline`, a `time.time()` value, has
+    passed), write the checkpoint of the state so far (the `Checkpoint` hook's file and content) and raise `TimeUp`.
+    Under torchrun process 0 decides for all."""
+    name = 'time_budget'
+    def __init__(self, seconds: float | None = None, deadline: float | None = None):
+        if seconds is None and deadline is None: raise ValueError("TimeBudget needs seconds or a deadline")
+        self.deadline = deadline if deadline is not None else time.time() + float(seconds)
+    def before_step(self, t):
+        up = time.time() >= self.deadline
+        if dist.is_available() and dist.is_initialized():
+            flag = [up]; dist.broadcast_object_list(flag, src=0); up = flag[0]
+        if not up: return
+        ck = t.hook('checkpoint')
+        if ck is None: raise RuntimeError("TimeBudget needs the Checkpoint hook (train adds it)")
+        every, ck.every = ck.every, 1
+        try: ck.after_step(t)                  # the state after the last step, as a regular checkpoint
+        finally: ck.every = every
+        raise TimeUp(t.iteration, ck.path)
+    def state_dict(self): return {}
+
+# %% ../nbs/11_maskrcnn_train.ipynb 29
 def _train_config(options: dict, root, dataset, backbone, model_options, world) -> dict:
     "The run's full training config as plain JSON values (a resumed run must match it)."
     unknown = set(options) - set(TRAIN_DEFAULTS)
@@ -492,7 +521,7 @@ def _run_recipe(recipe, model, cfg) -> dict:
                         augment=AugmentConfig.from_dict(aug if isinstance(aug, dict) else {}, source='augment'),
                         train=TrainConfig.from_dict(tc, source='train')).to_dict()
 
-# %% ../nbs/11_maskrcnn_train.ipynb 28
+# %% ../nbs/11_maskrcnn_train.ipynb 30
 def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50', weights=None, resume: bool = False,
           model_options: dict | None = None, progress: bool = True, device=None, threads: int | None = None,
           recipe=None, hooks=(), download: bool = False, **options) -> dict:
@@ -564,11 +593,11 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     return {'model': model, 'checkpoint': ckpt_path, 'log': log, 'val_score': score, 'recipe': run_recipe,
             'pretrained': pretrained}
 
-# %% ../nbs/11_maskrcnn_train.ipynb 30
+# %% ../nbs/11_maskrcnn_train.ipynb 32
 def transfer(root, out_dir, livecell_root=None, backbone: str = 'resnet50', weights=None, resume: bool = False,
              pretrain: dict | None = None, finetune: dict | None = None, model_options: dict | None = None,
              progress: bool = True, device=None, threads: int | None = None, livecell_types=None, recipe=None,
-             download: bool = False) -> dict:
+             download: bool = False, hooks=()) -> dict:
     """Pretrain on LIVECell (8 classes), then fine-tune on the competition data (3 classes; the class heads are
     re-initialized), as the reference did. `weights` / `download`: the LIVECell stage's pretrained start (see
     `train`; the competition stage's record keeps it as `via`). `root`: competition folder; `livecell_root`: default
@@ -580,7 +609,7 @@ def transfer(root, out_dir, livecell_root=None, backbone: str = 'resnet50', weig
     out_dir = Path(out_dir)
     livecell_root = Path(livecell_root) if livecell_root is not None else Path(root) / 'LIVECell_dataset_2021'
     common = dict(backbone=backbone, resume=resume, model_options=model_options, progress=progress, device=device, threads=threads,
-                  recipe=recipe)
+                  recipe=recipe, hooks=hooks)
     a = train(livecell_root, out_dir / 'livecell', livecell_dataset(livecell_types), weights=weights, download=download,
               **common, **(pretrain or {}))
     with warnings.catch_warnings():
