@@ -238,9 +238,10 @@ def load_weights(model: MaskRCNN, path, download: bool = False, verbose: bool = 
     new (kept as initialised) or skipped, and the report is printed (`verbose`). The model's backbone (body and
     FPN; the body alone for an ImageNet ResNet) must fit completely. Sets and returns `model.pretrained`:
     `{'name', 'kind', 'file', 'sha256', 'loaded', 'new', 'skipped', 'new_keys', 'skipped_keys', 'reinitialized',
-    'via'}` (`via`: the start of the checkpoint loaded, when it was one of ours trained from a pretrained start).
+    'via'}`: `sha256` of the file, or of the weights (`pretrained.state_sha256`) for one of our checkpoints (`kind`
+    'checkpoint'), whose `via` is its own start (e.g. COCO before the LIVECell stage).
     FileNotFoundError (MissingWeights) for a missing file, ValueError for an unreadable or unfitting one."""
-    from cellseg_nb.pretrained import resolve_maskrcnn_weights, partial_state
+    from cellseg_nb.pretrained import resolve_maskrcnn_weights, partial_state, state_sha256
     cfg = getattr(model, 'config', {})
     start = resolve_maskrcnn_weights(path, cfg.get('arch', 'maskrcnn_resnet50_fpn'), cfg.get('backbone', 'resnet50'), download)
     obj = read_checkpoint(start.path)
@@ -257,7 +258,10 @@ def load_weights(model: MaskRCNN, path, download: bool = False, verbose: bool = 
     except ValueError as e: raise ValueError(f"{e} [model: {arch}]") from None
     model.load_state_dict(load, strict=False)
     if verbose: print(f"pretrained start {rep}", flush=True)
-    model.pretrained = {**start.record(), **rep.to_dict(), 'reinitialized': list(rep.new), 'via': via}
+    ours = isinstance(obj, dict) and isinstance(obj.get('model'), dict) and obj.get('config') is not None
+    rec = dict(name=start.path.name, kind='checkpoint', file=start.path.name, sha256=state_sha256(sd)) if ours \
+        else start.record()                  # one of our checkpoints: the hash of its weights, the same after a resume
+    model.pretrained = {**rec, **rep.to_dict(), 'reinitialized': list(rep.new), 'via': via}
     return model.pretrained
 
 def load_model(path, device=None, **overrides) -> MaskRCNN:

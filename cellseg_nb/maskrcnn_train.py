@@ -562,6 +562,8 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     use_amp = cfg['amp'] == 'any' or (bool(cfg['amp']) and device.type == 'cuda')
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     torch.manual_seed(cfg['seed'] + 1 + rank)
+    np.random.seed(cfg['seed'] + 1 + rank); random.seed(cfg['seed'] + 1 + rank)   # every RNG the checkpoint holds: same
+                                                  # seed -> same checkpoint file, whatever ran before in the process
     if rank == 0:
         for t in out_dir.glob(f'.{ckpt_path.name}.*.tmp'): t.unlink()     # torn writes of a killed run
     start = 0

@@ -11,8 +11,8 @@ from urllib.parse import urlparse
 
 # %% auto 0
 __all__ = ['MASKRCNN_ARCHS', 'TORCHVISION_NAMES', 'CELLPOSE_MODEL_NAMES', 'CELLPOSE_URL', 'MissingWeights', 'torch_cache_dir',
-           'cellpose_models_dir', 'file_sha256', 'torchvision_weights_file', 'cellpose_model_file', 'PretrainedStart',
-           'resolve_maskrcnn_weights', 'resolve_cellpose_model', 'LoadReport', 'partial_state']
+           'cellpose_models_dir', 'state_sha256', 'file_sha256', 'torchvision_weights_file', 'cellpose_model_file',
+           'PretrainedStart', 'resolve_maskrcnn_weights', 'resolve_cellpose_model', 'LoadReport', 'partial_state']
 
 # %% ../nbs/09_pretrained.ipynb 3
 class MissingWeights(FileNotFoundError):
@@ -29,6 +29,19 @@ def cellpose_models_dir() -> Path:
     (cellpose itself reads the variable once, when `cellpose.models` is imported; this does not depend on that.)"""
     env = os.environ.get('CELLPOSE_LOCAL_MODELS_PATH')
     return Path(env) if env else Path.home() / '.cellpose' / 'models'
+
+def state_sha256(state: dict) -> str:
+    """sha256 of a state dict's weights (names, dtypes, shapes and values in name order): the identity of a model
+    whatever file it was saved in (our checkpoints also hold optimizer and RNG state, and torch.save's archive
+    name differs between atomic writes)."""
+    import torch
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k]
+        if not isinstance(v, torch.Tensor): continue
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b'')
+    return h.hexdigest()
 
 def file_sha256(path, chunk: int = 1 << 20) -> str:
     "sha256 hex digest of a file, read in pieces."
@@ -124,8 +137,10 @@ class PretrainedStart:
     kind: str                      # 'torchvision' (coco / imagenet), 'cellpose' (model zoo) or 'file'
     size_path: Path | None = None  # cellpose's size model of a zoo model, when it has one and the file is present
     def record(self) -> dict:
-        "`{'name', 'kind', 'file', 'sha256'}`: what checkpoints and bundle manifests store."
-        return dict(name=str(self.name), kind=self.kind, file=self.path.name, sha256=file_sha256(self.path))
+        """`{'name', 'kind', 'file', 'sha256'}`: what checkpoints and bundle manifests store (a file is named by its
+        file name, not its folder: the same start gives the same record wherever the run's folder is)."""
+        name = self.path.name if self.kind == 'file' else str(self.name)
+        return dict(name=name, kind=self.kind, file=self.path.name, sha256=file_sha256(self.path))
 
 def _local_file(p, what) -> Path:
     p = Path(p)
@@ -184,7 +199,8 @@ class LoadReport:
         return (f"{self.source}: loaded {c['loaded']} tensors, new (initialised) {c['new']}, skipped {c['skipped']}"
                 + (f"; new: {', '.join(self.new[:6])}{' ...' if len(self.new) > 6 else ''}" if self.new else ''))
     def to_dict(self) -> dict:
-        return dict(source=self.source, **self.counts(), new_keys=list(self.new), skipped_keys=list(self.skipped))
+        "Counts and key lists (not `source`: a record must not depend on where the file lies)."
+        return dict(**self.counts(), new_keys=list(self.new), skipped_keys=list(self.skipped))
 
 def _ignored(k): return k.endswith('num_batches_tracked')      # a counter, no learned value
 
