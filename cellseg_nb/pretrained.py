@@ -102,7 +102,7 @@ def cellpose_model_file(name: str) -> dict:
     size = (f'size_{name}torch_0.npy' if name in ('cyto', 'cyto2', 'nuclei') else 'size_cyto3.npy' if name == 'cyto3' else None)
     return dict(name=name, file=fname, path=folder / fname, url=f'{CELLPOSE_URL}/{fname}', size_file=size,
                 size_path=folder / size if size else None, size_url=f'{CELLPOSE_URL}/{size}' if size else None,
-                what=f"cellpose model {name}")
+                what=f"built-in cellpose model name {name!r}")
 
 # %% ../nbs/09_pretrained.ipynb 8
 def _missing(info: dict, flag: str) -> MissingWeights:

@@ -122,6 +122,14 @@ def test_v2_architecture_matches_torchvision_and_loads_its_coco_weights(caches):
     for k, v in real.items():
         if k not in COCO_HEADS: assert torch.equal(own[k], v), k
     assert (m.pretrained['loaded'], m.pretrained['new'], m.pretrained['skipped']) == (len(real) - 10, 10, 10)
+    # it trains: one step on a small image with sparse mask targets
+    from cellseg_nb.maskrcnn_train import CellDataset
+    img, inst = _one_image()
+    x, t = CellDataset(ArraySource([img], [inst]), augment=False)[(0, 0, 0)]
+    m.train()
+    loss = sum(m([x], [t]).values())
+    loss.backward()
+    assert torch.isfinite(loss) and m.roi_heads.box_head[0][0].weight.grad is not None
     with pytest.raises(ValueError, match='needs backbone resnet50'):
         build_model(3, 'resnet18', arch='maskrcnn_resnet50_fpn_v2')
 
