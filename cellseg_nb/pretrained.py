@@ -106,11 +106,12 @@ def cellpose_model_file(name: str) -> dict:
 
 # %% ../nbs/09_pretrained.ipynb 8
 def _missing(info: dict, flag: str) -> MissingWeights:
+    env = ("TORCH_HOME at the folder holding hub/checkpoints/" if 'torchvision' in info['what']
+           else "CELLPOSE_LOCAL_MODELS_PATH at the folder holding it")
     return MissingWeights(
         f"{info['what']}: {info['file']} is not in {Path(info['path']).parent} (the library's cache folder). "
-        f"Put the file there (from {info['url']}; offline, e.g. on Kaggle: attach a data set holding that folder and "
-        f"point {'TORCH_HOME' if 'torchvision' in info['what'] else 'CELLPOSE_LOCAL_MODELS_PATH'} at it), or allow "
-        f"the download with {flag}")
+        f"Put the file there (from {info['url']}; offline, e.g. on Kaggle: attach a data set holding it and point "
+        f"{env}), or allow the download with {flag}")
 
 def _download(url: str, path: Path, downloader: str):
     "Fetch `url` to `path` with the library's own downloader; errors name the URL and the folder."
