@@ -62,6 +62,17 @@ def data_fingerprint(root) -> dict:
     return {'train.csv sha256': file_sha256(csv), 'train images': len(list((root / 'train').glob('*.png')))}
 
 # %% ../nbs/18_bundle.ipynb 9
+def _canonical(x):
+    """`x` rebuilt so that its pickle depends on its values only: every string interned (equal strings: one object),
+    every dict, list and tuple a fresh object. pickle memoizes by object identity, so a checkpoint whose equal
+    strings were shared in one run and not in another (a resumed run reads them back from a file) would otherwise
+    give other bytes for the same content."""
+    if isinstance(x, str): return sys.intern(x)
+    if isinstance(x, dict): return {_canonical(k): _canonical(v) for k, v in x.items()}
+    if isinstance(x, list): return [_canonical(v) for v in x]
+    if isinstance(x, tuple): return tuple(_canonical(v) for v in x)
+    return x
+
 def strip_maskrcnn_checkpoint(src, dst) -> dict:
     """Write the inference part of a Mask R-CNN checkpoint `src` (from `cellseg train maskrcnn`) to `dst`: the weights
     (`model`, DDP prefixes removed), the model `config` and, when present, the `recipe`; the optimizer, scaler, RNG and
@@ -75,7 +86,7 @@ def strip_maskrcnn_checkpoint(src, dst) -> dict:
     recipe = ck.get('recipe') if isinstance(ck, dict) else None
     if recipe is not None: out['recipe'] = recipe
     if isinstance(ck, dict) and ck.get('pretrained') is not None: out['pretrained'] = ck['pretrained']
-    torch.save(out, dst)
+    torch.save(_canonical(out), dst)
     if recipe is None and isinstance(ck, dict) and ck.get('train_config') is not None: recipe = {'train_config': ck['train_config']}
     return recipe
 
