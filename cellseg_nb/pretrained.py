@@ -14,7 +14,7 @@ __all__ = ['MASKRCNN_ARCHS', 'TORCHVISION_NAMES', 'CELLPOSE_MODEL_NAMES', 'CELLP
            'cellpose_models_dir', 'state_sha256', 'file_sha256', 'torchvision_weights_file', 'cellpose_model_file',
            'PretrainedStart', 'resolve_maskrcnn_weights', 'resolve_cellpose_model', 'LoadReport', 'partial_state']
 
-# %% ../nbs/09_pretrained.ipynb 3
+# %% ../nbs/09_pretrained.ipynb 4
 class MissingWeights(FileNotFoundError):
     "A pretrained start named by the user whose file is not in the library's cache folder (and no download allowed)."
 
@@ -50,7 +50,7 @@ def file_sha256(path, chunk: int = 1 << 20) -> str:
         for b in iter(lambda: f.read(chunk), b''): h.update(b)
     return h.hexdigest()
 
-# %% ../nbs/09_pretrained.ipynb 5
+# %% ../nbs/09_pretrained.ipynb 6
 MASKRCNN_ARCHS = ('maskrcnn_resnet50_fpn', 'maskrcnn_resnet50_fpn_v2')
 TORCHVISION_NAMES = ('coco', 'imagenet')
 
@@ -78,7 +78,7 @@ def torchvision_weights_file(name: str, arch: str = 'maskrcnn_resnet50_fpn', bac
     fname = os.path.basename(urlparse(w.url).path)
     return dict(name=name, url=w.url, file=fname, path=torch_cache_dir() / fname, what=f"torchvision {w}")
 
-# %% ../nbs/09_pretrained.ipynb 6
+# %% ../nbs/09_pretrained.ipynb 8
 # cellpose 3.1.1.3 `models.MODEL_NAMES` (a test checks it against the installed cellpose)
 CELLPOSE_MODEL_NAMES = ("cyto3", "nuclei", "cyto2_cp3", "tissuenet_cp3", "livecell_cp3", "yeast_PhC_cp3",
     "yeast_BF_cp3", "bact_phase_cp3", "bact_fluor_cp3", "deepbacs_cp3", "cyto2", "cyto", "CPx", "transformer_cp3",
@@ -104,7 +104,7 @@ def cellpose_model_file(name: str) -> dict:
                 size_path=folder / size if size else None, size_url=f'{CELLPOSE_URL}/{size}' if size else None,
                 what=f"built-in cellpose model name {name!r}")
 
-# %% ../nbs/09_pretrained.ipynb 8
+# %% ../nbs/09_pretrained.ipynb 10
 def _missing(info: dict, flag: str) -> MissingWeights:
     env = ("TORCH_HOME at the folder holding hub/checkpoints/" if 'torchvision' in info['what']
            else "CELLPOSE_LOCAL_MODELS_PATH at the folder holding it")
@@ -185,7 +185,7 @@ def resolve_cellpose_model(model, download: bool = False) -> PretrainedStart:
         return PretrainedStart(s, info['path'], 'cellpose', size)
     return PretrainedStart(s, _local_file(model, 'cellpose model'), 'file')
 
-# %% ../nbs/09_pretrained.ipynb 10
+# %% ../nbs/09_pretrained.ipynb 12
 @dataclass
 class LoadReport:
     """What partial loading did: `loaded` (model tensors set from the file), `new` (model tensors the file has no
