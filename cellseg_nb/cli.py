@@ -11,10 +11,9 @@ import pandas as pd
 from fastcore.script import anno_parser
 
 # %% auto 0
-__all__ = ['COMMANDS', 'KAGGLE_PACKAGES', 'command', 'print_table', 'main', 'project_root', 'wheel_tags', 'wheel_fits',
-           'build_wheels_bundle', 'kaggle_bundle', 'validate_submission_cmd', 'data_root', 'read_any_predictions',
-           'evaluate_cmd', 'parse_scales', 'predict_cmd', 'tune_cmd', 'tune_ensemble_cmd', 'bundle_cmd',
-           'pseudo_label_cmd', 'resolve_recipe', 'train_maskrcnn_cmd', 'train_cellpose_cmd', 'demo_cmd']
+__all__ = ['COMMANDS', 'command', 'print_table', 'main', 'kaggle_bundle', 'validate_submission_cmd', 'data_root',
+           'read_any_predictions', 'evaluate_cmd', 'parse_scales', 'predict_cmd', 'tune_cmd', 'tune_ensemble_cmd',
+           'bundle_cmd', 'pseudo_label_cmd', 'resolve_recipe', 'train_maskrcnn_cmd', 'train_cellpose_cmd', 'demo_cmd']
 
 # %% ../nbs/90_cli.ipynb 5
 COMMANDS = {}
@@ -76,118 +75,7 @@ def main(argv: list | None = None) -> int:
         print(f"cellseg {name}: error: {_one_line(e)}", file=sys.stderr); return 1
 
 # %% ../nbs/90_cli.ipynb 8
-KAGGLE_PACKAGES = 'cellpose==3.1.1.3 fastremap fill_voids roifile natsort fastcore==1.7.29'
-
-def project_root(start=None) -> Path:
-    "The cellseg_nb source folder (holding `settings.ini` and `setup.py`), found upwards from `start`."
-    starts = [Path(start)] if start is not None else \
-        ([Path(__file__).parent] if '__file__' in globals() else []) + [Path.cwd()]
-    for here in starts:
-        for p in [here.resolve(), *here.resolve().parents]:
-            if (p / 'settings.ini').is_file() and (p / 'setup.py').is_file(): return p
-    raise FileNotFoundError(f"no cellseg_nb project folder (settings.ini + setup.py) above {starts[0]}; pass --project")
-
-def _pip(args, what):
-    "Run `python -m pip ARGS`; a RuntimeError naming `what` and pip's last error line when it fails."
-    r = subprocess.run([sys.executable, '-m', 'pip', *args, '--disable-pip-version-check', '-q'], capture_output=True, text=True)
-    if r.returncode != 0:
-        lines = [l for l in (r.stderr or r.stdout).splitlines() if l.strip() and 'WARNING' not in l]
-        raise RuntimeError(f"{what} failed: {lines[-1] if lines else r.returncode}")
-
-def _pip_wheel(specs, dest, extra=(), cwd=None):
-    "Build (or take from pip's cache) the wheels of `specs` for the running Python into `dest`, without dependencies."
-    _pip(['wheel', '--no-deps', '-w', str(dest), *extra, *specs], f"pip wheel {' '.join(map(str, specs))}")
-
-def wheel_tags(name: str) -> tuple:
-    "The (python, abi, platform) tags of a wheel file name, each a set (compressed tags such as 'py2.py3' split)."
-    parts = Path(name).name[:-len('.whl')].split('-')
-    if not name.endswith('.whl') or len(parts) < 5: raise ValueError(f"not a wheel file name: {name}")
-    return tuple(set(t.split('.')) for t in parts[-3:])
-
-_MANYLINUX_ALIASES = {'manylinux1': (2, 5), 'manylinux2010': (2, 12), 'manylinux2014': (2, 17)}
-
-def _glibc_arch(platform_tag):
-    "((2, minor), arch) of a manylinux platform tag, or None."
-    m = re.fullmatch(r'manylinux_(\d+)_(\d+)_(\w+)', platform_tag)
-    if m: return (int(m[1]), int(m[2])), m[3]
-    m = re.fullmatch(r'(manylinux1|manylinux2010|manylinux2014)_(\w+)', platform_tag)
-    return (_MANYLINUX_ALIASES[m[1]], m[2]) if m else None
-
-def wheel_fits(name: str, python_version: str, platform: str) -> bool:
-    """Whether the wheel file `name` installs on CPython `python_version` ('3.10') on `platform` (a pip platform tag
-    such as 'manylinux_2_28_x86_64': manylinux wheels of that glibc or older fit)."""
-    py, abi, plats = wheel_tags(name)
-    major, minor = (int(x) for x in python_version.split('.')[:2])
-    cp = f'cp{major}{minor}'
-    py_ok = bool(py & {cp, f'py{major}', f'py{major}{minor}'}) or \
-        ('abi3' in abi and any(re.fullmatch(rf'cp{major}(\d+)', t) and int(t[3:]) <= minor for t in py))
-    abi_ok = bool(abi & {cp, 'none', 'abi3'})
-    target = _glibc_arch(platform)
-    def plat_ok(t):
-        if t in ('any', platform): return True
-        g = _glibc_arch(t)
-        return target is not None and g is not None and g[1] == target[1] and g[0] <= target[0]
-    return py_ok and abi_ok and any(plat_ok(t) for t in plats)
-
-def _fetch_for_target(spec, dest, python_version, platform, extra=()):
-    """One wheel of `spec` for another Python into `dest`: the binary (or pure-Python) wheel pip resolves for those
-    tags, or, when the package publishes only a source archive, a wheel built here that must be pure Python."""
-    pv = python_version
-    try:
-        _pip(['download', '--no-deps', '--only-binary=:all:', '--python-version', pv, '--implementation', 'cp',
-              '--abi', 'cp' + pv.replace('.', ''), '--platform', platform, '-d', str(dest), *extra, spec],
-             f"pip download {spec} for Python {pv} on {platform}")
-    except RuntimeError as e:
-        try: _pip_wheel([spec], dest, extra)
-        except RuntimeError: raise e from None
-        built = list(Path(dest).glob('*.whl'))
-        if not all(wheel_fits(w.name, pv, platform) for w in built):
-            raise RuntimeError(f"{spec}: no wheel for Python {pv} on {platform}, and its source builds a binary wheel "
-                               f"({', '.join(w.name for w in built)}) for this Python only; ({e})") from None
-
-def build_wheels_bundle(out, packages: str | list = KAGGLE_PACKAGES, project=None, project_only: bool = False,
-                        python_version: str | None = None, platform: str | None = None,
-                        dataset_id: str | None = None, title: str = 'cellseg-wheels') -> pd.DataFrame:
-    """Build the Kaggle wheels data set in folder `out`: the cellseg_nb wheel + `packages` (space-separated pip
-    specs, pinned by the project's constraints.txt when present), `dataset-metadata.json` and `MANIFEST.csv`;
-    wheels left in `out` by an earlier build are removed. `python_version` / `platform` (e.g. '3.10',
-    'manylinux_2_28_x86_64', the default platform when only the version is given) build the bundle for another
-    Python: `pip download --only-binary=:all:` resolves each package's wheel for those tags (binary or pure
-    Python), and every wheel written is checked with `wheel_fits`. cellseg_nb itself is pure Python (`pip wheel
-    --no-deps`). Returns the manifest (file, bytes) as a DataFrame."""
-    from tqdm.auto import tqdm
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    root = project_root(project)
-    specs = [] if project_only else (packages.split() if isinstance(packages, str) else list(packages))
-    cons = root / 'constraints.txt'
-    cflags = ['-c', str(cons)] if cons.is_file() else []
-    if platform and not python_version: python_version = f'{sys.version_info.major}.{sys.version_info.minor}'
-    if python_version and not re.fullmatch(r'3\.\d+', str(python_version)):
-        raise ValueError(f"python_version must look like 3.10, got {python_version!r}")
-    platform = platform or ('manylinux_2_28_x86_64' if python_version else None)
-    for w in out.glob('*.whl'): w.unlink()
-    with tempfile.TemporaryDirectory() as tmp:     # build from a clean copy: no stale build/ files in the wheel
-        src = Path(tmp) / 'cellseg_nb_src'
-        shutil.copytree(root / 'cellseg_nb', src / 'cellseg_nb', ignore=shutil.ignore_patterns('__pycache__'))
-        for f in ('settings.ini', 'setup.py', 'README.md', 'LICENSE', 'MANIFEST.in', 'pyproject.toml'):
-            if (root / f).is_file(): shutil.copy2(root / f, src / f)
-        for i, spec in enumerate(tqdm([str(src), *specs], desc='wheels', leave=False)):
-            part = Path(tmp) / f'wheel{i}'; part.mkdir()
-            if i == 0 or not python_version: _pip_wheel([spec], part, cflags)
-            else: _fetch_for_target(spec, part, python_version, platform, cflags)
-            for w in part.glob('*.whl'): shutil.move(str(w), out / w.name)
-    wheels = sorted(out.glob('*.whl'))
-    misfits = [w.name for w in wheels if python_version and not wheel_fits(w.name, python_version, platform)]
-    if misfits: raise RuntimeError(f"{out}: wheels that do not install on Python {python_version} ({platform}): {misfits}")
-    user = os.environ.get('KAGGLE_USERNAME', 'your-kaggle-username')
-    meta = {'title': title, 'id': dataset_id or f"{user}/{title}", 'licenses': [{'name': 'other'}],
-            'description': 'Offline wheels for cellseg_nb kernels: pip install --no-index --no-deps '
-                           '--find-links /kaggle/input/cellseg-wheels /kaggle/input/cellseg-wheels/*.whl'}
-    from cellseg_nb.files import write_text, write_csv
-    write_text(out / 'dataset-metadata.json', json.dumps(meta, indent=2) + '\n')
-    man = pd.DataFrame({'file': [w.name for w in wheels], 'bytes': [w.stat().st_size for w in wheels]})
-    write_csv(out / 'MANIFEST.csv', man)
-    return man
+from .wheels import KAGGLE_PACKAGES, build_wheels_bundle
 
 @command('kaggle-bundle')
 def kaggle_bundle(out: str = 'cellseg_out/kaggle-wheels',  # folder to write the wheels and dataset-metadata.json to
@@ -202,7 +90,7 @@ def kaggle_bundle(out: str = 'cellseg_out/kaggle-wheels',  # folder to write the
     print_table(man, f"{len(man)} wheels in {out} ({man.bytes.sum() / 2**20:.1f} MiB)")
     print(f"\nupload: kaggle datasets create -p {out}    (then attach it to the kernel as cellseg-wheels)")
 
-# %% ../nbs/90_cli.ipynb 11
+# %% ../nbs/90_cli.ipynb 10
 def _expected(images, ids):
     "Expected ids and image shape from a folder of images, or ids from a CSV / comma-separated list."
     from cellseg_nb.inference import list_images
@@ -231,7 +119,7 @@ def validate_submission_cmd(path: str,  # the submission CSV to check
     print(report)
     return 0 if report.ok else 1
 
-# %% ../nbs/90_cli.ipynb 14
+# %% ../nbs/90_cli.ipynb 13
 def data_root(data: str | None) -> Path:
     "The competition folder: `data`, else `$CELLSEG_DATA`; error when neither is set or it does not exist."
     data = data or os.environ.get('CELLSEG_DATA')
@@ -282,7 +170,7 @@ def evaluate_cmd(pred: str,  # a submission CSV or raw predictions (cellseg pred
         print(f"\nper-image table: {out}")
     return ev.summary
 
-# %% ../nbs/90_cli.ipynb 16
+# %% ../nbs/90_cli.ipynb 15
 def _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device):
     """The predictor of model files (+ ensemble settings) or of a bundle, and the post-processing to apply:
     `config` (a YAML) when given, else the predictor's own (bundle / ensemble settings), else the library defaults."""
@@ -422,7 +310,7 @@ def bundle_cmd(out: str = 'cellseg_out/bundle',  # the bundle folder to write (r
     print(f"\nupload: kaggle datasets create -p {path}    (then attach it to the kernel as cellseg-weights)")
     return path
 
-# %% ../nbs/90_cli.ipynb 17
+# %% ../nbs/90_cli.ipynb 16
 @command('pseudo-label')
 def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellseg train maskrcnn`
                      cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`
@@ -450,7 +338,7 @@ def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellse
     table = df.groupby('cell_type').agg(images=('id', 'nunique'), cells=('id', 'size')) if len(df) else pd.DataFrame()
     print_table(table, f"wrote {out}: {df.id.nunique()} of {len(ids)} images kept, {len(df)} cells")
 
-# %% ../nbs/90_cli.ipynb 19
+# %% ../nbs/90_cli.ipynb 18
 from fastcore.script import Param
 
 def _livecell_plan(data, livecell, livecell_types):
@@ -641,7 +529,7 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
         elif held is not None and len(held):
             print_table(cpose.diameter_summary(cpose.compare_diameters(path, held, held.ids)), "diameters on the LIVECell val split")
 
-# %% ../nbs/90_cli.ipynb 21
+# %% ../nbs/90_cli.ipynb 20
 @command('demo')
 def demo_cmd(out: str = 'cellseg_out/demo',  # output folder (data, models, predictions, submission, report)
              recipe: str = None,  # recipe name (demo, quick, ...) or YAML file (default: demo; quick with --quick)
@@ -672,5 +560,5 @@ def demo_cmd(out: str = 'cellseg_out/demo',  # output folder (data, models, pred
     print(f"\nDemo finished in {res.times['total'] / 60:.1f} min. Everything is in {Path(out).resolve()}")
     return res.summary
 
-# %% ../nbs/90_cli.ipynb 23
+# %% ../nbs/90_cli.ipynb 22
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())
