@@ -13,7 +13,8 @@ from fastcore.script import anno_parser
 # %% auto 0
 __all__ = ['COMMANDS', 'command', 'print_table', 'main', 'kaggle_bundle', 'validate_submission_cmd', 'data_root',
            'read_any_predictions', 'evaluate_cmd', 'parse_scales', 'predict_cmd', 'tune_cmd', 'tune_ensemble_cmd',
-           'bundle_cmd', 'pseudo_label_cmd', 'resolve_recipe', 'train_maskrcnn_cmd', 'train_cellpose_cmd', 'demo_cmd']
+           'bundle_cmd', 'pseudo_label_cmd', 'override_stages', 'resolve_recipe', 'given', 'train_maskrcnn_cmd',
+           'train_cellpose_cmd', 'demo_cmd']
 
 # %% ../nbs/90_cli.ipynb 5
 COMMANDS = {}
@@ -353,21 +354,35 @@ def _livecell_plan(data, livecell, livecell_types):
     root = data_root(data) if (data or os.environ.get('CELLSEG_DATA')) else None
     return root, lc, lines
 
-def resolve_recipe(recipe: str | None, flags: dict | None = None, sets=None, stages=('train', 'pretrain')):
-    """The run's `config.Recipe`: the named recipe or YAML file `recipe` (default 'default'), then the command's
-    flags that were given (`flags`: {dotted key: value}, None = not given; a `train.*` key also sets the same key of
-    the other `stages` that the recipe has, iterations excepted), then the `--set KEY=VALUE` overrides `sets`: one merge path."""
-    from cellseg_nb.config import get_recipe
-    r = get_recipe(recipe or 'default')
-    given = {}
-    for k, v in (flags or {}).items():
-        if v is None: continue
-        given[k] = v
+def override_stages(recipe, overrides, stages=('train', 'pretrain')):
+    """`recipe` with `overrides` applied (`{dotted key: value}` or a list of (key, value) pairs, later ones winning;
+    a value may be None). One rule for flags and `--set` alike: a `train.KEY` override also sets `pretrain.KEY` (the
+    LIVECell stage; iterations excepted) when the recipe has that stage, unless `pretrain.KEY` is itself overridden."""
+    items = list(overrides.items()) if isinstance(overrides, dict) else list(overrides)
+    given = {k for k, _ in items}
+    out = {}
+    for k, v in items:
+        out[k] = v
         group, _, rest = k.partition('.')
         if group == 'train' and rest != 'iterations':
             for s in stages:
-                if s != 'train' and getattr(r, s, None) is not None: given.setdefault(f'{s}.{rest}', v)
-    return r.merge(given, *(sets or []))
+                if s != 'train' and f'{s}.{rest}' not in given and getattr(recipe, s, None) is not None:
+                    out[f'{s}.{rest}'] = v
+    return recipe.merge(out) if out else recipe
+
+def resolve_recipe(recipe: str | None, flags: dict | None = None, sets=None, stages=('train', 'pretrain')):
+    """The run's `config.Recipe`: the named recipe or YAML file `recipe` (default 'default'), then the command's
+    flags that were given (`flags`: {dotted key: value}; only given flags are passed, and their value may be None,
+    e.g. `train.fold: None` for all images), then the `--set KEY=VALUE` texts `sets`: both through
+    `override_stages`, so `--lr 0.01` and `--set train.lr=0.01` train the same run."""
+    from cellseg_nb.config import get_recipe
+    from cellseg_nb.settings import parse_override
+    r = override_stages(get_recipe(recipe or 'default'), flags or {}, stages)
+    return override_stages(r, [parse_override(s) for s in (sets or [])], stages)
+
+def given(flags: dict) -> dict:
+    "The flags a user gave: those whose value is not None (a command's options default to None = not given)."
+    return {k: v for k, v in flags.items() if v is not None}
 
 def _save_recipe(recipe, folder) -> Path:
     "Write `recipe.yaml` into `folder` (beside the checkpoint or model file) and print the resolved recipe."
@@ -419,23 +434,23 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
     from cellseg_nb.pipeline import resolve_device
     from cellseg_nb.data import SartoriusData, LiveCellData
     from cellseg_nb.config import small_model, Recipe
+    from cellseg_nb.settings import parse_override
     root, lc, lines = _livecell_plan(data, livecell, livecell_types)
     if pseudo_labels and root is None: raise ValueError("--pseudo_labels needs the competition folder (--data or $CELLSEG_DATA)")
     if root is not None: shape = SartoriusData(root).image_shape     # the model works at the data's native resolution
     else:
         hw = LiveCellData(lc, 'train', lines).meta[['height', 'width']]
         shape = tuple(int(v) for v in hw.mode().iloc[0])
-    flags = {'train.fold': None if fold is None else (None if fold < 0 else fold), 'train.n_folds': n_folds,
-             'pretrain.iterations': livecell_iters, 'model.backbone': backbone, 'train.iterations': iters,
-             'train.batch_size': batch_size, 'train.lr': lr, 'train.optimizer': optimizer, 'train.warmup': warmup,
-             'model.scale': scale, 'model.mask_size': mask_size, 'train.val_every': val_every,
-             'train.checkpoint_every': checkpoint_every}
+    flags = given({'train.n_folds': n_folds, 'pretrain.iterations': livecell_iters, 'model.backbone': backbone,
+                   'train.iterations': iters, 'train.batch_size': batch_size, 'train.lr': lr, 'train.optimizer': optimizer,
+                   'train.warmup': warmup, 'model.scale': scale, 'model.mask_size': mask_size,
+                   'train.val_every': val_every, 'train.checkpoint_every': checkpoint_every})
+    if fold is not None: flags['train.fold'] = None if fold < 0 else fold      # -1: every image trains (fold None)
     r = resolve_recipe(recipe, {'model.min_size': min(shape), 'model.max_size': max(shape), **flags})
-    if fold is not None and fold < 0: r = r.merge({'train.fold': None})
     if small:
         m = small_model(shape, r.model.scale, r.model.mask_size)
         r = r.merge({f'model.{k}': v for k, v in m.changed_options().items()})
-    r = r.merge(*(set or []))                                # --set comes last: it wins over every flag
+    r = override_stages(r, [parse_override(s) for s in (set or [])])   # --set last: it wins over every flag
     if lc is not None and root is not None and r.pretrain is None: r = r.merge({'pretrain': r.train.to_dict()})
     if int(os.environ.get('RANK', '0')) == 0: _save_recipe(r, out)      # once under torchrun
     dev = None if os.environ.get('LOCAL_RANK') else resolve_device(device)
@@ -499,9 +514,9 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
     from cellseg_nb.pipeline import resolve_device
     root, lc, lines = _livecell_plan(data, livecell, livecell_types)
     if pseudo_labels and root is None: raise ValueError("--pseudo_labels needs the competition folder (--data or $CELLSEG_DATA)")
-    r = resolve_recipe(recipe, {'cellpose.livecell_epochs': livecell_epochs, 'cellpose.epochs': epochs,
-                                'cellpose.learning_rate': lr, 'cellpose.bsize': bsize,
-                                'cellpose.size_epochs': 0 if no_size_model else None}, set)
+    r = resolve_recipe(recipe, given({'cellpose.livecell_epochs': livecell_epochs, 'cellpose.epochs': epochs,
+                                      'cellpose.learning_rate': lr, 'cellpose.bsize': bsize,
+                                      'cellpose.size_epochs': 0 if no_size_model else None}), set)
     c = r.cellpose
     lcd = None if lc is None else LiveCellData(lc, 'train', lines)
     if root is None:                                   # LIVECell alone: train split, held-out = val split

@@ -443,13 +443,26 @@ def _train_config(options: dict, root, dataset, backbone, model_options, world) 
            'backbone': backbone, 'model_options': dict(model_options or {}), 'world_size': world}
     return json.loads(json.dumps(cfg))         # tuples -> lists, so a resumed run compares equal
 
+def _with_defaults(cfg: dict) -> dict:
+    """A training config (`_train_config`'s plain form) with every setting it lacks filled in from today's defaults
+    (`TrainConfig`, `AugmentConfig`, `ModelConfig`): a field added to a settings class after a checkpoint was
+    written reads as its default, so older checkpoints stay resumable."""
+    from cellseg_nb.config import ModelConfig
+    plain = lambda d: json.loads(json.dumps(d))
+    out = {**plain(TRAIN_DEFAULTS), **cfg}
+    if isinstance(out.get('augment'), dict): out['augment'] = {**plain(AUGMENT_DEFAULTS), **out['augment']}
+    if isinstance(out.get('model_options'), dict):
+        out['model_options'] = {**plain(ModelConfig().build_options()), **out['model_options']}
+    return out
+
 def _resume_state(ckpt_path, resume, cfg):
-    "The checkpoint to resume from (None: fresh start); errors for a checkpoint without `resume` or with other settings."
+    """The checkpoint to resume from (None: fresh start); errors for a checkpoint without `resume` or with other
+    settings (both sides compared with missing settings at their defaults, `_with_defaults`)."""
     if not ckpt_path.exists(): return None
     if not resume: raise FileExistsError(f"{ckpt_path} exists: pass resume=True to continue that run, or use another out_dir")
     state = read_checkpoint(ckpt_path)
-    saved = state.get('train_config', {})
-    diff = {k: (saved.get(k), v) for k, v in cfg.items() if k != 'num_workers' and saved.get(k) != v}
+    saved, given = _with_defaults(state.get('train_config', {})), _with_defaults(cfg)
+    diff = {k: (saved.get(k), v) for k, v in given.items() if k != 'num_workers' and saved.get(k) != v}
     if diff: raise ValueError(f"{ckpt_path}: resuming needs the checkpoint's settings; these differ (saved, given): {diff}")
     return state
 
