@@ -8,13 +8,13 @@ import os, re, sys, json, subprocess, shutil, tempfile
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from fastcore.script import anno_parser
+from fastcore.script import anno_parser, Param
 
 # %% auto 0
 __all__ = ['COMMANDS', 'command', 'print_table', 'main', 'kaggle_bundle', 'validate_submission_cmd', 'data_root',
-           'read_any_predictions', 'evaluate_cmd', 'parse_scales', 'predict_cmd', 'tune_cmd', 'tune_ensemble_cmd',
-           'bundle_cmd', 'pseudo_label_cmd', 'override_stages', 'resolve_recipe', 'given', 'train_maskrcnn_cmd',
-           'train_cellpose_cmd', 'demo_cmd']
+           'read_any_predictions', 'evaluate_cmd', 'parse_models', 'parse_scales', 'predict_cmd', 'tune_cmd',
+           'tune_ensemble_cmd', 'bundle_cmd', 'pseudo_label_cmd', 'override_stages', 'resolve_recipe', 'given',
+           'train_maskrcnn_cmd', 'train_cellpose_cmd', 'demo_cmd']
 
 # %% ../nbs/90_cli.ipynb 5
 COMMANDS = {}
@@ -172,14 +172,33 @@ def evaluate_cmd(pred: str,  # a submission CSV or raw predictions (cellseg pred
     return ev.summary
 
 # %% ../nbs/90_cli.ipynb 15
-def _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device):
-    """The predictor of model files (+ ensemble settings) or of a bundle, and the post-processing to apply:
-    `config` (a YAML) when given, else the predictor's own (bundle / ensemble settings), else the library defaults."""
-    from cellseg_nb.predictors import load_predictor
+_MODEL_HELP = "a model by kind: KIND=PATH or NAME:KIND=PATH (kinds: maskrcnn, cellpose, or a plug-in's); repeatable"
+
+def parse_models(texts) -> dict:
+    """`--model` values `[NAME:]KIND=PATH` -> `{name: (kind, path)}` (the name defaults to the kind); the kind must be
+    known (`predictors.model_kind`). ValueError naming the value for a malformed one or a name given twice."""
+    from cellseg_nb.predictors import model_kind
+    out = {}
+    for t in texts or []:
+        key, sep, path = str(t).partition('=')
+        name, _, kind = key.rpartition(':')
+        name, kind = (name or kind).strip(), kind.strip()
+        if not sep or not kind or not path: raise ValueError(f"--model {t!r}: expected KIND=PATH or NAME:KIND=PATH")
+        if name in out: raise ValueError(f"--model {t!r}: a model named {name!r} was given before")
+        model_kind(kind)
+        out[name] = (kind, path)
+    return out
+
+def _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device, models=None):
+    """The predictor of model files (+ ensemble settings) or a bundle, and its post-processing: `config` when given,
+    else the bundle's / ensemble settings', else the library defaults."""
+    from cellseg_nb.bundle import load_predictor
     from cellseg_nb.postprocess import PostprocessConfigs
-    if not (maskrcnn or cellpose or bundle):
-        raise ValueError("give --bundle, or --maskrcnn and/or --cellpose (trained model files)")
-    predictor = load_predictor(maskrcnn=maskrcnn, cellpose=cellpose, ensemble=ensemble, bundle=bundle, device=device)
+    named = parse_models(models)
+    if not (maskrcnn or cellpose or bundle or named):
+        raise ValueError("give --bundle, or --maskrcnn and/or --cellpose, or --model KIND=PATH (trained model files)")
+    predictor = load_predictor(maskrcnn=maskrcnn, cellpose=cellpose, ensemble=ensemble, bundle=bundle, device=device,
+                               models=named)
     if config: cfg, src = PostprocessConfigs.load(config), config
     elif predictor.postprocess is not None: cfg, src = predictor.postprocess, 'the bundle' if bundle else 'the ensemble settings'
     else: cfg, src = PostprocessConfigs(), 'library defaults'
@@ -199,8 +218,9 @@ def parse_scales(text: str | None) -> tuple | None:
 @command('predict')
 def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cellseg train maskrcnn`
                 cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`
+                model: Param(_MODEL_HELP, str, action='append') = None,
                 bundle: str = None,  # a bundle folder from `cellseg bundle` (instead of model files and settings)
-                ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (with both models)
+                ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (naming the models given)
                 images: str = None,  # folder of images to predict (default: the test/ folder of --data)
                 data: str = None,  # competition folder (default: $CELLSEG_DATA)
                 fold: int = None,  # predict the train images of this fold instead (out-of-fold predictions)
@@ -214,7 +234,7 @@ def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cell
                 device: str = 'auto'):  # cpu, cuda or auto
     "Predict cells with trained models (or a bundle), post-process per cell type, write a validated submission."
     from cellseg_nb.inference import predict_images, save_predictions, make_submission, list_images
-    predictor, cfg = _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device)
+    predictor, cfg = _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device, model)
     cell_types = None
     if fold is not None:
         from cellseg_nb.data import SartoriusData
@@ -262,32 +282,42 @@ def _floats(text, what) -> tuple:
     try: return tuple(float(x) for x in str(text).split(',') if x.strip())
     except ValueError: raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}") from None
 
+_RAW_HELP = "raw OOF predictions of one model: NAME=CSV (NAME as in predict --model / the bundle); repeatable"
+
 @command('tune-ensemble')
 def tune_ensemble_cmd(maskrcnn: str = None,  # raw OOF predictions of Mask R-CNN (`cellseg predict --maskrcnn ... --fold K --raw FILE`)
                       cellpose: str = None,  # raw OOF predictions of Cellpose on the same images
+                      raw: Param(_RAW_HELP, str, action='append') = None,
                       data: str = None,  # competition folder (default: $CELLSEG_DATA)
                       out: str = 'ensemble.json',  # where to write the ensemble settings (JSON)
-                      weights: str = '0.3,0.5,0.7',  # Mask R-CNN weights to try in 'both' (Cellpose gets 1 - w)
+                      weights: str = '0.3,0.5,0.7',  # weights of the first model to try in 'both' (the others share 1 - w)
                       votes: str = '0.5',  # pixel-vote fractions to try in 'both'
                       n_jobs: int = 1):  # parallel workers over images
-    "Choose per cell type Mask R-CNN, Cellpose or both merged (weights, vote, post-processing) on OOF predictions."
+    "Choose per cell type one model or all merged (weights, vote, post-processing) on OOF predictions of 2+ models."
     from cellseg_nb.data import SartoriusData
     from cellseg_nb.inference import load_predictions
     from cellseg_nb.ensemble import tune_ensemble
-    if not (maskrcnn and cellpose): raise ValueError("give --maskrcnn and --cellpose: raw OOF predictions of both models")
+    paths = {n: p for n, p in (('maskrcnn', maskrcnn), ('cellpose', cellpose)) if p}
+    for t in raw or []:
+        name, sep, p = str(t).partition('=')
+        if not sep or not name.strip() or not p: raise ValueError(f"--raw {t!r}: expected NAME=CSV")
+        if name.strip() in paths: raise ValueError(f"--raw {t!r}: predictions of {name.strip()!r} were given before")
+        paths[name.strip()] = p
+    if len(paths) < 2: raise ValueError("give raw OOF predictions of two or more models (--maskrcnn, --cellpose, --raw NAME=CSV)")
     ds = SartoriusData(data_root(data))
-    preds = {'maskrcnn': load_predictions(maskrcnn), 'cellpose': load_predictions(cellpose)}
+    preds = {name: load_predictions(p) for name, p in paths.items()}
     known = set(ds.ids)
-    for name, path in (('maskrcnn', maskrcnn), ('cellpose', cellpose)):
+    for name, p in paths.items():
         unknown = [i for i in preds[name] if i not in known]
-        if unknown: raise ValueError(f"{path}: {len(unknown)} image id(s) not in {ds.csv}, e.g. {unknown[:3]}")
-    ids = [i for i in preds['maskrcnn'] if i in preds['cellpose']]
-    if not ids: raise ValueError(f"{maskrcnn} and {cellpose} share no image id")
+        if unknown: raise ValueError(f"{p}: {len(unknown)} image id(s) not in {ds.csv}, e.g. {unknown[:3]}")
+    first, *rest = preds.values()
+    ids = [i for i in first if all(i in r for r in rest)]
+    if not ids: raise ValueError(f"{', '.join(map(str, paths.values()))} share no image id")
     gt = {i: ds.instances(i) for i in ids}
-    res = tune_ensemble(preds, gt, ds.meta.cell_type.to_dict(), weights=_floats(weights, '--weights'),
-                        votes=_floats(votes, '--votes'), n_jobs=n_jobs)
+    res = tune_ensemble({n: {i: p[i] for i in ids} for n, p in preds.items()}, gt, ds.meta.cell_type.to_dict(),
+                        weights=_floats(weights, '--weights'), votes=_floats(votes, '--votes'), n_jobs=n_jobs)
     res.settings.save(out)
-    print_table(res.summary, f"tuned on {len(gt)} images: per cell type each model alone, both, and the choice")
+    print_table(res.summary, f"tuned on {len(gt)} images: per cell type each model alone, all merged, and the choice")
     print(f"\nensemble settings: {out}")
     return res.summary
 
@@ -295,15 +325,16 @@ def tune_ensemble_cmd(maskrcnn: str = None,  # raw OOF predictions of Mask R-CNN
 def bundle_cmd(out: str = 'cellseg_out/bundle',  # the bundle folder to write (replaced when it holds an earlier bundle)
                maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellseg train maskrcnn` (training state is left out)
                cellpose: str = None,  # Cellpose model file from `cellseg train cellpose` (its size model etc. come along)
+               model: Param(_MODEL_HELP, str, action='append') = None,
                postprocess: str = None,  # post-processing YAML from `cellseg tune` (default: the ensemble's, else library defaults)
-               ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (needs both models)
+               ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (naming the bundle's models)
                cv: str = None,  # CV scores to record: a JSON object or a JSON file
                data: str = None,  # the competition folder the models were trained on (its fingerprint is recorded)
                dataset_id: str = None,  # Kaggle data set id USER/SLUG (default $KAGGLE_USERNAME/cellseg-weights)
                title: str = 'cellseg-weights'):  # Kaggle data set title (and default slug)
     "Pack models + post-processing + ensemble settings + a manifest (versions, hashes) into one folder to upload."
     from cellseg_nb.bundle import write_bundle, read_bundle
-    path = write_bundle(out, maskrcnn, cellpose, postprocess, ensemble, cv, data, dataset_id, title)
+    path = write_bundle(out, maskrcnn, cellpose, postprocess, ensemble, cv, data, dataset_id, title, models=parse_models(model))
     b = read_bundle(path)
     files = b.files().set_index('file')
     print_table(files, f"bundle {path}: {', '.join(b.manifest['models'])}; post-processing from "
@@ -315,6 +346,7 @@ def bundle_cmd(out: str = 'cellseg_out/bundle',  # the bundle folder to write (r
 @command('pseudo-label')
 def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellseg train maskrcnn`
                      cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`
+                     model: Param(_MODEL_HELP, str, action='append') = None,
                      bundle: str = None,  # a bundle folder from `cellseg bundle` (instead of model files and settings)
                      ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (with both models)
                      data: str = None,  # competition folder (default: $CELLSEG_DATA); its train_semi_supervised/ is labelled
@@ -326,13 +358,12 @@ def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellse
     "Pseudo-label train_semi_supervised/ with trained models: confident cells by per-type rules, in train.csv format."
     from cellseg_nb.data import SartoriusData
     from cellseg_nb.pseudo import pseudo_label, write_pseudo_labels, PSEUDO_RULES
-    if not (maskrcnn or cellpose or bundle): raise ValueError("give --bundle, or --maskrcnn and/or --cellpose (trained model files)")
     root = data_root(data)
     try: extra = json.loads(rules) if rules else {}
     except json.JSONDecodeError as e: raise ValueError(f"--rules is not JSON: {e}") from None
     merged = {t: {**PSEUDO_RULES.get(t, {}), **extra.get(t, {})} for t in {*PSEUDO_RULES, *extra}}
     ids = SartoriusData(root).semi_supervised_ids[:limit]
-    predictor, cfg = _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device)
+    predictor, cfg = _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device, model)
     print(f"{predictor.name} on {len(ids)} unlabelled images")
     df = pseudo_label(predictor, root, ids, merged, cfg)
     write_pseudo_labels(df, out)
@@ -340,8 +371,6 @@ def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellse
     print_table(table, f"wrote {out}: {df.id.nunique()} of {len(ids)} images kept, {len(df)} cells")
 
 # %% ../nbs/90_cli.ipynb 18
-from fastcore.script import Param
-
 def _livecell_plan(data, livecell, livecell_types):
     """Where `cellseg train ... --livecell` trains: `(competition root or None, LIVECell root or None, lines or None)`.
     With `--livecell` and neither `--data` nor `$CELLSEG_DATA`, the competition root is None: LIVECell alone."""

@@ -6,13 +6,16 @@
 from __future__ import annotations
 import os, contextlib, warnings
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
+from dataclasses import dataclass
+import shutil
 import numpy as np
 from .instances import Instances
 
 # %% auto 0
-__all__ = ['resolve_device', 'quiet_library_warnings', 'Predictor', 'ModelPredictor', 'maskrcnn_predictor', 'cellpose_predictor',
-           'ensemble_predictor', 'load_predictor']
+__all__ = ['MODEL_KINDS', 'ENTRY_POINT_GROUP', 'resolve_device', 'quiet_library_warnings', 'Predictor', 'ModelPredictor',
+           'maskrcnn_predictor', 'cellpose_predictor', 'ModelKind', 'register_model_kind', 'model_kind',
+           'ensemble_predictor']
 
 # %% ../nbs/14_predictors.ipynb 6
 def resolve_device(device: str = 'auto') -> str:
@@ -87,6 +90,71 @@ def cellpose_predictor(model, diameter='auto', device: str = 'auto') -> ModelPre
     return ModelPredictor('cellpose', fn, src, model)
 
 # %% ../nbs/14_predictors.ipynb 19
+@dataclass(frozen=True)
+class ModelKind:
+    """One kind of model. `name`: the kind's name; `load(path, device) -> Predictor`: a trained model file as a
+    predictor; `suffix`: the ending of the model's file in a bundle (`'.pth'`, or `''`); `companions`: endings of files
+    that travel beside the model file when present (Cellpose's `.json`, `_size.npy`, `_types.json`); `pack(src, dst)
+    -> dict | None`: write the inference copy of model file `src` to `dst` and return the recipe it was trained with
+    (default: copy the file, no recipe); `recipe_companion`: the companion that records its training (or None);
+    `packages`: libraries whose versions must match when a bundle of this kind is read; `train`: how it is trained;
+    `what`: the model's description in messages."""
+    name: str
+    load: Callable
+    suffix: str = ''
+    companions: tuple = ()
+    pack: Callable | None = None
+    recipe_companion: str | None = None
+    packages: tuple = ()
+    train: str = ''
+    what: str = ''
+
+    def pack_files(self, src, dst) -> dict | None:
+        "Write model `src` as `dst` plus its companions (`dst` + ending, those present); returns `pack`'s recipe."
+        src, dst = Path(src), Path(dst)
+        if self.pack is not None: recipe = self.pack(src, dst)
+        else: shutil.copyfile(src, dst); recipe = None
+        for end in self.companions:
+            f = Path(str(src) + end)
+            if f.is_file(): shutil.copyfile(f, Path(str(dst) + end))
+        return recipe
+
+MODEL_KINDS: dict = {}
+ENTRY_POINT_GROUP = 'cellseg_nb.model_kinds'
+
+def register_model_kind(kind: ModelKind) -> ModelKind:
+    "Add `kind` to `MODEL_KINDS` under its name (replacing a kind of that name) and return it."
+    if not isinstance(kind, ModelKind): raise TypeError(f"expected a ModelKind, got {type(kind).__name__}")
+    MODEL_KINDS[kind.name] = kind
+    return kind
+
+def model_kind(name: str) -> ModelKind:
+    """The model kind called `name`: built in, registered, or declared by an installed package in the entry-point
+    group `cellseg_nb.model_kinds` (loaded on first use). ValueError listing the known kinds otherwise."""
+    if name in MODEL_KINDS: return MODEL_KINDS[name]
+    from importlib.metadata import entry_points
+    eps = list(entry_points(group=ENTRY_POINT_GROUP))
+    for ep in eps:
+        if ep.name != name: continue
+        kind = ep.load()
+        if not isinstance(kind, ModelKind) or kind.name != name:
+            raise ValueError(f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}) is not a ModelKind named {name!r}")
+        return register_model_kind(kind)
+    raise ValueError(f"unknown model kind {name!r}; known: {sorted({*MODEL_KINDS, *(ep.name for ep in eps)})}")
+
+def _pack_maskrcnn(src, dst):
+    from cellseg_nb.maskrcnn import strip_maskrcnn_checkpoint
+    return strip_maskrcnn_checkpoint(src, dst)
+
+register_model_kind(ModelKind('maskrcnn', lambda path, device='auto': maskrcnn_predictor(path, device=device), '.pth',
+                              pack=_pack_maskrcnn, packages=('torch', 'torchvision'), train='cellseg train maskrcnn',
+                              what='Mask R-CNN checkpoint'))
+register_model_kind(ModelKind('cellpose', lambda path, device='auto': cellpose_predictor(path, device=device), '',
+                              companions=('.json', '_size.npy', '_types.json'), recipe_companion='.json',
+                              packages=('torch', 'torchvision', 'cellpose'), train='cellseg train cellpose',
+                              what='Cellpose model'))
+
+# %% ../nbs/14_predictors.ipynb 22
 def ensemble_predictor(predictors: list, weights=None, iou_threshold: float = 0.5, vote: float = 0.5,
                        settings=None) -> ModelPredictor:
     """Several predictors as one: each image goes through every predictor and the cells are matched across models
@@ -118,33 +186,3 @@ def _labelled(raw: Instances, cell_type) -> Instances:
     ids = {name: i for i, name in CLASS_NAMES.items()}
     if cell_type not in ids or raw.labels is None: return raw
     return raw.with_(labels=np.full(len(raw), ids[cell_type], raw.labels.dtype))
-
-def _ensemble_settings(ensemble):
-    from cellseg_nb.ensemble import EnsembleSettings
-    if ensemble is None or isinstance(ensemble, EnsembleSettings): return ensemble
-    return EnsembleSettings.load(_existing(ensemble, 'ensemble settings'))
-
-def load_predictor(maskrcnn=None, cellpose=None, device: str = 'auto', ensemble=None, bundle=None,
-                   check_versions: bool = True) -> ModelPredictor:
-    """A predictor from local model files: Mask R-CNN, Cellpose, or both as an ensemble (equal weights, or
-    `ensemble`: `EnsembleSettings` / its JSON file from `tune_ensemble`). Or `bundle`: a folder written by
-    `cellseg_nb.bundle.write_bundle`, checked (file hashes; versions unless `check_versions=False`) and applied
-    whole: its models, ensemble settings and `postprocess.yaml` (the predictor's `postprocess`)."""
-    if bundle is not None:
-        if maskrcnn or cellpose or ensemble is not None:
-            raise ValueError("give a bundle or model files / ensemble settings, not both")
-        from cellseg_nb.bundle import read_bundle
-        b = read_bundle(bundle, check_versions=check_versions)
-        p = load_predictor(b.maskrcnn, b.cellpose, device, b.ensemble)
-        p.postprocess, p.source = b.postprocess, f"{p.source}; bundle {b.root}"
-        return p
-    settings = _ensemble_settings(ensemble)
-    ps = []
-    if maskrcnn: ps.append(maskrcnn_predictor(maskrcnn, device=device))
-    if cellpose: ps.append(cellpose_predictor(cellpose, device=device))
-    if not ps: raise ValueError("no model given: pass a Mask R-CNN checkpoint and/or a Cellpose model file")
-    if len(ps) == 1:
-        if settings is not None:
-            raise ValueError(f"ensemble settings need both models ({list(settings.models)}); only {ps[0].name} was given")
-        return ps[0]
-    return ensemble_predictor(ps, settings=settings)
