@@ -107,7 +107,7 @@ def model_paths(models=None, maskrcnn=None, cellpose=None) -> dict:
     return out
 
 def write_bundle(out, maskrcnn=None, cellpose=None, postprocess=None, ensemble=None, cv_scores=None, data=None,
-                 dataset_id: str | None = None, title: str = 'cellseg-weights', models=None) -> Path:
+                 dataset_id: str | None = None, title: str = 'cellseg-weights', models=None, inference=None) -> Path:
     """Write a bundle folder `out` (see above). The models: `models` (`{name: path}` or `{name: (kind, path)}`, see
     `model_paths`; any kind of `predictors.MODEL_KINDS`), or the shorthands `maskrcnn` (a checkpoint from `cellseg
     train maskrcnn`) and `cellpose` (a model file from `cellseg train cellpose`; its `.json`, `_size.npy`,
@@ -115,7 +115,9 @@ def write_bundle(out, maskrcnn=None, cellpose=None, postprocess=None, ensemble=N
     file ending. `postprocess`: a YAML path or `PostprocessConfigs`; `ensemble`: a JSON path or `EnsembleSettings`
     (its models must be the bundle's); `cv_scores`: a dict (or JSON text / file) recorded in the manifest; `data`:
     the competition folder the models were trained on (its `data_fingerprint` is recorded); `dataset_id` / `title`:
-    the Kaggle data set. Returns `out`."""
+    the Kaggle data set; `inference`: the predictor's test-time passes (`InferenceSettings` or a YAML path; default
+    none), used wherever the bundle predicts. Returns `out`."""
+    from cellseg_nb.inference import InferenceSettings
     from cellseg_nb.postprocess import PostprocessConfigs
     from cellseg_nb.ensemble import EnsembleSettings
     from cellseg_nb.predictors import model_kind
@@ -134,6 +136,9 @@ def write_bundle(out, maskrcnn=None, cellpose=None, postprocess=None, ensemble=N
         postprocess = PostprocessConfigs.load(_need(postprocess, 'post-processing settings'))
     pp_source = 'postprocess' if postprocess is not None else 'ensemble' if ensemble is not None else 'library defaults'
     postprocess = postprocess or (ensemble.postprocess if ensemble is not None else PostprocessConfigs())
+    if inference is not None and not isinstance(inference, InferenceSettings):
+        inference = InferenceSettings.load(_need(inference, 'inference settings'))
+    inference = inference or InferenceSettings()
     cv = _plain(_json_arg(cv_scores, 'cv_scores'))
     fingerprint = data_fingerprint(data) if data else None
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +155,7 @@ def write_bundle(out, maskrcnn=None, cellpose=None, postprocess=None, ensemble=N
                 recipes[name] = f'{name}_recipe.yaml'
             elif k.recipe_companion and (tmp / (file + k.recipe_companion)).is_file(): recipes[name] = file + k.recipe_companion
         postprocess.save(tmp / 'postprocess.yaml')
+        inference.save(tmp / 'inference.yaml')
         if ensemble is not None: ensemble.save(tmp / 'ensemble.json')
         (tmp / KAGGLE_METADATA).write_text(json.dumps(_kaggle_metadata(title, dataset_id), indent=2) + '\n')
         files = {f.name: {'sha256': file_sha256(f), 'bytes': f.stat().st_size}
@@ -159,6 +165,7 @@ def write_bundle(out, maskrcnn=None, cellpose=None, postprocess=None, ensemble=N
         manifest = dict(format='cellseg_nb bundle', format_version=BUNDLE_FORMAT,
                         created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), versions=versions, models=entries,
                         recipes=recipes, postprocess='postprocess.yaml', postprocess_from=pp_source,
+                        inference='inference.yaml',
                         ensemble='ensemble.json' if ensemble is not None else None,
                         data_fingerprint=fingerprint, cv_scores=cv, files=files)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + '\n')
@@ -171,13 +178,14 @@ def write_bundle(out, maskrcnn=None, cellpose=None, postprocess=None, ensemble=N
 @dataclass
 class Bundle:
     """An opened, checked bundle: `root`, its `manifest` (dict), `models` (`{name: (kind, Path)}`, in the manifest's
-    order), the `PostprocessConfigs` and the `EnsembleSettings` (None without). `maskrcnn` / `cellpose`: the path of
-    the model of that name (None when absent)."""
+    order), the `PostprocessConfigs`, the `EnsembleSettings` (None without) and the `InferenceSettings` (a format-1
+    bundle: none, the defaults). `maskrcnn` / `cellpose`: the path of the model of that name (None when absent)."""
     root: Path
     manifest: dict
     models: dict
     postprocess: object
     ensemble: object = None
+    inference: object = None
     @property
     def maskrcnn(self) -> Path | None: return self.models.get('maskrcnn', (None, None))[1]
     @property
@@ -215,7 +223,7 @@ def check_bundle(root, check_versions: bool = True) -> dict:
         if not f.is_file(): problems.append(f"{f}: missing"); continue
         if f.stat().st_size != want['bytes'] or file_sha256(f) != want['sha256']:
             problems.append(f"{f}: changed or corrupted (sha256 {file_sha256(f)[:16]}..., manifest {want['sha256'][:16]}...)")
-    for name in [m.get('postprocess'), m.get('ensemble'), *(v['file'] for v in _manifest_models(m).values())]:
+    for name in [m.get('postprocess'), m.get('ensemble'), m.get('inference'), *(v['file'] for v in _manifest_models(m).values())]:
         if name is not None and name not in m['files']: problems.append(f"{root / name}: not listed in {MANIFEST}")
     bundled = m.get('versions', {})
     if check_versions: problems += version_problems(bundled, runtime_versions(tuple(p for p in bundled if p not in ('cellseg_nb', 'python'))))
@@ -223,14 +231,16 @@ def check_bundle(root, check_versions: bool = True) -> dict:
     return m
 
 def read_bundle(root, check_versions: bool = True) -> Bundle:
-    "Check (`check_bundle`) and open the bundle folder `root`: model paths, post-processing, ensemble settings."
+    "Check (`check_bundle`) and open the bundle folder `root`: models, post-processing, ensemble and inference settings."
     from cellseg_nb.postprocess import PostprocessConfigs
     from cellseg_nb.ensemble import EnsembleSettings
+    from cellseg_nb.inference import InferenceSettings
     root = Path(root)
     m = check_bundle(root, check_versions)
     models = {n: (v['kind'], root / v['file']) for n, v in _manifest_models(m).items()}
     return Bundle(root, m, models, PostprocessConfigs.load(root / m['postprocess']),
-                  EnsembleSettings.load(root / m['ensemble']) if m.get('ensemble') else None)
+                  EnsembleSettings.load(root / m['ensemble']) if m.get('ensemble') else None,
+                  InferenceSettings.load(root / m['inference']) if m.get('inference') else InferenceSettings())
 
 def _ensemble_settings(ensemble):
     from cellseg_nb.ensemble import EnsembleSettings
@@ -238,31 +248,40 @@ def _ensemble_settings(ensemble):
     return EnsembleSettings.load(_need(ensemble, 'ensemble settings'))
 
 def load_predictor(maskrcnn=None, cellpose=None, device: str = 'auto', ensemble=None, bundle=None,
-                   check_versions: bool = True, models=None):
+                   check_versions: bool = True, models=None, inference=None):
     """A predictor from local model files, each loaded by its kind (`predictors.model_kind`): `models`
     (`{name: path}` or `{name: (kind, path)}`, see `model_paths`) and the shorthands `maskrcnn` / `cellpose`; one
     model alone, or all of them as an ensemble (equal weights, or `ensemble`: `EnsembleSettings` / its JSON file
     from `tune_ensemble`, naming the same models). Or `bundle`: a folder written by `write_bundle`, checked (file
-    hashes; versions unless `check_versions=False`) and applied whole: its models, ensemble settings and
-    `postprocess.yaml` (the predictor's `postprocess`)."""
+    hashes; versions unless `check_versions=False`) and applied whole: its models, ensemble settings, inference
+    settings and `postprocess.yaml` (the predictor's `postprocess`). `inference`: `InferenceSettings` (default: the
+    bundle's, else none): every model predicts with those passes (its own TTA where its kind has one and
+    `model_tta` is on, else the generic fusion) before the ensemble merges them; the predictor's `inference` says
+    which passes it runs."""
     from cellseg_nb.predictors import model_kind, ensemble_predictor
+    from cellseg_nb.inference import InferenceSettings, with_inference
     if bundle is not None:
         if maskrcnn or cellpose or models or ensemble is not None:
             raise ValueError("give a bundle or model files / ensemble settings, not both")
         b = read_bundle(bundle, check_versions=check_versions)
-        p = load_predictor(device=device, ensemble=b.ensemble, models=b.models)
+        p = load_predictor(device=device, ensemble=b.ensemble, models=b.models, inference=inference or b.inference)
         p.postprocess, p.source = b.postprocess, f"{p.source}; bundle {b.root}"
         return p
     settings = _ensemble_settings(ensemble)
     named = model_paths(models, maskrcnn, cellpose)
     if not named: raise ValueError("no model given: pass a Mask R-CNN checkpoint and/or a Cellpose model file, or models={name: path}")
+    inference = inference or InferenceSettings()
     ps = []
     for name, (kind, path) in named.items():
-        p = model_kind(kind).load(path, device)
+        k = model_kind(kind)
+        if k.own_tta and inference.model_tta: p = k.load(path, device, inference=inference)
+        else: p = with_inference(k.load(path, device), inference)
         p.name = name
         ps.append(p)
     if len(ps) == 1:
         if settings is not None:
             raise ValueError(f"ensemble settings need the models {list(settings.models)}; only {ps[0].name} was given")
-        return ps[0]
-    return ensemble_predictor(ps, settings=settings)
+        p = ps[0]
+    else: p = ensemble_predictor(ps, settings=settings)
+    p.inference = inference
+    return p

@@ -12,9 +12,9 @@ from fastcore.script import anno_parser, Param
 
 # %% auto 0
 __all__ = ['COMMANDS', 'command', 'print_table', 'main', 'kaggle_bundle', 'validate_submission_cmd', 'data_root',
-           'read_any_predictions', 'evaluate_cmd', 'parse_models', 'parse_scales', 'predict_cmd', 'tune_cmd',
-           'tune_ensemble_cmd', 'bundle_cmd', 'pseudo_label_cmd', 'override_stages', 'resolve_recipe', 'given',
-           'train_maskrcnn_cmd', 'train_cellpose_cmd', 'demo_cmd']
+           'read_any_predictions', 'evaluate_cmd', 'parse_models', 'inference_settings', 'parse_scales', 'predict_cmd',
+           'tune_cmd', 'tune_ensemble_cmd', 'bundle_cmd', 'pseudo_label_cmd', 'override_stages', 'resolve_recipe',
+           'given', 'train_maskrcnn_cmd', 'train_cellpose_cmd', 'demo_cmd']
 
 # %% ../nbs/90_cli.ipynb 5
 COMMANDS = {}
@@ -189,7 +189,22 @@ def parse_models(texts) -> dict:
         out[name] = (kind, path)
     return out
 
-def _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device, models=None):
+def inference_settings(bundle=None, tta: bool = False, no_tta: bool = False, tta_scales=None):
+    """The test-time passes a command runs: None when no flag is given (the bundle's settings, else none), else the
+    bundle's (or no) settings with `--tta` (flips on), `--no_tta` (no passes at all) or `--tta_scales` applied."""
+    from cellseg_nb.inference import InferenceSettings
+    if tta and no_tta: raise ValueError("give --tta or --no_tta, not both")
+    if not (tta or no_tta or tta_scales): return None
+    if no_tta:
+        if tta_scales: raise ValueError("--no_tta and --tta_scales contradict each other")
+        return InferenceSettings()
+    base = InferenceSettings()
+    if bundle:
+        from cellseg_nb.bundle import read_bundle
+        base = read_bundle(bundle).inference
+    return base.merge({k: v for k, v in (('tta', True if tta else None), ('tta_scales', tta_scales)) if v is not None})
+
+def _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device, models=None, inference=None):
     """The predictor of model files (+ ensemble settings) or a bundle, and its post-processing: `config` when given,
     else the bundle's / ensemble settings', else the library defaults."""
     from cellseg_nb.bundle import load_predictor
@@ -198,7 +213,7 @@ def _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device, 
     if not (maskrcnn or cellpose or bundle or named):
         raise ValueError("give --bundle, or --maskrcnn and/or --cellpose, or --model KIND=PATH (trained model files)")
     predictor = load_predictor(maskrcnn=maskrcnn, cellpose=cellpose, ensemble=ensemble, bundle=bundle, device=device,
-                               models=named)
+                               models=named, inference=inference)
     if config: cfg, src = PostprocessConfigs.load(config), config
     elif predictor.postprocess is not None: cfg, src = predictor.postprocess, 'the bundle' if bundle else 'the ensemble settings'
     else: cfg, src = PostprocessConfigs(), 'library defaults'
@@ -226,15 +241,18 @@ def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cell
                 fold: int = None,  # predict the train images of this fold instead (out-of-fold predictions)
                 n_folds: int = 5,  # number of folds (with --fold)
                 config: str = None,  # post-processing YAML from `cellseg tune` (default: the bundle's / ensemble's, else library defaults)
-                tta: bool = False,  # flip test-time augmentation (3 passes)
+                tta: bool = False,  # flip test-time augmentation (3 passes; each model's own where it has one)
                 tta_scales: str = None,  # multi-scale TTA: comma-separated factors of the input, e.g. 0.8,1,1.25 (x flips passes)
+                no_tta: bool = False,  # no test-time passes, even where the bundle's settings have them
                 cell_type: str = None,  # post-process every image as this type (shsy5y/astro/cort); default: voted from the predicted classes (needed for models trained on LIVECell alone)
                 out: str = 'submission.csv',  # the submission CSV to write ('' to skip)
                 raw: str = None,  # also write raw predictions (scores, classes) to this CSV
                 device: str = 'auto'):  # cpu, cuda or auto
     "Predict cells with trained models (or a bundle), post-process per cell type, write a validated submission."
     from cellseg_nb.inference import predict_images, save_predictions, make_submission, list_images
-    predictor, cfg = _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device, model)
+    scales = parse_scales(tta_scales)
+    inference = inference_settings(bundle, tta, no_tta, scales)
+    predictor, cfg = _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device, model, inference)
     cell_types = None
     if fold is not None:
         from cellseg_nb.data import SartoriusData
@@ -246,14 +264,12 @@ def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cell
         cell_types = ds.meta.cell_type.to_dict()
     else:
         items = list_images(images or data_root(data) / 'test')
-    scales = parse_scales(tta_scales)
-    print(f"{predictor.name} on {len(items)} images" + (' with flip TTA' if tta else '')
-          + (f" at scales {', '.join(map(str, scales))}" if scales else ''))
+    print(f"{predictor.name} on {len(items)} images ({predictor.inference.describe()})")
     if out:
-        res = make_submission(predictor, items, out, cfg, tta=tta, cell_types=cell_type or None, tta_scales=scales)
+        res = make_submission(predictor, items, out, cfg, cell_types=cell_type or None)
         raw_preds = res.raw
         print_table(res.table.set_index('id'), f"wrote {out} (validated)")
-    else: raw_preds = predict_images(predictor, items, tta=tta, tta_scales=scales)
+    else: raw_preds = predict_images(predictor, items)
     if raw:
         save_predictions(raw_preds, raw); print(f"raw predictions: {raw}")
 
@@ -328,17 +344,21 @@ def bundle_cmd(out: str = 'cellseg_out/bundle',  # the bundle folder to write (r
                model: Param(_MODEL_HELP, str, action='append') = None,
                postprocess: str = None,  # post-processing YAML from `cellseg tune` (default: the ensemble's, else library defaults)
                ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (naming the bundle's models)
+               tta: bool = False,  # the bundle predicts with flip TTA (each model's own where it has one)
+               tta_scales: str = None,  # the bundle predicts at these scale factors too, e.g. 0.8,1,1.25
                cv: str = None,  # CV scores to record: a JSON object or a JSON file
                data: str = None,  # the competition folder the models were trained on (its fingerprint is recorded)
                dataset_id: str = None,  # Kaggle data set id USER/SLUG (default $KAGGLE_USERNAME/cellseg-weights)
                title: str = 'cellseg-weights'):  # Kaggle data set title (and default slug)
     "Pack models + post-processing + ensemble settings + a manifest (versions, hashes) into one folder to upload."
     from cellseg_nb.bundle import write_bundle, read_bundle
-    path = write_bundle(out, maskrcnn, cellpose, postprocess, ensemble, cv, data, dataset_id, title, models=parse_models(model))
+    inference = inference_settings(None, tta, False, parse_scales(tta_scales))
+    path = write_bundle(out, maskrcnn, cellpose, postprocess, ensemble, cv, data, dataset_id, title, models=parse_models(model),
+                        inference=inference)
     b = read_bundle(path)
     files = b.files().set_index('file')
     print_table(files, f"bundle {path}: {', '.join(b.manifest['models'])}; post-processing from "
-                       f"{b.manifest['postprocess_from']}; {files.bytes.sum() / 2**20:.1f} MiB")
+                       f"{b.manifest['postprocess_from']}; {b.inference.describe()}; {files.bytes.sum() / 2**20:.1f} MiB")
     print(f"\nupload: kaggle datasets create -p {path}    (then attach it to the kernel as cellseg-weights)")
     return path
 

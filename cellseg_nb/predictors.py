@@ -57,10 +57,12 @@ class ModelPredictor:
     def __repr__(self): return f"ModelPredictor({self.name}{': ' + self.source if self.source else ''})"
 
 # %% ../nbs/14_predictors.ipynb 13
-def maskrcnn_predictor(model, device: str = 'auto', mask_threshold: float = 0.5, score_threshold: float | None = None) -> ModelPredictor:
+def maskrcnn_predictor(model, device: str = 'auto', mask_threshold: float = 0.5, score_threshold: float | None = None,
+                       tta: bool = False, tta_scales=None) -> ModelPredictor:
     """Mask R-CNN as a predictor. `model`: a checkpoint path (`cellseg_nb.maskrcnn` format) or a built model.
     Output: Instances with scores and 1-based class labels. `score_threshold` overrides the model's box score
-    threshold (keep it low: post-processing thresholds per cell type)."""
+    threshold (keep it low: post-processing thresholds per cell type). `tta`, `tta_scales`: Mask R-CNN's own
+    test-time passes, fused inside `maskrcnn.predict` (flips; factors of the model's input scale)."""
     from cellseg_nb import maskrcnn
     device = resolve_device(device)
     src = ''
@@ -70,14 +72,16 @@ def maskrcnn_predictor(model, device: str = 'auto', mask_threshold: float = 0.5,
     model.eval()
     if score_threshold is not None: model.roi_heads.score_thresh = float(score_threshold)
     def fn(image):
-        with quiet_library_warnings(): return maskrcnn.predict(model, [image], mask_threshold=mask_threshold, device=device)[0]
+        with quiet_library_warnings():
+            return maskrcnn.predict(model, [image], mask_threshold=mask_threshold, device=device, tta=tta, tta_scales=tta_scales)[0]
     return ModelPredictor('maskrcnn', fn, src, model)
 
 # %% ../nbs/14_predictors.ipynb 17
-def cellpose_predictor(model, diameter='auto', device: str = 'auto') -> ModelPredictor:
+def cellpose_predictor(model, diameter='auto', device: str = 'auto', augment: bool = False) -> ModelPredictor:
     """Cellpose as a predictor. `model`: a model file from `cellseg_nb.cpose.train_cellpose` (with its SizeModel
     and type files beside it when trained) or a loaded `CellposeBundle`. `diameter`: 'auto' = the SizeModel's
     estimate when the model has one, else the model's training diameter; or None, a number, 'size_model', 'cell_type'.
+    `augment`: cellpose's own test-time augmentation (overlapping tiles, flipped, flows averaged).
     Output: Instances with scores (mean cell probability) and the image's 1-based class label."""
     from cellseg_nb import cpose
     gpu = resolve_device(device).startswith('cuda')
@@ -86,7 +90,7 @@ def cellpose_predictor(model, diameter='auto', device: str = 'auto') -> ModelPre
         src = str(model); model = cpose.load_model(_existing(model, 'Cellpose model'), gpu=gpu)
     if diameter == 'auto': diameter = 'size_model' if model.size is not None else None
     def fn(image):
-        with quiet_library_warnings(): return cpose.predict(model, [image], diameter=diameter)[0]
+        with quiet_library_warnings(): return cpose.predict(model, [image], diameter=diameter, augment=augment)[0]
     return ModelPredictor('cellpose', fn, src, model)
 
 # %% ../nbs/14_predictors.ipynb 19
@@ -98,7 +102,8 @@ class ModelKind:
     -> dict | None`: write the inference copy of model file `src` to `dst` and return the recipe it was trained with
     (default: copy the file, no recipe); `recipe_companion`: the companion that records its training (or None);
     `packages`: libraries whose versions must match when a bundle of this kind is read; `train`: how it is trained;
-    `what`: the model's description in messages."""
+    `what`: the model's description in messages; `own_tta`: `load` takes `inference` (`inference.InferenceSettings`)
+    and runs those passes itself (else the loader wraps the generic fusion, `inference.with_inference`)."""
     name: str
     load: Callable
     suffix: str = ''
@@ -108,6 +113,7 @@ class ModelKind:
     packages: tuple = ()
     train: str = ''
     what: str = ''
+    own_tta: bool = False
 
     def pack_files(self, src, dst) -> dict | None:
         "Write model `src` as `dst` plus its companions (`dst` + ending, those present); returns `pack`'s recipe."
@@ -146,13 +152,24 @@ def _pack_maskrcnn(src, dst):
     from cellseg_nb.maskrcnn import strip_maskrcnn_checkpoint
     return strip_maskrcnn_checkpoint(src, dst)
 
-register_model_kind(ModelKind('maskrcnn', lambda path, device='auto': maskrcnn_predictor(path, device=device), '.pth',
-                              pack=_pack_maskrcnn, packages=('torch', 'torchvision'), train='cellseg train maskrcnn',
-                              what='Mask R-CNN checkpoint'))
-register_model_kind(ModelKind('cellpose', lambda path, device='auto': cellpose_predictor(path, device=device), '',
+def _load_maskrcnn(path, device='auto', inference=None):
+    "Mask R-CNN with its own passes (`inference`: tta, tta_scales)."
+    tta, scales = (inference.tta, inference.tta_scales) if inference is not None else (False, None)
+    return maskrcnn_predictor(path, device=device, tta=tta, tta_scales=scales)
+
+def _load_cellpose(path, device='auto', inference=None):
+    "Cellpose with its own `augment` for flip TTA; scales go through the generic fusion (cellpose has none)."
+    from cellseg_nb.inference import with_inference
+    if inference is None or inference.plain: return cellpose_predictor(path, device=device)
+    if not inference.tta_scales: return cellpose_predictor(path, device=device, augment=True)
+    return with_inference(cellpose_predictor(path, device=device), inference)
+
+register_model_kind(ModelKind('maskrcnn', _load_maskrcnn, '.pth', pack=_pack_maskrcnn, packages=('torch', 'torchvision'),
+                              train='cellseg train maskrcnn', what='Mask R-CNN checkpoint', own_tta=True))
+register_model_kind(ModelKind('cellpose', _load_cellpose, '',
                               companions=('.json', '_size.npy', '_types.json'), recipe_companion='.json',
                               packages=('torch', 'torchvision', 'cellpose'), train='cellseg train cellpose',
-                              what='Cellpose model'))
+                              what='Cellpose model', own_tta=True))
 
 # %% ../nbs/14_predictors.ipynb 22
 def ensemble_predictor(predictors: list, weights=None, iou_threshold: float = 0.5, vote: float = 0.5,
