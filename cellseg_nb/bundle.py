@@ -10,16 +10,15 @@ from pathlib import Path
 import pandas as pd
 
 # %% auto 0
-__all__ = ['BUNDLE_FORMAT', 'MANIFEST', 'KAGGLE_METADATA', 'UNHASHED', 'CELLPOSE_FILES', 'file_sha256', 'runtime_versions',
-           'version_problems', 'data_fingerprint', 'strip_maskrcnn_checkpoint', 'pretrained_summary', 'write_bundle',
-           'Bundle', 'check_bundle', 'read_bundle']
+__all__ = ['BUNDLE_FORMAT', 'MANIFEST', 'KAGGLE_METADATA', 'UNHASHED', 'file_sha256', 'runtime_versions', 'version_problems',
+           'data_fingerprint', 'pretrained_summary', 'model_paths', 'write_bundle', 'Bundle', 'check_bundle',
+           'read_bundle', 'load_predictor']
 
 # %% ../nbs/18_bundle.ipynb 6
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2                 # 2: models by name and kind (1: the fields maskrcnn / cellpose, still read)
 MANIFEST = 'manifest.json'
 KAGGLE_METADATA = 'dataset-metadata.json'
 UNHASHED = (MANIFEST, KAGGLE_METADATA)        # the manifest cannot hash itself; the Kaggle id is the user's to edit
-CELLPOSE_FILES = ('', '.json', '_size.npy', '_types.json')     # a Cellpose model file and the files beside it
 
 def file_sha256(path, chunk: int = 1 << 20) -> str:
     "The sha256 hex digest of a file, read in `chunk`-byte pieces (bounded memory for any size)."
@@ -28,12 +27,12 @@ def file_sha256(path, chunk: int = 1 << 20) -> str:
         for b in iter(lambda: f.read(chunk), b''): h.update(b)
     return h.hexdigest()
 
-def runtime_versions() -> dict:
-    "Versions of the packages a bundle depends on, as installed here (None: not installed), and Python's."
+def runtime_versions(packages=('torch', 'torchvision', 'cellpose')) -> dict:
+    "Versions of cellseg_nb and `packages`, as installed here (None: not installed), and Python's."
     from importlib.metadata import version, PackageNotFoundError
     import cellseg_nb
     out = {'cellseg_nb': cellseg_nb.__version__}
-    for pkg in ('torch', 'torchvision', 'cellpose'):
+    for pkg in packages:
         try: out[pkg] = version(pkg)
         except PackageNotFoundError: out[pkg] = None
     out['python'] = '.'.join(map(str, sys.version_info[:3]))
@@ -41,11 +40,12 @@ def runtime_versions() -> dict:
 
 def _major(v): return None if v is None else str(v).split('+')[0].split('.')[0]
 
-def version_problems(bundled: dict, running: dict, packages=('cellseg_nb', 'torch', 'torchvision', 'cellpose')) -> list:
-    """Mismatches between a bundle's `versions` and the `running` ones, as sentences: cellseg_nb and cellpose must be
-    equal, torch and torchvision equal in major version; a package the bundle did not record is not checked."""
+def version_problems(bundled: dict, running: dict, packages=None) -> list:
+    """Mismatches between a bundle's `versions` and the `running` ones, as sentences: torch and torchvision must be
+    equal in major version, every other package (cellseg_nb, cellpose, a plug-in kind's) equal; `packages`: those to
+    check (default: every one the bundle recorded but Python)."""
     out = []
-    for pkg in packages:
+    for pkg in (packages if packages is not None else [p for p in bundled if p != 'python']):
         b, r = bundled.get(pkg), running.get(pkg)
         if b is None: continue
         if r is None: out.append(f"{pkg} {b} is needed, but it is not installed"); continue
@@ -62,34 +62,6 @@ def data_fingerprint(root) -> dict:
     return {'train.csv sha256': file_sha256(csv), 'train images': len(list((root / 'train').glob('*.png')))}
 
 # %% ../nbs/18_bundle.ipynb 9
-def _canonical(x):
-    """`x` rebuilt so that its pickle depends on its values only: every string interned (equal strings: one object),
-    every dict, list and tuple a fresh object. pickle memoizes by object identity, so a checkpoint whose equal
-    strings were shared in one run and not in another (a resumed run reads them back from a file) would otherwise
-    give other bytes for the same content."""
-    if isinstance(x, str): return sys.intern(x)
-    if isinstance(x, dict): return {_canonical(k): _canonical(v) for k, v in x.items()}
-    if isinstance(x, list): return [_canonical(v) for v in x]
-    if isinstance(x, tuple): return tuple(_canonical(v) for v in x)
-    return x
-
-def strip_maskrcnn_checkpoint(src, dst) -> dict:
-    """Write the inference part of a Mask R-CNN checkpoint `src` (from `cellseg train maskrcnn`) to `dst`: the weights
-    (`model`, DDP prefixes removed), the model `config` and, when present, the `recipe`; the optimizer, scaler, RNG and
-    log state stay behind. Returns the checkpoint's recipe (its `recipe`, else `{'train_config': ...}`, else None)."""
-    import torch
-    from cellseg_nb.maskrcnn import read_checkpoint, _state_dict_of
-    ck = read_checkpoint(src)
-    sd, config = _state_dict_of(ck, src)
-    if config is None: raise ValueError(f"{src}: no model config in this checkpoint (write it with cellseg train maskrcnn)")
-    out = {'model': sd, 'config': config}
-    recipe = ck.get('recipe') if isinstance(ck, dict) else None
-    if recipe is not None: out['recipe'] = recipe
-    if isinstance(ck, dict) and ck.get('pretrained') is not None: out['pretrained'] = ck['pretrained']
-    torch.save(_canonical(out), dst)
-    if recipe is None and isinstance(ck, dict) and ck.get('train_config') is not None: recipe = {'train_config': ck['train_config']}
-    return recipe
-
 def _plain(x):
     "A structure of dicts/lists/str/numbers (tuples -> lists, other objects -> str) that YAML and JSON write."
     return json.loads(json.dumps(x, default=str))
@@ -117,16 +89,10 @@ def pretrained_summary(record) -> dict | None:
     if record.get('via') is not None: out['via'] = pretrained_summary(record['via'])
     return out
 
-def _pretrained_records(tmp: Path, models: dict) -> dict:
-    "`{model: pretrained_summary}` of the bundled models (read back from the bundled files)."
-    import torch
-    out = {}
-    if 'maskrcnn' in models:
-        out['maskrcnn'] = pretrained_summary(torch.load(tmp / models['maskrcnn'], map_location='cpu', weights_only=True).get('pretrained'))
-    if 'cellpose' in models:
-        info = tmp / 'cellpose.json'
-        out['cellpose'] = pretrained_summary(json.loads(info.read_text()).get('pretrained')) if info.is_file() else None
-    return out
+def _pretrained_records(tmp: Path, entries: dict, kinds: dict) -> dict:
+    """`{model name: pretrained_summary}` of the bundled models whose kind records a start (`ModelKind.start`), read
+    back from the bundled files; `entries`: the manifest's `{name: {'kind', 'file'}}`."""
+    return {n: pretrained_summary(kinds[n].start(tmp / e['file'])) for n, e in entries.items() if kinds[n].start is not None}
 
 def _kaggle_metadata(title: str, dataset_id: str | None) -> dict:
     user = os.environ.get('KAGGLE_USERNAME', 'your-kaggle-username')
@@ -144,61 +110,79 @@ def _replace_dir(tmp: Path, out: Path):
         os.rename(out, old); os.rename(tmp, out); shutil.rmtree(old)
     else: os.rename(tmp, out)
 
+def model_paths(models=None, maskrcnn=None, cellpose=None) -> dict:
+    """`{name: (kind, Path)}` of named models: `models` maps a name to a path (the kind is the name) or to
+    `(kind, path)`; `maskrcnn` / `cellpose` add the model of that name and kind. Order: maskrcnn, cellpose, `models`."""
+    out = {}
+    for name, v in [('maskrcnn', maskrcnn), ('cellpose', cellpose), *dict(models or {}).items()]:
+        if v is None or v == '': continue
+        kind, path = (v if isinstance(v, (tuple, list)) else (name, v))
+        if name in out: raise ValueError(f"model {name!r} given twice")
+        out[str(name)] = (str(kind), Path(path))
+    return out
+
 def write_bundle(out, maskrcnn=None, cellpose=None, postprocess=None, ensemble=None, cv_scores=None, data=None,
-                 dataset_id: str | None = None, title: str = 'cellseg-weights') -> Path:
-    """Write a bundle folder `out` (see above). `maskrcnn`: a checkpoint from `cellseg train maskrcnn`; `cellpose`: a
-    model file from `cellseg train cellpose` (its `.json`, `_size.npy`, `_types.json` come along); `postprocess`: a
-    YAML path or `PostprocessConfigs`; `ensemble`: a JSON path or `EnsembleSettings` (needs both models);
-    `cv_scores`: a dict (or JSON text / file) recorded in the manifest; `data`: the competition folder the models
-    were trained on (its `data_fingerprint` is recorded); `dataset_id` / `title`: the Kaggle data set.
-    Returns `out`."""
+                 dataset_id: str | None = None, title: str = 'cellseg-weights', models=None, inference=None) -> Path:
+    """Write a bundle folder `out` (see above). The models: `models` (`{name: path}` or `{name: (kind, path)}`, see
+    `model_paths`; any kind of `predictors.MODEL_KINDS`), or the shorthands `maskrcnn` (a checkpoint from `cellseg
+    train maskrcnn`) and `cellpose` (a model file from `cellseg train cellpose`; its `.json`, `_size.npy`,
+    `_types.json` come along). Each model is packed by its kind (`ModelKind.pack_files`) as `name` + the kind's
+    file ending. `postprocess`: a YAML path or `PostprocessConfigs`; `ensemble`: a JSON path or `EnsembleSettings`
+    (its models must be the bundle's); `cv_scores`: a dict (or JSON text / file) recorded in the manifest; `data`:
+    the competition folder the models were trained on (its `data_fingerprint` is recorded); `dataset_id` / `title`:
+    the Kaggle data set; `inference`: the predictor's test-time passes (`InferenceSettings` or a YAML path; default
+    none), used wherever the bundle predicts. Returns `out`."""
+    from cellseg_nb.inference import InferenceSettings
     from cellseg_nb.postprocess import PostprocessConfigs
     from cellseg_nb.ensemble import EnsembleSettings
+    from cellseg_nb.predictors import model_kind
     import yaml
     out = Path(out)
-    if not (maskrcnn or cellpose): raise ValueError("a bundle needs a model: give maskrcnn and/or cellpose")
-    if maskrcnn: _need(maskrcnn, 'Mask R-CNN checkpoint')
-    if cellpose: _need(cellpose, 'Cellpose model')
+    named = model_paths(models, maskrcnn, cellpose)
+    if not named: raise ValueError("a bundle needs a model: give maskrcnn and/or cellpose, or models={name: path}")
+    kinds = {name: model_kind(kind) for name, (kind, _) in named.items()}
+    for name, (kind, path) in named.items(): _need(path, kinds[name].what or f'{kind} model')
     if ensemble is not None and not isinstance(ensemble, EnsembleSettings):
         ensemble = EnsembleSettings.load(_need(ensemble, 'ensemble settings'))
-    if ensemble is not None:
-        if not (maskrcnn and cellpose): raise ValueError("ensemble settings need both models: give maskrcnn and cellpose")
-        if sorted(ensemble.models) != ['cellpose', 'maskrcnn']:
-            raise ValueError(f"ensemble settings are for models {list(ensemble.models)}; a bundle holds 'maskrcnn' and 'cellpose'")
+    if ensemble is not None and sorted(ensemble.models) != sorted(named):
+        raise ValueError(f"ensemble settings need {'both models' if len(ensemble.models) == 2 else 'every model'} they "
+                         f"name ({list(ensemble.models)}); the bundle holds {list(named)}")
     if postprocess is not None and not isinstance(postprocess, PostprocessConfigs):
         postprocess = PostprocessConfigs.load(_need(postprocess, 'post-processing settings'))
     pp_source = 'postprocess' if postprocess is not None else 'ensemble' if ensemble is not None else 'library defaults'
     postprocess = postprocess or (ensemble.postprocess if ensemble is not None else PostprocessConfigs())
+    if inference is not None and not isinstance(inference, InferenceSettings):
+        inference = InferenceSettings.load(_need(inference, 'inference settings'))
+    inference = inference or InferenceSettings()
     cv = _plain(_json_arg(cv_scores, 'cv_scores'))
     fingerprint = data_fingerprint(data) if data else None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.tmp-'))
     try:
-        models, recipes = {}, {}
-        if maskrcnn:
-            recipe = strip_maskrcnn_checkpoint(maskrcnn, tmp / 'maskrcnn.pth')
-            models['maskrcnn'] = 'maskrcnn.pth'
+        entries, recipes = {}, {}
+        for name, (kind, path) in named.items():
+            k = kinds[name]
+            file = name + k.suffix
+            recipe = k.pack_files(path, tmp / file)
+            entries[name] = {'kind': kind, 'file': file}
             if recipe is not None:
-                (tmp / 'maskrcnn_recipe.yaml').write_text(yaml.safe_dump(_plain(recipe), sort_keys=False))
-                recipes['maskrcnn'] = 'maskrcnn_recipe.yaml'
-        if cellpose:
-            for suffix in CELLPOSE_FILES:
-                f = Path(str(cellpose) + suffix)
-                if f.is_file(): shutil.copyfile(f, tmp / f'cellpose{suffix}')
-            models['cellpose'] = 'cellpose'
-            if (tmp / 'cellpose.json').is_file(): recipes['cellpose'] = 'cellpose.json'
+                (tmp / f'{name}_recipe.yaml').write_text(yaml.safe_dump(_plain(recipe), sort_keys=False))
+                recipes[name] = f'{name}_recipe.yaml'
+            elif k.recipe_companion and (tmp / (file + k.recipe_companion)).is_file(): recipes[name] = file + k.recipe_companion
         postprocess.save(tmp / 'postprocess.yaml')
+        inference.save(tmp / 'inference.yaml')
         if ensemble is not None: ensemble.save(tmp / 'ensemble.json')
         (tmp / KAGGLE_METADATA).write_text(json.dumps(_kaggle_metadata(title, dataset_id), indent=2) + '\n')
         files = {f.name: {'sha256': file_sha256(f), 'bytes': f.stat().st_size}
                  for f in sorted(tmp.iterdir()) if f.name not in UNHASHED}
-        versions = runtime_versions()
-        if not cellpose: versions.pop('cellpose')
+        needed = dict.fromkeys(p for k in kinds.values() for p in k.packages)
+        versions = runtime_versions(tuple(needed))
         manifest = dict(format='cellseg_nb bundle', format_version=BUNDLE_FORMAT,
-                        created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), versions=versions, models=models,
+                        created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), versions=versions, models=entries,
                         recipes=recipes, postprocess='postprocess.yaml', postprocess_from=pp_source,
+                        inference='inference.yaml',
                         ensemble='ensemble.json' if ensemble is not None else None,
-                        data_fingerprint=fingerprint, cv_scores=cv, pretrained=_pretrained_records(tmp, models), files=files)
+                        data_fingerprint=fingerprint, cv_scores=cv, pretrained=_pretrained_records(tmp, entries, kinds), files=files)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + '\n')
         _replace_dir(tmp, out)
     except BaseException:
@@ -208,22 +192,31 @@ def write_bundle(out, maskrcnn=None, cellpose=None, postprocess=None, ensemble=N
 # %% ../nbs/18_bundle.ipynb 12
 @dataclass
 class Bundle:
-    """An opened, checked bundle: `root`, its `manifest` (dict), the model paths (None when absent), the
-    `PostprocessConfigs` and the `EnsembleSettings` (None with one model)."""
+    """An opened, checked bundle: `root`, its `manifest` (dict), `models` (`{name: (kind, Path)}`, in the manifest's
+    order), the `PostprocessConfigs`, the `EnsembleSettings` (None without) and the `InferenceSettings` (a format-1
+    bundle: none, the defaults). `maskrcnn` / `cellpose`: the path of the model of that name (None when absent)."""
     root: Path
     manifest: dict
-    maskrcnn: Path | None
-    cellpose: Path | None
+    models: dict
     postprocess: object
     ensemble: object = None
+    inference: object = None
+    @property
+    def maskrcnn(self) -> Path | None: return self.models.get('maskrcnn', (None, None))[1]
+    @property
+    def cellpose(self) -> Path | None: return self.models.get('cellpose', (None, None))[1]
     def files(self) -> pd.DataFrame:
         "The manifest's files: name, bytes, sha256 (first 16 hex digits)."
         return pd.DataFrame([(k, v['bytes'], v['sha256'][:16]) for k, v in self.manifest['files'].items()],
                             columns=['file', 'bytes', 'sha256'])
     def __repr__(self):
         m = self.manifest
-        return (f"Bundle({self.root}: {' + '.join(m['models'])}, ensemble {'yes' if self.ensemble else 'no'}, "
+        return (f"Bundle({self.root}: {' + '.join(self.models)}, ensemble {'yes' if self.ensemble else 'no'}, "
                 f"post-processing from {m.get('postprocess_from')}, made with {m['versions']})")
+
+def _manifest_models(m: dict) -> dict:
+    "`{name: {'kind', 'file'}}` of a manifest; format 1 wrote `{name: file}` with the kind equal to the name."
+    return {n: (v if isinstance(v, dict) else {'kind': n, 'file': v}) for n, v in (m.get('models') or {}).items()}
 
 def check_bundle(root, check_versions: bool = True) -> dict:
     """Check the bundle folder `root` and return its manifest: the folder and `manifest.json` exist and parse, the
@@ -237,28 +230,73 @@ def check_bundle(root, check_versions: bool = True) -> dict:
     except json.JSONDecodeError as e: raise ValueError(f"{mf}: not valid JSON: {e}") from None
     if not isinstance(m, dict) or m.get('format') != 'cellseg_nb bundle' or not isinstance(m.get('files'), dict):
         raise ValueError(f"{mf}: not a cellseg_nb bundle manifest")
-    if m.get('format_version') != BUNDLE_FORMAT:
-        raise ValueError(f"{mf}: bundle format {m.get('format_version')!r}; this cellseg_nb reads format {BUNDLE_FORMAT}")
+    if m.get('format_version') not in (1, BUNDLE_FORMAT):
+        raise ValueError(f"{mf}: bundle format {m.get('format_version')!r}; this cellseg_nb reads formats 1-{BUNDLE_FORMAT}")
     problems = []
     for name, want in m['files'].items():
         f = root / name
         if not f.is_file(): problems.append(f"{f}: missing"); continue
         if f.stat().st_size != want['bytes'] or file_sha256(f) != want['sha256']:
             problems.append(f"{f}: changed or corrupted (sha256 {file_sha256(f)[:16]}..., manifest {want['sha256'][:16]}...)")
-    for name in [m.get('postprocess'), m.get('ensemble'), *m.get('models', {}).values()]:
+    for name in [m.get('postprocess'), m.get('ensemble'), m.get('inference'), *(v['file'] for v in _manifest_models(m).values())]:
         if name is not None and name not in m['files']: problems.append(f"{root / name}: not listed in {MANIFEST}")
-    if check_versions: problems += version_problems(m.get('versions', {}), runtime_versions())
+    bundled = m.get('versions', {})
+    if check_versions: problems += version_problems(bundled, runtime_versions(tuple(p for p in bundled if p not in ('cellseg_nb', 'python'))))
     if problems: raise ValueError(f"bundle {root} failed its checks: " + '; '.join(problems))
     return m
 
 def read_bundle(root, check_versions: bool = True) -> Bundle:
-    "Check (`check_bundle`) and open the bundle folder `root`: model paths, post-processing, ensemble settings."
+    "Check (`check_bundle`) and open the bundle folder `root`: models, post-processing, ensemble and inference settings."
     from cellseg_nb.postprocess import PostprocessConfigs
     from cellseg_nb.ensemble import EnsembleSettings
+    from cellseg_nb.inference import InferenceSettings
     root = Path(root)
     m = check_bundle(root, check_versions)
-    models = m.get('models', {})
-    return Bundle(root, m, root / models['maskrcnn'] if 'maskrcnn' in models else None,
-                  root / models['cellpose'] if 'cellpose' in models else None,
-                  PostprocessConfigs.load(root / m['postprocess']),
-                  EnsembleSettings.load(root / m['ensemble']) if m.get('ensemble') else None)
+    models = {n: (v['kind'], root / v['file']) for n, v in _manifest_models(m).items()}
+    return Bundle(root, m, models, PostprocessConfigs.load(root / m['postprocess']),
+                  EnsembleSettings.load(root / m['ensemble']) if m.get('ensemble') else None,
+                  InferenceSettings.load(root / m['inference']) if m.get('inference') else InferenceSettings())
+
+def _ensemble_settings(ensemble):
+    from cellseg_nb.ensemble import EnsembleSettings
+    if ensemble is None or isinstance(ensemble, EnsembleSettings): return ensemble
+    return EnsembleSettings.load(_need(ensemble, 'ensemble settings'))
+
+def load_predictor(maskrcnn=None, cellpose=None, device: str = 'auto', ensemble=None, bundle=None,
+                   check_versions: bool = True, models=None, inference=None):
+    """A predictor from local model files, each loaded by its kind (`predictors.model_kind`): `models`
+    (`{name: path}` or `{name: (kind, path)}`, see `model_paths`) and the shorthands `maskrcnn` / `cellpose`; one
+    model alone, or all of them as an ensemble (equal weights, or `ensemble`: `EnsembleSettings` / its JSON file
+    from `tune_ensemble`, naming the same models). Or `bundle`: a folder written by `write_bundle`, checked (file
+    hashes; versions unless `check_versions=False`) and applied whole: its models, ensemble settings, inference
+    settings and `postprocess.yaml` (the predictor's `postprocess`). `inference`: `InferenceSettings` (default: the
+    bundle's, else none): every model predicts with those passes (its own TTA where its kind has one and
+    `model_tta` is on, else the generic fusion) before the ensemble merges them; the predictor's `inference` says
+    which passes it runs."""
+    from cellseg_nb.predictors import model_kind, ensemble_predictor
+    from cellseg_nb.inference import InferenceSettings, with_inference
+    if bundle is not None:
+        if maskrcnn or cellpose or models or ensemble is not None:
+            raise ValueError("give a bundle or model files / ensemble settings, not both")
+        b = read_bundle(bundle, check_versions=check_versions)
+        p = load_predictor(device=device, ensemble=b.ensemble, models=b.models, inference=inference or b.inference)
+        p.postprocess, p.source = b.postprocess, f"{p.source}; bundle {b.root}"
+        return p
+    settings = _ensemble_settings(ensemble)
+    named = model_paths(models, maskrcnn, cellpose)
+    if not named: raise ValueError("no model given: pass a Mask R-CNN checkpoint and/or a Cellpose model file, or models={name: path}")
+    inference = inference or InferenceSettings()
+    ps = []
+    for name, (kind, path) in named.items():
+        k = model_kind(kind)
+        if k.own_tta and inference.model_tta: p = k.load(path, device, inference=inference)
+        else: p = with_inference(k.load(path, device), inference)
+        p.name = name
+        ps.append(p)
+    if len(ps) == 1:
+        if settings is not None:
+            raise ValueError(f"ensemble settings need the models {list(settings.models)}; only {ps[0].name} was given")
+        p = ps[0]
+    else: p = ensemble_predictor(ps, settings=settings)
+    p.inference = inference
+    return p

@@ -8,13 +8,13 @@ import os, re, sys, json, subprocess, shutil, tempfile
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from fastcore.script import anno_parser
+from fastcore.script import anno_parser, Param
 
 # %% auto 0
-__all__ = ['COMMANDS', 'KAGGLE_PACKAGES', 'command', 'print_table', 'main', 'project_root', 'wheel_tags', 'wheel_fits',
-           'build_wheels_bundle', 'kaggle_bundle', 'validate_submission_cmd', 'data_root', 'read_any_predictions',
-           'evaluate_cmd', 'parse_scales', 'predict_cmd', 'tune_cmd', 'tune_ensemble_cmd', 'bundle_cmd',
-           'pseudo_label_cmd', 'resolve_recipe', 'train_maskrcnn_cmd', 'train_cellpose_cmd', 'demo_cmd']
+__all__ = ['COMMANDS', 'command', 'print_table', 'main', 'kaggle_bundle', 'validate_submission_cmd', 'data_root',
+           'read_any_predictions', 'evaluate_cmd', 'parse_models', 'inference_settings', 'parse_scales', 'predict_cmd',
+           'tune_cmd', 'tune_ensemble_cmd', 'bundle_cmd', 'pseudo_label_cmd', 'override_stages', 'resolve_recipe',
+           'given', 'train_maskrcnn_cmd', 'train_cellpose_cmd', 'demo_cmd']
 
 # %% ../nbs/90_cli.ipynb 5
 COMMANDS = {}
@@ -76,118 +76,7 @@ def main(argv: list | None = None) -> int:
         print(f"cellseg {name}: error: {_one_line(e)}", file=sys.stderr); return 1
 
 # %% ../nbs/90_cli.ipynb 8
-KAGGLE_PACKAGES = 'cellpose==3.1.1.3 fastremap fill_voids roifile natsort fastcore==1.7.29'
-
-def project_root(start=None) -> Path:
-    "The cellseg_nb source folder (holding `settings.ini` and `setup.py`), found upwards from `start`."
-    starts = [Path(start)] if start is not None else \
-        ([Path(__file__).parent] if '__file__' in globals() else []) + [Path.cwd()]
-    for here in starts:
-        for p in [here.resolve(), *here.resolve().parents]:
-            if (p / 'settings.ini').is_file() and (p / 'setup.py').is_file(): return p
-    raise FileNotFoundError(f"no cellseg_nb project folder (settings.ini + setup.py) above {starts[0]}; pass --project")
-
-def _pip(args, what):
-    "Run `python -m pip ARGS`; a RuntimeError naming `what` and pip's last error line when it fails."
-    r = subprocess.run([sys.executable, '-m', 'pip', *args, '--disable-pip-version-check', '-q'], capture_output=True, text=True)
-    if r.returncode != 0:
-        lines = [l for l in (r.stderr or r.stdout).splitlines() if l.strip() and 'WARNING' not in l]
-        raise RuntimeError(f"{what} failed: {lines[-1] if lines else r.returncode}")
-
-def _pip_wheel(specs, dest, extra=(), cwd=None):
-    "Build (or take from pip's cache) the wheels of `specs` for the running Python into `dest`, without dependencies."
-    _pip(['wheel', '--no-deps', '-w', str(dest), *extra, *specs], f"pip wheel {' '.join(map(str, specs))}")
-
-def wheel_tags(name: str) -> tuple:
-    "The (python, abi, platform) tags of a wheel file name, each a set (compressed tags such as 'py2.py3' split)."
-    parts = Path(name).name[:-len('.whl')].split('-')
-    if not name.endswith('.whl') or len(parts) < 5: raise ValueError(f"not a wheel file name: {name}")
-    return tuple(set(t.split('.')) for t in parts[-3:])
-
-_MANYLINUX_ALIASES = {'manylinux1': (2, 5), 'manylinux2010': (2, 12), 'manylinux2014': (2, 17)}
-
-def _glibc_arch(platform_tag):
-    "((2, minor), arch) of a manylinux platform tag, or None."
-    m = re.fullmatch(r'manylinux_(\d+)_(\d+)_(\w+)', platform_tag)
-    if m: return (int(m[1]), int(m[2])), m[3]
-    m = re.fullmatch(r'(manylinux1|manylinux2010|manylinux2014)_(\w+)', platform_tag)
-    return (_MANYLINUX_ALIASES[m[1]], m[2]) if m else None
-
-def wheel_fits(name: str, python_version: str, platform: str) -> bool:
-    """Whether the wheel file `name` installs on CPython `python_version` ('3.10') on `platform` (a pip platform tag
-    such as 'manylinux_2_28_x86_64': manylinux wheels of that glibc or older fit)."""
-    py, abi, plats = wheel_tags(name)
-    major, minor = (int(x) for x in python_version.split('.')[:2])
-    cp = f'cp{major}{minor}'
-    py_ok = bool(py & {cp, f'py{major}', f'py{major}{minor}'}) or \
-        ('abi3' in abi and any(re.fullmatch(rf'cp{major}(\d+)', t) and int(t[3:]) <= minor for t in py))
-    abi_ok = bool(abi & {cp, 'none', 'abi3'})
-    target = _glibc_arch(platform)
-    def plat_ok(t):
-        if t in ('any', platform): return True
-        g = _glibc_arch(t)
-        return target is not None and g is not None and g[1] == target[1] and g[0] <= target[0]
-    return py_ok and abi_ok and any(plat_ok(t) for t in plats)
-
-def _fetch_for_target(spec, dest, python_version, platform, extra=()):
-    """One wheel of `spec` for another Python into `dest`: the binary (or pure-Python) wheel pip resolves for those
-    tags, or, when the package publishes only a source archive, a wheel built here that must be pure Python."""
-    pv = python_version
-    try:
-        _pip(['download', '--no-deps', '--only-binary=:all:', '--python-version', pv, '--implementation', 'cp',
-              '--abi', 'cp' + pv.replace('.', ''), '--platform', platform, '-d', str(dest), *extra, spec],
-             f"pip download {spec} for Python {pv} on {platform}")
-    except RuntimeError as e:
-        try: _pip_wheel([spec], dest, extra)
-        except RuntimeError: raise e from None
-        built = list(Path(dest).glob('*.whl'))
-        if not all(wheel_fits(w.name, pv, platform) for w in built):
-            raise RuntimeError(f"{spec}: no wheel for Python {pv} on {platform}, and its source builds a binary wheel "
-                               f"({', '.join(w.name for w in built)}) for this Python only; ({e})") from None
-
-def build_wheels_bundle(out, packages: str | list = KAGGLE_PACKAGES, project=None, project_only: bool = False,
-                        python_version: str | None = None, platform: str | None = None,
-                        dataset_id: str | None = None, title: str = 'cellseg-wheels') -> pd.DataFrame:
-    """Build the Kaggle wheels data set in folder `out`: the cellseg_nb wheel + `packages` (space-separated pip
-    specs, pinned by the project's constraints.txt when present), `dataset-metadata.json` and `MANIFEST.csv`;
-    wheels left in `out` by an earlier build are removed. `python_version` / `platform` (e.g. '3.10',
-    'manylinux_2_28_x86_64', the default platform when only the version is given) build the bundle for another
-    Python: `pip download --only-binary=:all:` resolves each package's wheel for those tags (binary or pure
-    Python), and every wheel written is checked with `wheel_fits`. cellseg_nb itself is pure Python (`pip wheel
-    --no-deps`). Returns the manifest (file, bytes) as a DataFrame."""
-    from tqdm.auto import tqdm
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    root = project_root(project)
-    specs = [] if project_only else (packages.split() if isinstance(packages, str) else list(packages))
-    cons = root / 'constraints.txt'
-    cflags = ['-c', str(cons)] if cons.is_file() else []
-    if platform and not python_version: python_version = f'{sys.version_info.major}.{sys.version_info.minor}'
-    if python_version and not re.fullmatch(r'3\.\d+', str(python_version)):
-        raise ValueError(f"python_version must look like 3.10, got {python_version!r}")
-    platform = platform or ('manylinux_2_28_x86_64' if python_version else None)
-    for w in out.glob('*.whl'): w.unlink()
-    with tempfile.TemporaryDirectory() as tmp:     # build from a clean copy: no stale build/ files in the wheel
-        src = Path(tmp) / 'cellseg_nb_src'
-        shutil.copytree(root / 'cellseg_nb', src / 'cellseg_nb', ignore=shutil.ignore_patterns('__pycache__'))
-        for f in ('settings.ini', 'setup.py', 'README.md', 'LICENSE', 'MANIFEST.in', 'pyproject.toml'):
-            if (root / f).is_file(): shutil.copy2(root / f, src / f)
-        for i, spec in enumerate(tqdm([str(src), *specs], desc='wheels', leave=False)):
-            part = Path(tmp) / f'wheel{i}'; part.mkdir()
-            if i == 0 or not python_version: _pip_wheel([spec], part, cflags)
-            else: _fetch_for_target(spec, part, python_version, platform, cflags)
-            for w in part.glob('*.whl'): shutil.move(str(w), out / w.name)
-    wheels = sorted(out.glob('*.whl'))
-    misfits = [w.name for w in wheels if python_version and not wheel_fits(w.name, python_version, platform)]
-    if misfits: raise RuntimeError(f"{out}: wheels that do not install on Python {python_version} ({platform}): {misfits}")
-    user = os.environ.get('KAGGLE_USERNAME', 'your-kaggle-username')
-    meta = {'title': title, 'id': dataset_id or f"{user}/{title}", 'licenses': [{'name': 'other'}],
-            'description': 'Offline wheels for cellseg_nb kernels: pip install --no-index --no-deps '
-                           '--find-links /kaggle/input/cellseg-wheels /kaggle/input/cellseg-wheels/*.whl'}
-    from cellseg_nb.files import write_text, write_csv
-    write_text(out / 'dataset-metadata.json', json.dumps(meta, indent=2) + '\n')
-    man = pd.DataFrame({'file': [w.name for w in wheels], 'bytes': [w.stat().st_size for w in wheels]})
-    write_csv(out / 'MANIFEST.csv', man)
-    return man
+from .wheels import KAGGLE_PACKAGES, build_wheels_bundle
 
 @command('kaggle-bundle')
 def kaggle_bundle(out: str = 'cellseg_out/kaggle-wheels',  # folder to write the wheels and dataset-metadata.json to
@@ -202,7 +91,7 @@ def kaggle_bundle(out: str = 'cellseg_out/kaggle-wheels',  # folder to write the
     print_table(man, f"{len(man)} wheels in {out} ({man.bytes.sum() / 2**20:.1f} MiB)")
     print(f"\nupload: kaggle datasets create -p {out}    (then attach it to the kernel as cellseg-wheels)")
 
-# %% ../nbs/90_cli.ipynb 11
+# %% ../nbs/90_cli.ipynb 10
 def _expected(images, ids):
     "Expected ids and image shape from a folder of images, or ids from a CSV / comma-separated list."
     from cellseg_nb.inference import list_images
@@ -231,7 +120,7 @@ def validate_submission_cmd(path: str,  # the submission CSV to check
     print(report)
     return 0 if report.ok else 1
 
-# %% ../nbs/90_cli.ipynb 14
+# %% ../nbs/90_cli.ipynb 13
 def data_root(data: str | None) -> Path:
     "The competition folder: `data`, else `$CELLSEG_DATA`; error when neither is set or it does not exist."
     data = data or os.environ.get('CELLSEG_DATA')
@@ -282,15 +171,49 @@ def evaluate_cmd(pred: str,  # a submission CSV or raw predictions (cellseg pred
         print(f"\nper-image table: {out}")
     return ev.summary
 
-# %% ../nbs/90_cli.ipynb 16
-def _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device):
-    """The predictor of model files (+ ensemble settings) or of a bundle, and the post-processing to apply:
-    `config` (a YAML) when given, else the predictor's own (bundle / ensemble settings), else the library defaults."""
-    from cellseg_nb.predictors import load_predictor
+# %% ../nbs/90_cli.ipynb 15
+_MODEL_HELP = "a model by kind: KIND=PATH or NAME:KIND=PATH (kinds: maskrcnn, cellpose, or a plug-in's); repeatable"
+
+def parse_models(texts) -> dict:
+    """`--model` values `[NAME:]KIND=PATH` -> `{name: (kind, path)}` (the name defaults to the kind); the kind must be
+    known (`predictors.model_kind`). ValueError naming the value for a malformed one or a name given twice."""
+    from cellseg_nb.predictors import model_kind
+    out = {}
+    for t in texts or []:
+        key, sep, path = str(t).partition('=')
+        name, _, kind = key.rpartition(':')
+        name, kind = (name or kind).strip(), kind.strip()
+        if not sep or not kind or not path: raise ValueError(f"--model {t!r}: expected KIND=PATH or NAME:KIND=PATH")
+        if name in out: raise ValueError(f"--model {t!r}: a model named {name!r} was given before")
+        model_kind(kind)
+        out[name] = (kind, path)
+    return out
+
+def inference_settings(bundle=None, tta: bool = False, no_tta: bool = False, tta_scales=None):
+    """The test-time passes a command runs: None when no flag is given (the bundle's settings, else none), else the
+    bundle's (or no) settings with `--tta` (flips on), `--no_tta` (no passes at all) or `--tta_scales` applied."""
+    from cellseg_nb.inference import InferenceSettings
+    if tta and no_tta: raise ValueError("give --tta or --no_tta, not both")
+    if not (tta or no_tta or tta_scales): return None
+    if no_tta:
+        if tta_scales: raise ValueError("--no_tta and --tta_scales contradict each other")
+        return InferenceSettings()
+    base = InferenceSettings()
+    if bundle:
+        from cellseg_nb.bundle import read_bundle
+        base = read_bundle(bundle).inference
+    return base.merge({k: v for k, v in (('tta', True if tta else None), ('tta_scales', tta_scales)) if v is not None})
+
+def _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device, models=None, inference=None):
+    """The predictor of model files (+ ensemble settings) or a bundle, and its post-processing: `config` when given,
+    else the bundle's / ensemble settings', else the library defaults."""
+    from cellseg_nb.bundle import load_predictor
     from cellseg_nb.postprocess import PostprocessConfigs
-    if not (maskrcnn or cellpose or bundle):
-        raise ValueError("give --bundle, or --maskrcnn and/or --cellpose (trained model files)")
-    predictor = load_predictor(maskrcnn=maskrcnn, cellpose=cellpose, ensemble=ensemble, bundle=bundle, device=device)
+    named = parse_models(models)
+    if not (maskrcnn or cellpose or bundle or named):
+        raise ValueError("give --bundle, or --maskrcnn and/or --cellpose, or --model KIND=PATH (trained model files)")
+    predictor = load_predictor(maskrcnn=maskrcnn, cellpose=cellpose, ensemble=ensemble, bundle=bundle, device=device,
+                               models=named, inference=inference)
     if config: cfg, src = PostprocessConfigs.load(config), config
     elif predictor.postprocess is not None: cfg, src = predictor.postprocess, 'the bundle' if bundle else 'the ensemble settings'
     else: cfg, src = PostprocessConfigs(), 'library defaults'
@@ -310,22 +233,26 @@ def parse_scales(text: str | None) -> tuple | None:
 @command('predict')
 def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cellseg train maskrcnn`
                 cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`, or a stock cellpose 3 model by name (livecell_cp3, cyto2, ...: from cellpose's folder, never downloaded)
+                model: Param(_MODEL_HELP, str, action='append') = None,
                 bundle: str = None,  # a bundle folder from `cellseg bundle` (instead of model files and settings)
-                ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (with both models)
+                ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (naming the models given)
                 images: str = None,  # folder of images to predict (default: the test/ folder of --data)
                 data: str = None,  # competition folder (default: $CELLSEG_DATA)
                 fold: int = None,  # predict the train images of this fold instead (out-of-fold predictions)
                 n_folds: int = 5,  # number of folds (with --fold)
                 config: str = None,  # post-processing YAML from `cellseg tune` (default: the bundle's / ensemble's, else library defaults)
-                tta: bool = False,  # flip test-time augmentation (3 passes)
+                tta: bool = False,  # flip test-time augmentation (3 passes; each model's own where it has one)
                 tta_scales: str = None,  # multi-scale TTA: comma-separated factors of the input, e.g. 0.8,1,1.25 (x flips passes)
+                no_tta: bool = False,  # no test-time passes, even where the bundle's settings have them
                 cell_type: str = None,  # post-process every image as this type (shsy5y/astro/cort); default: voted from the predicted classes (needed for models trained on LIVECell alone)
                 out: str = 'submission.csv',  # the submission CSV to write ('' to skip)
                 raw: str = None,  # also write raw predictions (scores, classes) to this CSV
                 device: str = 'auto'):  # cpu, cuda or auto
     "Predict cells with trained models (or a bundle), post-process per cell type, write a validated submission."
     from cellseg_nb.inference import predict_images, save_predictions, make_submission, list_images
-    predictor, cfg = _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device)
+    scales = parse_scales(tta_scales)
+    inference = inference_settings(bundle, tta, no_tta, scales)
+    predictor, cfg = _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device, model, inference)
     cell_types = None
     if fold is not None:
         from cellseg_nb.data import SartoriusData
@@ -337,14 +264,12 @@ def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cell
         cell_types = ds.meta.cell_type.to_dict()
     else:
         items = list_images(images or data_root(data) / 'test')
-    scales = parse_scales(tta_scales)
-    print(f"{predictor.name} on {len(items)} images" + (' with flip TTA' if tta else '')
-          + (f" at scales {', '.join(map(str, scales))}" if scales else ''))
+    print(f"{predictor.name} on {len(items)} images ({predictor.inference.describe()})")
     if out:
-        res = make_submission(predictor, items, out, cfg, tta=tta, cell_types=cell_type or None, tta_scales=scales)
+        res = make_submission(predictor, items, out, cfg, cell_types=cell_type or None)
         raw_preds = res.raw
         print_table(res.table.set_index('id'), f"wrote {out} (validated)")
-    else: raw_preds = predict_images(predictor, items, tta=tta, tta_scales=scales)
+    else: raw_preds = predict_images(predictor, items)
     if raw:
         save_predictions(raw_preds, raw); print(f"raw predictions: {raw}")
 
@@ -373,32 +298,42 @@ def _floats(text, what) -> tuple:
     try: return tuple(float(x) for x in str(text).split(',') if x.strip())
     except ValueError: raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}") from None
 
+_RAW_HELP = "raw OOF predictions of one model: NAME=CSV (NAME as in predict --model / the bundle); repeatable"
+
 @command('tune-ensemble')
 def tune_ensemble_cmd(maskrcnn: str = None,  # raw OOF predictions of Mask R-CNN (`cellseg predict --maskrcnn ... --fold K --raw FILE`)
                       cellpose: str = None,  # raw OOF predictions of Cellpose on the same images
+                      raw: Param(_RAW_HELP, str, action='append') = None,
                       data: str = None,  # competition folder (default: $CELLSEG_DATA)
                       out: str = 'ensemble.json',  # where to write the ensemble settings (JSON)
-                      weights: str = '0.3,0.5,0.7',  # Mask R-CNN weights to try in 'both' (Cellpose gets 1 - w)
+                      weights: str = '0.3,0.5,0.7',  # weights of the first model to try in 'both' (the others share 1 - w)
                       votes: str = '0.5',  # pixel-vote fractions to try in 'both'
                       n_jobs: int = 1):  # parallel workers over images
-    "Choose per cell type Mask R-CNN, Cellpose or both merged (weights, vote, post-processing) on OOF predictions."
+    "Choose per cell type one model or all merged (weights, vote, post-processing) on OOF predictions of 2+ models."
     from cellseg_nb.data import SartoriusData
     from cellseg_nb.inference import load_predictions
     from cellseg_nb.ensemble import tune_ensemble
-    if not (maskrcnn and cellpose): raise ValueError("give --maskrcnn and --cellpose: raw OOF predictions of both models")
+    paths = {n: p for n, p in (('maskrcnn', maskrcnn), ('cellpose', cellpose)) if p}
+    for t in raw or []:
+        name, sep, p = str(t).partition('=')
+        if not sep or not name.strip() or not p: raise ValueError(f"--raw {t!r}: expected NAME=CSV")
+        if name.strip() in paths: raise ValueError(f"--raw {t!r}: predictions of {name.strip()!r} were given before")
+        paths[name.strip()] = p
+    if len(paths) < 2: raise ValueError("give raw OOF predictions of two or more models (--maskrcnn, --cellpose, --raw NAME=CSV)")
     ds = SartoriusData(data_root(data))
-    preds = {'maskrcnn': load_predictions(maskrcnn), 'cellpose': load_predictions(cellpose)}
+    preds = {name: load_predictions(p) for name, p in paths.items()}
     known = set(ds.ids)
-    for name, path in (('maskrcnn', maskrcnn), ('cellpose', cellpose)):
+    for name, p in paths.items():
         unknown = [i for i in preds[name] if i not in known]
-        if unknown: raise ValueError(f"{path}: {len(unknown)} image id(s) not in {ds.csv}, e.g. {unknown[:3]}")
-    ids = [i for i in preds['maskrcnn'] if i in preds['cellpose']]
-    if not ids: raise ValueError(f"{maskrcnn} and {cellpose} share no image id")
+        if unknown: raise ValueError(f"{p}: {len(unknown)} image id(s) not in {ds.csv}, e.g. {unknown[:3]}")
+    first, *rest = preds.values()
+    ids = [i for i in first if all(i in r for r in rest)]
+    if not ids: raise ValueError(f"{', '.join(map(str, paths.values()))} share no image id")
     gt = {i: ds.instances(i) for i in ids}
-    res = tune_ensemble(preds, gt, ds.meta.cell_type.to_dict(), weights=_floats(weights, '--weights'),
-                        votes=_floats(votes, '--votes'), n_jobs=n_jobs)
+    res = tune_ensemble({n: {i: p[i] for i in ids} for n, p in preds.items()}, gt, ds.meta.cell_type.to_dict(),
+                        weights=_floats(weights, '--weights'), votes=_floats(votes, '--votes'), n_jobs=n_jobs)
     res.settings.save(out)
-    print_table(res.summary, f"tuned on {len(gt)} images: per cell type each model alone, both, and the choice")
+    print_table(res.summary, f"tuned on {len(gt)} images: per cell type each model alone, all merged, and the choice")
     print(f"\nensemble settings: {out}")
     return res.summary
 
@@ -406,26 +341,32 @@ def tune_ensemble_cmd(maskrcnn: str = None,  # raw OOF predictions of Mask R-CNN
 def bundle_cmd(out: str = 'cellseg_out/bundle',  # the bundle folder to write (replaced when it holds an earlier bundle)
                maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellseg train maskrcnn` (training state is left out)
                cellpose: str = None,  # Cellpose model file from `cellseg train cellpose` (its size model etc. come along)
+               model: Param(_MODEL_HELP, str, action='append') = None,
                postprocess: str = None,  # post-processing YAML from `cellseg tune` (default: the ensemble's, else library defaults)
-               ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (needs both models)
+               ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (naming the bundle's models)
+               tta: bool = False,  # the bundle predicts with flip TTA (each model's own where it has one)
+               tta_scales: str = None,  # the bundle predicts at these scale factors too, e.g. 0.8,1,1.25
                cv: str = None,  # CV scores to record: a JSON object or a JSON file
                data: str = None,  # the competition folder the models were trained on (its fingerprint is recorded)
                dataset_id: str = None,  # Kaggle data set id USER/SLUG (default $KAGGLE_USERNAME/cellseg-weights)
                title: str = 'cellseg-weights'):  # Kaggle data set title (and default slug)
     "Pack models + post-processing + ensemble settings + a manifest (versions, hashes) into one folder to upload."
     from cellseg_nb.bundle import write_bundle, read_bundle
-    path = write_bundle(out, maskrcnn, cellpose, postprocess, ensemble, cv, data, dataset_id, title)
+    inference = inference_settings(None, tta, False, parse_scales(tta_scales))
+    path = write_bundle(out, maskrcnn, cellpose, postprocess, ensemble, cv, data, dataset_id, title, models=parse_models(model),
+                        inference=inference)
     b = read_bundle(path)
     files = b.files().set_index('file')
     print_table(files, f"bundle {path}: {', '.join(b.manifest['models'])}; post-processing from "
-                       f"{b.manifest['postprocess_from']}; {files.bytes.sum() / 2**20:.1f} MiB")
+                       f"{b.manifest['postprocess_from']}; {b.inference.describe()}; {files.bytes.sum() / 2**20:.1f} MiB")
     print(f"\nupload: kaggle datasets create -p {path}    (then attach it to the kernel as cellseg-weights)")
     return path
 
-# %% ../nbs/90_cli.ipynb 17
+# %% ../nbs/90_cli.ipynb 16
 @command('pseudo-label')
 def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellseg train maskrcnn`
                      cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`, or a stock cellpose 3 model by name (livecell_cp3, ...)
+                     model: Param(_MODEL_HELP, str, action='append') = None,
                      bundle: str = None,  # a bundle folder from `cellseg bundle` (instead of model files and settings)
                      ensemble: str = None,  # ensemble settings JSON from `cellseg tune-ensemble` (with both models)
                      download: bool = False,  # let cellpose download a stock model named by --cellpose that is missing from its folder
@@ -438,7 +379,6 @@ def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellse
     "Pseudo-label train_semi_supervised/ with trained models: confident cells by per-type rules, in train.csv format."
     from cellseg_nb.data import SartoriusData
     from cellseg_nb.pseudo import pseudo_label, write_pseudo_labels, PSEUDO_RULES
-    if not (maskrcnn or cellpose or bundle): raise ValueError("give --bundle, or --maskrcnn and/or --cellpose (trained model files)")
     root = data_root(data)
     try: extra = json.loads(rules) if rules else {}
     except json.JSONDecodeError as e: raise ValueError(f"--rules is not JSON: {e}") from None
@@ -447,16 +387,14 @@ def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellse
     if download and cellpose:
         from cellseg_nb.pretrained import resolve_cellpose_model, CELLPOSE_MODEL_NAMES
         if cellpose in CELLPOSE_MODEL_NAMES: resolve_cellpose_model(cellpose, download=True)
-    predictor, cfg = _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device)
+    predictor, cfg = _predictor_and_config(maskrcnn, cellpose, ensemble, bundle, config, device, model)
     print(f"{predictor.name} on {len(ids)} unlabelled images")
     df = pseudo_label(predictor, root, ids, merged, cfg)
     write_pseudo_labels(df, out)
     table = df.groupby('cell_type').agg(images=('id', 'nunique'), cells=('id', 'size')) if len(df) else pd.DataFrame()
     print_table(table, f"wrote {out}: {df.id.nunique()} of {len(ids)} images kept, {len(df)} cells")
 
-# %% ../nbs/90_cli.ipynb 19
-from fastcore.script import Param
-
+# %% ../nbs/90_cli.ipynb 18
 def _livecell_plan(data, livecell, livecell_types):
     """Where `cellseg train ... --livecell` trains: `(competition root or None, LIVECell root or None, lines or None)`.
     With `--livecell` and neither `--data` nor `$CELLSEG_DATA`, the competition root is None: LIVECell alone."""
@@ -469,21 +407,35 @@ def _livecell_plan(data, livecell, livecell_types):
     root = data_root(data) if (data or os.environ.get('CELLSEG_DATA')) else None
     return root, lc, lines
 
-def resolve_recipe(recipe: str | None, flags: dict | None = None, sets=None, stages=('train', 'pretrain')):
-    """The run's `config.Recipe`: the named recipe or YAML file `recipe` (default 'default'), then the command's
-    flags that were given (`flags`: {dotted key: value}, None = not given; a `train.*` key also sets the same key of
-    the other `stages` that the recipe has, iterations excepted), then the `--set KEY=VALUE` overrides `sets`: one merge path."""
-    from cellseg_nb.config import get_recipe
-    r = get_recipe(recipe or 'default')
-    given = {}
-    for k, v in (flags or {}).items():
-        if v is None: continue
-        given[k] = v
+def override_stages(recipe, overrides, stages=('train', 'pretrain')):
+    """`recipe` with `overrides` applied (`{dotted key: value}` or a list of (key, value) pairs, later ones winning;
+    a value may be None). One rule for flags and `--set` alike: a `train.KEY` override also sets `pretrain.KEY` (the
+    LIVECell stage; iterations excepted) when the recipe has that stage, unless `pretrain.KEY` is itself overridden."""
+    items = list(overrides.items()) if isinstance(overrides, dict) else list(overrides)
+    given = {k for k, _ in items}
+    out = {}
+    for k, v in items:
+        out[k] = v
         group, _, rest = k.partition('.')
         if group == 'train' and rest != 'iterations':
             for s in stages:
-                if s != 'train' and getattr(r, s, None) is not None: given.setdefault(f'{s}.{rest}', v)
-    return r.merge(given, *(sets or []))
+                if s != 'train' and f'{s}.{rest}' not in given and getattr(recipe, s, None) is not None:
+                    out[f'{s}.{rest}'] = v
+    return recipe.merge(out) if out else recipe
+
+def resolve_recipe(recipe: str | None, flags: dict | None = None, sets=None, stages=('train', 'pretrain')):
+    """The run's `config.Recipe`: the named recipe or YAML file `recipe` (default 'default'), then the command's
+    flags that were given (`flags`: {dotted key: value}; only given flags are passed, and their value may be None,
+    e.g. `train.fold: None` for all images), then the `--set KEY=VALUE` texts `sets`: both through
+    `override_stages`, so `--lr 0.01` and `--set train.lr=0.01` train the same run."""
+    from cellseg_nb.config import get_recipe
+    from cellseg_nb.settings import parse_override
+    r = override_stages(get_recipe(recipe or 'default'), flags or {}, stages)
+    return override_stages(r, [parse_override(s) for s in (sets or [])], stages)
+
+def given(flags: dict) -> dict:
+    "The flags a user gave: those whose value is not None (a command's options default to None = not given)."
+    return {k: v for k, v in flags.items() if v is not None}
 
 def _save_recipe(recipe, folder) -> Path:
     "Write `recipe.yaml` into `folder` (beside the checkpoint or model file) and print the resolved recipe."
@@ -538,24 +490,24 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
     from cellseg_nb.pipeline import resolve_device
     from cellseg_nb.data import SartoriusData, LiveCellData
     from cellseg_nb.config import small_model, Recipe
+    from cellseg_nb.settings import parse_override
     root, lc, lines = _livecell_plan(data, livecell, livecell_types)
     if pseudo_labels and root is None: raise ValueError("--pseudo_labels needs the competition folder (--data or $CELLSEG_DATA)")
     if root is not None: shape = SartoriusData(root).image_shape     # the model works at the data's native resolution
     else:
         hw = LiveCellData(lc, 'train', lines).meta[['height', 'width']]
         shape = tuple(int(v) for v in hw.mode().iloc[0])
-    flags = {'train.fold': None if fold is None else (None if fold < 0 else fold), 'train.n_folds': n_folds,
-             'pretrain.iterations': livecell_iters, 'model.backbone': backbone, 'train.iterations': iters,
-             'train.batch_size': batch_size, 'train.lr': lr, 'train.optimizer': optimizer, 'train.warmup': warmup,
-             'model.scale': scale, 'model.mask_size': mask_size, 'train.val_every': val_every,
-             'train.checkpoint_every': checkpoint_every, 'model.arch': arch, 'pretrained.maskrcnn': weights,
-             'pretrained.download': True if download else None}
+    flags = given({'train.n_folds': n_folds, 'pretrain.iterations': livecell_iters, 'model.backbone': backbone,
+                   'train.iterations': iters, 'train.batch_size': batch_size, 'train.lr': lr, 'train.optimizer': optimizer,
+                   'train.warmup': warmup, 'model.scale': scale, 'model.mask_size': mask_size,
+                   'train.val_every': val_every, 'train.checkpoint_every': checkpoint_every, 'model.arch': arch,
+                   'pretrained.maskrcnn': weights, 'pretrained.download': True if download else None})
+    if fold is not None: flags['train.fold'] = None if fold < 0 else fold      # -1: every image trains (fold None)
     r = resolve_recipe(recipe, {'model.min_size': min(shape), 'model.max_size': max(shape), **flags})
-    if fold is not None and fold < 0: r = r.merge({'train.fold': None})
     if small:
         m = small_model(shape, r.model.scale, r.model.mask_size)
         r = r.merge({f'model.{k}': v for k, v in m.changed_options().items()})
-    r = r.merge(*(set or []))                                # --set comes last: it wins over every flag
+    r = override_stages(r, [parse_override(s) for s in (set or [])])   # --set last: it wins over every flag
     if lc is not None and root is not None and r.pretrain is None: r = r.merge({'pretrain': r.train.to_dict()})
     if int(os.environ.get('RANK', '0')) == 0: _save_recipe(r, out)      # once under torchrun
     dev = None if os.environ.get('LOCAL_RANK') else resolve_device(device)
@@ -630,10 +582,10 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
     from cellseg_nb.pipeline import resolve_device
     root, lc, lines = _livecell_plan(data, livecell, livecell_types)
     if pseudo_labels and root is None: raise ValueError("--pseudo_labels needs the competition folder (--data or $CELLSEG_DATA)")
-    r = resolve_recipe(recipe, {'cellpose.livecell_epochs': livecell_epochs, 'cellpose.epochs': epochs,
-                                'cellpose.learning_rate': lr, 'cellpose.bsize': bsize,
-                                'cellpose.size_epochs': 0 if no_size_model else None, 'pretrained.cellpose': pretrained,
-                                'pretrained.download': True if download else None}, set)
+    r = resolve_recipe(recipe, given({'cellpose.livecell_epochs': livecell_epochs, 'cellpose.epochs': epochs,
+                                      'cellpose.learning_rate': lr, 'cellpose.bsize': bsize,
+                                      'cellpose.size_epochs': 0 if no_size_model else None, 'pretrained.cellpose': pretrained,
+                                      'pretrained.download': True if download else None}), set)
     c = r.cellpose
     lcd = None if lc is None else LiveCellData(lc, 'train', lines)
     if root is None:                                   # LIVECell alone: train split, held-out = val split
@@ -661,7 +613,7 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
         elif held is not None and len(held):
             print_table(cpose.diameter_summary(cpose.compare_diameters(path, held, held.ids)), "diameters on the LIVECell val split")
 
-# %% ../nbs/90_cli.ipynb 21
+# %% ../nbs/90_cli.ipynb 20
 @command('demo')
 def demo_cmd(out: str = 'cellseg_out/demo',  # output folder (data, models, predictions, submission, report)
              recipe: str = None,  # recipe name (demo, quick, ...) or YAML file (default: demo; quick with --quick)
@@ -692,5 +644,5 @@ def demo_cmd(out: str = 'cellseg_out/demo',  # output folder (data, models, pred
     print(f"\nDemo finished in {res.times['total'] / 60:.1f} min. Everything is in {Path(out).resolve()}")
     return res.summary
 
-# %% ../nbs/90_cli.ipynb 23
+# %% ../nbs/90_cli.ipynb 22
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())

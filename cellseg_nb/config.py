@@ -4,181 +4,21 @@
 
 # %% ../nbs/08_config.ipynb 3
 from __future__ import annotations
-import copy, dataclasses, json, os, re, tempfile, types, typing
+import dataclasses, typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 import yaml
+from .settings import (ConfigError, ConfigTypeError, write_settings, read_settings, check_value,
+    parse_override, apply_overrides, Config)
+from .postprocess import PostprocessConfigs
+from .ensemble import EnsembleSettings
 
 # %% auto 0
-__all__ = ['RECIPES', 'ConfigError', 'ConfigTypeError', 'write_settings', 'read_settings', 'check_value', 'parse_override',
-           'apply_overrides', 'Config', 'ModelConfig', 'AugmentConfig', 'TrainConfig', 'CellposeConfig',
-           'PretrainedConfig', 'DemoConfig', 'Recipe', 'small_model', 'get_recipe']
+__all__ = ['RECIPES', 'ModelConfig', 'AugmentConfig', 'TrainConfig', 'CellposeConfig', 'PretrainedConfig', 'DemoConfig', 'Recipe',
+           'small_model', 'get_recipe']
 
 # %% ../nbs/08_config.ipynb 6
-class ConfigError(ValueError):
-    "A settings file or override that does not fit its typed config (the message names the key and the source)."
-
-class ConfigTypeError(ConfigError, TypeError):
-    "A value of the wrong type for its field."
-
-def write_settings(path, data: dict) -> Path:
-    """Write the plain dict `data` to `path` as YAML (JSON when the name ends in `.json`): temporary file in the
-    same folder, then `os.replace`, so a reader never sees half a file. Returns the path."""
-    from cellseg_nb.files import atomic_write
-    path = Path(path)
-    with atomic_write(path, 'w') as f:
-        if path.suffix == '.json': json.dump(data, f, indent=1)
-        else: yaml.safe_dump(data, f, sort_keys=False, default_flow_style=None)
-    return path
-
-def read_settings(path, what: str = 'settings file') -> Any:
-    "The YAML (or JSON) content of `path`; ConfigError naming the file (a `what`) when it is missing or not valid YAML."
-    path = Path(path)
-    if not path.is_file(): raise ConfigError(f"{path}: no such {what}")
-    try: return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML: {e}") from None
-
-# %% ../nbs/08_config.ipynb 9
-_FLOAT_TEXT = re.compile(r'^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$')
-
-def _type_name(tp) -> str:
-    if tp is type(None): return 'null'
-    if isinstance(tp, type): return tp.__name__
-    return str(tp).replace('typing.', '')
-
-def check_value(value, tp, where: str = 'value'):
-    """`value` converted to type `tp` (a field annotation), or ConfigTypeError naming `where`."""
-    def bad(): raise ConfigTypeError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any: return value
-    if tp is type(None):
-        if value is None: return None
-        bad()
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args: return None
-        for a in args:
-            if a is type(None): continue
-            try: return check_value(value, a, where)
-            except ConfigTypeError: pass
-        bad()
-    if origin is Literal:
-        if any(value == a and type(value) is type(a) for a in args): return value
-        raise ConfigTypeError(f"{where}: expected one of {list(args)}, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool): return value
-        bad()
-    if tp is int:
-        if isinstance(value, bool): bad()
-        if isinstance(value, int): return int(value)
-        if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()): value = float(value)
-        if isinstance(value, float) and value.is_integer(): return int(value)
-        bad()
-    if tp is float:
-        if isinstance(value, bool): bad()
-        if isinstance(value, (int, float)): return float(value)
-        if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()): return float(value)
-        bad()
-    if tp is str:
-        if isinstance(value, str): return value
-        bad()
-    if origin in (tuple, list) or tp in (tuple, list):
-        if not isinstance(value, (list, tuple)): bad()
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args): raise ConfigTypeError(f"{where}: expected {len(args)} values, got {value!r}")
-            return tuple(check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        el = args[0] if args else Any
-        out = [check_value(v, el, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(out) if tuple in (origin, tp) else out
-    if origin is dict or tp is dict:
-        if isinstance(value, dict): return dict(value)
-        bad()
-    if isinstance(tp, type) and hasattr(tp, 'from_dict'):
-        if isinstance(value, tp): return value
-        if not isinstance(value, dict): bad()
-        if issubclass(tp, Config) and tp.from_dict.__func__ is Config.from_dict.__func__:   # nested dotted key names
-            src, _, key = where.rpartition(': ')
-            return tp.from_dict(value, source=src or 'config', prefix=key + '.')
-        return tp.from_dict(value, source=where)
-    raise ConfigTypeError(f"{where}: unsupported field type {_type_name(tp)}")
-
-# %% ../nbs/08_config.ipynb 12
-def parse_override(text: str) -> tuple[str, Any]:
-    "`'train.lr=0.01'` -> `('train.lr', 0.01)` (the value parsed as YAML); ConfigError for a text without `=`."
-    if not isinstance(text, str) or '=' not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.lr=0.01")
-    key, raw = text.split('=', 1)
-    key = key.strip()
-    if not key: raise ConfigError(f"override {text!r}: empty key")
-    try: value = yaml.safe_load(raw) if raw.strip() else ''
-    except yaml.YAMLError as e: raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from None
-    return key, value
-
-def _plain(v):
-    "A value as plain YAML data (tuples -> lists, configs -> dicts)."
-    if hasattr(v, 'to_dict'): return v.to_dict()
-    if isinstance(v, (list, tuple)): return [_plain(x) for x in v]
-    if isinstance(v, dict): return {k: _plain(x) for k, x in v.items()}
-    return v
-
-def apply_overrides(d: dict, *overrides) -> dict:
-    """A copy of the nested plain dict `d` with dotted overrides set (`'a.b=value'` strings or `{'a.b': value}`
-    mappings); groups that are None or absent are created. The caller checks the result (`from_dict`)."""
-    d = copy.deepcopy(d)
-    for o in overrides:
-        for key, value in ([parse_override(o)] if isinstance(o, str) else list(dict(o).items())):
-            *head, last = str(key).split('.')
-            node = d
-            for i, k in enumerate(head):
-                if node.get(k) is None: node[k] = {}
-                node = node[k]
-                if not isinstance(node, dict):
-                    raise ConfigError(f"override {key!r}: {'.'.join(head[:i + 1])} is a single setting, not a group")
-            node[last] = _plain(value)
-    return d
-
-class Config:
-    """Base of the typed settings dataclasses: one load / save / merge for all (see above).
-    Subclasses are `@dataclass`es whose every field has a default."""
-    @classmethod
-    def _hints(cls) -> dict: return typing.get_type_hints(cls)
-
-    @classmethod
-    def from_dict(cls, d: dict | None, source: str = 'config', prefix: str = ''):
-        """Build from a plain mapping; missing keys keep their defaults; unknown keys and wrong types raise ConfigError
-        naming `source` (a file name) and the dotted key (`prefix` + field)."""
-        if d is None: d = {}
-        if not isinstance(d, dict):
-            raise ConfigTypeError(f"{source}: {prefix.rstrip('.') or cls.__name__}: expected a mapping, got {d!r}")
-        names = [f.name for f in dataclasses.fields(cls) if f.init]
-        unknown = [k for k in d if k not in names]
-        if unknown: raise ConfigError(f"{source}: unknown key {prefix + str(unknown[0])!r} for {cls.__name__}; known: {names}")
-        hints = cls._hints()
-        return cls(**{k: check_value(v, hints[k], f"{source}: {prefix}{k}") for k, v in d.items()})
-
-    def to_dict(self) -> dict:
-        "The config as plain YAML data (tuples become lists)."
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    def save(self, path) -> Path:
-        "Write as YAML (JSON for a `.json` name) through a temporary file; returns the path."
-        return write_settings(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path):
-        "Read a file written by `save` (or by hand); unknown keys and wrong types raise ConfigError naming the file."
-        return cls.from_dict(read_settings(path), source=str(path))
-
-    def merge(self, *overrides):
-        """A copy with `overrides` applied: each a `'a.b=value'` string or a mapping `{'a.b': value}`. The result
-        passes the same checks as a file; the message names the override."""
-        return type(self).from_dict(apply_overrides(self.to_dict(), *overrides), source='override')
-
-    def replace(self, **changes):
-        "A copy with fields replaced (checked like `from_dict`)."
-        return type(self).from_dict({**self.to_dict(), **{k: _plain(v) for k, v in changes.items()}}, source='replace')
-
-# %% ../nbs/08_config.ipynb 16
 @dataclass
 class ModelConfig(Config):
     "Mask R-CNN architecture and inference settings (`maskrcnn.build_model`)."
@@ -295,7 +135,7 @@ class DemoConfig(Config):
     seed: int = 0
     tta: bool = False                       # flip TTA for the final evaluation
 
-# %% ../nbs/08_config.ipynb 19
+# %% ../nbs/08_config.ipynb 9
 @dataclass
 class Recipe(Config):
     "All settings of a run: Mask R-CNN (model, augment, train, pretrain), Cellpose, demo, post-processing, ensemble."
@@ -309,12 +149,6 @@ class Recipe(Config):
     demo: DemoConfig = field(default_factory=DemoConfig)
     postprocess: PostprocessConfigs | None = None   # per cell type; None: the library's per-type defaults
     ensemble: EnsembleSettings | None = None        # tuned ensemble choice per cell type; None: equal-weight vote
-
-    @classmethod
-    def _hints(cls) -> dict:
-        from cellseg_nb.postprocess import PostprocessConfigs        # imported late: they import this module
-        from cellseg_nb.ensemble import EnsembleSettings
-        return typing.get_type_hints(cls, localns=dict(PostprocessConfigs=PostprocessConfigs, EnsembleSettings=EnsembleSettings))
 
     def stage_options(self, stage: str = 'train') -> dict:
         """Training options of one stage ('train', or 'pretrain': the LIVECell stage, `train` when None): the
@@ -336,7 +170,7 @@ class Recipe(Config):
         "The recipe as YAML text (what a run prints at its start)."
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
-# %% ../nbs/08_config.ipynb 21
+# %% ../nbs/08_config.ipynb 11
 def small_model(image_shape, scale: float = 1.0, mask_size: int = 28, backbone: str = 'resnet18') -> ModelConfig:
     """The demo's small Mask R-CNN for (H, W) images: native resolution times `scale`, narrow FPN and heads, RPN/ROI
     sizes for CPU (the backbone's BatchNorm trainable from scratch, which learned faster than GroupNorm here).
@@ -385,7 +219,7 @@ def _quick() -> Recipe:
     return r.replace(name='quick', train=r.train.replace(iterations=2), cellpose=r.cellpose.replace(epochs=1, size_epochs=1),
                      demo=r.demo.replace(n_images=12, n_folds=3))
 
-# %% ../nbs/08_config.ipynb 22
+# %% ../nbs/08_config.ipynb 12
 def _competition() -> Recipe:
     """A GPU run on the real competition data, after the strong public solutions: R50-FPN Mask R-CNN pretrained
     on LIVECell then fine-tuned on the competition images, at 2x input scale; Cellpose on LIVECell, then the

@@ -11,7 +11,7 @@ import pandas as pd
 from .instances import Instances, pairwise_iou
 from .postprocess import postprocess, image_cell_type, PostprocessConfigs, CLASS_NAMES, candidate_pairs, ious_with, run_keys
 from .metric import evaluate
-from .config import Config, ConfigError, read_settings
+from .settings import Config, ConfigError, read_settings
 
 # %% auto 0
 __all__ = ['VOTE_BY', 'SCORE_FUSIONS', 'match_groups', 'merge_models', 'EnsembleSettings', 'image_type', 'ensemble_candidates',

@@ -14,8 +14,9 @@ from .ensemble import merge_models
 
 # %% auto 0
 __all__ = ['IMAGE_SUFFIXES', 'FLIPS', 'SubmissionResult', 'list_images', 'threshold_predictor', 'resize_instances',
-           'merge_passes', 'tta_scales_checked', 'tta_predict', 'predict_images', 'save_predictions',
-           'load_predictions', 'postprocess_all', 'make_submission']
+           'merge_passes', 'tta_scales_checked', 'tta_predict', 'InferenceSettings', 'PassesPredictor',
+           'with_inference', 'predict_images', 'save_predictions', 'load_predictions', 'postprocess_all',
+           'make_submission']
 
 # %% ../nbs/15_inference.ipynb 6
 IMAGE_SUFFIXES = ('.png', '.tif', '.tiff', '.jpg', '.jpeg')
@@ -122,6 +123,56 @@ def tta_predict(predictor, image: np.ndarray, flips=('none', 'h', 'v'), iou_thre
 
 
 # %% ../nbs/15_inference.ipynb 25
+from dataclasses import dataclass
+from .settings import Config
+
+@dataclass
+class InferenceSettings(Config):
+    "The test-time passes of a predictor (a `settings.Config`: YAML load / save / merge)."
+    tta: bool = False                                # flip TTA: the image and its left-right and up-down mirrors
+    tta_scales: tuple[float, ...] | None = None      # scale factors of the input (passes = flips x scales); None: 1 only
+    model_tta: bool = True                           # a model's own TTA where it has one, else the generic fusion
+    iou_threshold: float = 0.5                       # generic fusion: cells of two passes match above this IoU
+    vote: float = 0.5                                # generic fusion: a pixel stays when this share of passes has it
+
+    def __post_init__(self):
+        if self.tta_scales is not None: self.tta_scales = tta_scales_checked(self.tta_scales)
+    @property
+    def flips(self) -> tuple:
+        "The flips of the passes: ('none', 'h', 'v') with `tta`, else ('none',)."
+        return ('none', 'h', 'v') if self.tta else ('none',)
+    @property
+    def plain(self) -> bool:
+        "True when there is one pass only (no flips, no scales other than 1)."
+        return not self.tta and self.tta_scales in (None, (1.0,))
+    def describe(self) -> str:
+        "A short text: 'no TTA' or 'flip TTA at scales 0.8, 1, 1.25 (generic fusion)'."
+        if self.plain: return 'no TTA'
+        return ' '.join(filter(None, ['flip TTA' if self.tta else 'TTA',
+                                      self.tta_scales and f"at scales {', '.join(map(str, self.tta_scales))}"]))
+
+class PassesPredictor:
+    """A predictor (`image uint8 (H, W) -> Instances`) that runs the passes of `inference` (`InferenceSettings`) of
+    `base` and fuses them (`tta_predict`); `name`, `model`, `postprocess` are `base`'s."""
+    def __init__(self, base, inference: InferenceSettings):
+        self.base, self.inference = base, inference
+        self.name, self.model = base.name, getattr(base, 'model', None)
+        self.postprocess = getattr(base, 'postprocess', None)
+        self.source = f"{getattr(base, 'source', '')} + {inference.describe()}"
+    def __call__(self, image: np.ndarray) -> Instances:
+        s = self.inference
+        return tta_predict(self.base, image, s.flips, s.iou_threshold, s.vote, s.tta_scales or (1.0,))
+    def __repr__(self): return f"PassesPredictor({self.name}: {self.source})"
+
+def with_inference(predictor, settings: InferenceSettings | None = None):
+    """`predictor` running the passes of `settings` through the generic fusion (a `PassesPredictor`); the same
+    predictor when `settings` is None or plain. The result's `inference` holds the settings."""
+    s = settings or InferenceSettings()
+    if not s.plain: return PassesPredictor(predictor, s)
+    predictor.inference = s
+    return predictor
+
+# %% ../nbs/15_inference.ipynb 28
 def _as_images(images):
     "A folder, a {id: path|array} dict or a list of paths -> ordered {id: path|array}."
     if isinstance(images, (str, os.PathLike)): return list_images(images)
@@ -157,7 +208,7 @@ def predict_images(predictor, images, tta: bool | tuple = False, progress: bool 
         out[iid] = pred
     return out
 
-# %% ../nbs/15_inference.ipynb 28
+# %% ../nbs/15_inference.ipynb 31
 def save_predictions(preds: dict, path) -> Path:
     "Write `{id: Instances}` with scores/labels to a CSV (temporary file, then renamed). Returns the path."
     rows = []
@@ -189,7 +240,7 @@ def load_predictions(path) -> dict:
                                        ids=[f"{path.name} row {i + 2} (image {iid})" for i in g.index])
     return out
 
-# %% ../nbs/15_inference.ipynb 31
+# %% ../nbs/15_inference.ipynb 34
 from collections import namedtuple
 SubmissionResult = namedtuple('SubmissionResult', 'path raw final table report')
 

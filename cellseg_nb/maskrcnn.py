@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_maskrcnn.ipynb 3
 from __future__ import annotations
-import math, re, warnings
+import math, re, sys, warnings
 from pathlib import Path
 import numpy as np, pandas as pd
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -28,7 +28,8 @@ import dataclasses
 
 # %% auto 0
 __all__ = ['MODEL_DEFAULTS', 'BACKBONES', 'mask_targets', 'CellRoIHeads', 'CellTransform', 'build_model', 'read_checkpoint',
-           'load_weights', 'load_model', 'paste_sparse', 'tta_variants', 'predict', 'as_predictor', 'anchor_coverage']
+           'load_weights', 'load_model', 'strip_maskrcnn_checkpoint', 'paste_sparse', 'tta_variants', 'predict',
+           'as_predictor', 'anchor_coverage']
 
 # %% ../nbs/10_maskrcnn.ipynb 6
 def mask_targets(gt: Instances, boxes: torch.Tensor, matched_idxs: torch.Tensor, M: int = 28, group: int = 64):
@@ -276,6 +277,33 @@ def load_model(path, device=None, **overrides) -> MaskRCNN:
     return model.to(device) if device is not None else model
 
 # %% ../nbs/10_maskrcnn.ipynb 20
+def _canonical(x):
+    """`x` rebuilt so that its pickle depends on its values only: every string interned (equal strings: one object),
+    every dict, list and tuple a fresh object. pickle memoizes by object identity, so a checkpoint whose equal
+    strings were shared in one run and not in another (a resumed run reads them back from a file) would otherwise
+    give other bytes for the same content."""
+    if isinstance(x, str): return sys.intern(x)
+    if isinstance(x, dict): return {_canonical(k): _canonical(v) for k, v in x.items()}
+    if isinstance(x, list): return [_canonical(v) for v in x]
+    if isinstance(x, tuple): return tuple(_canonical(v) for v in x)
+    return x
+
+def strip_maskrcnn_checkpoint(src, dst) -> dict:
+    """Write the inference part of a Mask R-CNN checkpoint `src` (from `cellseg train maskrcnn`) to `dst`: the weights
+    (`model`, DDP prefixes removed), the model `config` and, when present, the `recipe`; the optimizer, scaler, RNG and
+    log state stay behind. Returns the checkpoint's recipe (its `recipe`, else `{'train_config': ...}`, else None)."""
+    ck = read_checkpoint(src)
+    sd, config = _state_dict_of(ck, src)
+    if config is None: raise ValueError(f"{src}: no model config in this checkpoint (write it with cellseg train maskrcnn)")
+    out = {'model': sd, 'config': config}
+    recipe = ck.get('recipe') if isinstance(ck, dict) else None
+    if recipe is not None: out['recipe'] = recipe
+    if isinstance(ck, dict) and ck.get('pretrained') is not None: out['pretrained'] = ck['pretrained']
+    torch.save(_canonical(out), dst)
+    if recipe is None and isinstance(ck, dict) and ck.get('train_config') is not None: recipe = {'train_config': ck['train_config']}
+    return recipe
+
+# %% ../nbs/10_maskrcnn.ipynb 23
 def _src_index(dst, size_in, size_out):
     "PyTorch's bilinear (align_corners=False) source index, lower neighbour, upper neighbour and weight (float32)."
     scale = (np.float32(size_in) / size_out.astype(np.float32)).astype(np.float32)
@@ -325,7 +353,7 @@ def paste_sparse(probs, boxes, shape, threshold: float = 0.5, scores=None, label
     pix = np.concatenate(pix_out) if pix_out else np.zeros(0, np.int64)
     return Instances.from_pixels(pix, np.concatenate([[0], np.cumsum(counts)]), shape, scores, labels, meta, sorted=True)
 
-# %% ../nbs/10_maskrcnn.ipynb 24
+# %% ../nbs/10_maskrcnn.ipynb 27
 def _as_image(img, i):
     """(1, H, W) uint8 tensor of one image by the project's one image rule (`cellseg_nb.data.to_gray_uint8`: grey
     uint8, equal-channel RGB, 16-bit rescaled, float in [0, 1]), or a ValueError naming image `i`."""
@@ -437,13 +465,13 @@ def predict(model, images, tta: bool = False, tta_scales=None, batch_size: int =
         res = [_post(r, None if cell_types is None else cell_types[i], cfg) for i, r in enumerate(res)]
     return res
 
-# %% ../nbs/10_maskrcnn.ipynb 25
+# %% ../nbs/10_maskrcnn.ipynb 28
 def as_predictor(model, **kwargs):
     "A function `image (H, W) uint8 -> Instances` (what `cellseg_nb.inference` calls a predictor); `kwargs` go to `predict`."
     def predictor(image): return predict(model, [image], **kwargs)[0]
     return predictor
 
-# %% ../nbs/10_maskrcnn.ipynb 31
+# %% ../nbs/10_maskrcnn.ipynb 34
 def anchor_coverage(model, boxes, image_shape) -> pd.DataFrame:
     """For true `boxes` float (N, 4) (x0, y0, x1, y1, input image pixels) of an `image_shape` (H, W) image: per box
     `best_iou` (the best anchor's IoU, at the model's `scale`) and `n_positive` (anchors with IoU >= 0.7)."""

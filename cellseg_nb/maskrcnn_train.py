@@ -14,33 +14,12 @@ from .maskrcnn import build_model, load_model, predict, read_checkpoint
 from .config import AugmentConfig, TrainConfig
 
 # %% auto 0
-__all__ = ['AUGMENT_DEFAULTS', 'TRAIN_DEFAULTS', 'LOSSES', 'resize_instances', 'ArraySource', 'CellDataset', 'augment_sample',
-           'open_source', 'livecell_dataset', 'lr_at', 'KeySampler', 'save_checkpoint', 'validate', 'Hook', 'Trainer',
-           'LRSchedule', 'Validation', 'CSVLog', 'ProgressBar', 'Checkpoint', 'TimeUp', 'TimeBudget', 'train',
-           'transfer']
+__all__ = ['AUGMENT_DEFAULTS', 'TRAIN_DEFAULTS', 'LOSSES', 'ArraySource', 'CellDataset', 'augment_sample', 'open_source',
+           'livecell_dataset', 'lr_at', 'KeySampler', 'save_checkpoint', 'validate', 'Hook', 'Trainer', 'LRSchedule',
+           'Validation', 'CSVLog', 'ProgressBar', 'Checkpoint', 'TimeUp', 'TimeBudget', 'train', 'transfer']
 
 # %% ../nbs/11_maskrcnn_train.ipynb 6
-def resize_instances(inst: Instances, shape) -> Instances:
-    "Nearest-neighbour (pixel-centre aligned) resampling of every mask to `shape` (H', W'); sparse throughout."
-    H, W = inst.shape; h, w = int(shape[0]), int(shape[1])
-    if (h, w) == (H, W): return inst
-    sy, sx = h / H, w / W
-    b = inst.boxes.astype(np.float64)
-    xa, xb = np.floor(b[:, 0] * sx).astype(np.int64), np.minimum(np.ceil(b[:, 2] * sx).astype(np.int64) + 1, w)
-    ya, yb = np.floor(b[:, 1] * sy).astype(np.int64), np.minimum(np.ceil(b[:, 3] * sy).astype(np.int64) + 1, h)
-    ww, hh = np.maximum(xb - xa, 0), np.maximum(yb - ya, 0)
-    n = ww * hh * (inst.areas > 0)
-    det = np.repeat(np.arange(len(inst)), n)
-    k = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
-    r, c = k // np.maximum(ww[det], 1) + ya[det], k % np.maximum(ww[det], 1) + xa[det]
-    src = np.minimum(((r + 0.5) / sy).astype(np.int64), H - 1) * W + np.minimum(((c + 0.5) / sx).astype(np.int64), W - 1)
-    keys = inst.pixel_owner() * (H * W) + inst.pixels()            # ascending: grouped by cell, sorted within
-    q = det * (H * W) + src
-    pos = np.minimum(np.searchsorted(keys, q), max(len(keys) - 1, 0))
-    hit = (keys[pos] == q) if len(keys) else np.zeros(len(q), bool)
-    counts = np.bincount(det[hit], minlength=len(inst))
-    return Instances.from_pixels(r[hit] * w + c[hit], np.concatenate([[0], np.cumsum(counts)]), (h, w),
-                                 inst.scores, inst.labels, inst.meta, sorted=True)
+from .inference import resize_instances
 
 # %% ../nbs/11_maskrcnn_train.ipynb 10
 class ArraySource:
@@ -472,13 +451,26 @@ def _train_config(options: dict, root, dataset, backbone, model_options, world) 
            'backbone': backbone, 'model_options': dict(model_options or {}), 'world_size': world}
     return json.loads(json.dumps(cfg))         # tuples -> lists, so a resumed run compares equal
 
+def _with_defaults(cfg: dict) -> dict:
+    """A training config (`_train_config`'s plain form) with every setting it lacks filled in from today's defaults
+    (`TrainConfig`, `AugmentConfig`, `ModelConfig`): a field added to a settings class after a checkpoint was
+    written reads as its default, so older checkpoints stay resumable."""
+    from cellseg_nb.config import ModelConfig
+    plain = lambda d: json.loads(json.dumps(d))
+    out = {**plain(TRAIN_DEFAULTS), **cfg}
+    if isinstance(out.get('augment'), dict): out['augment'] = {**plain(AUGMENT_DEFAULTS), **out['augment']}
+    if isinstance(out.get('model_options'), dict):
+        out['model_options'] = {**plain(ModelConfig().build_options()), **out['model_options']}
+    return out
+
 def _resume_state(ckpt_path, resume, cfg):
-    "The checkpoint to resume from (None: fresh start); errors for a checkpoint without `resume` or with other settings."
+    """The checkpoint to resume from (None: fresh start); errors for a checkpoint without `resume` or with other
+    settings (both sides compared with missing settings at their defaults, `_with_defaults`)."""
     if not ckpt_path.exists(): return None
     if not resume: raise FileExistsError(f"{ckpt_path} exists: pass resume=True to continue that run, or use another out_dir")
     state = read_checkpoint(ckpt_path)
-    saved = state.get('train_config', {})
-    diff = {k: (saved.get(k), v) for k, v in cfg.items() if k != 'num_workers' and saved.get(k) != v}
+    saved, given = _with_defaults(state.get('train_config', {})), _with_defaults(cfg)
+    diff = {k: (saved.get(k), v) for k, v in given.items() if k != 'num_workers' and saved.get(k) != v}
     if diff: raise ValueError(f"{ckpt_path}: resuming needs the checkpoint's settings; these differ (saved, given): {diff}")
     return state
 

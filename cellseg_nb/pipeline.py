@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 from .instances import Instances
 from .predictors import (resolve_device, quiet_library_warnings, Predictor, ModelPredictor, maskrcnn_predictor,
-                                 cellpose_predictor, ensemble_predictor, load_predictor)
+                                 cellpose_predictor, ensemble_predictor)
+from .bundle import load_predictor
 from .files import write_csv, write_text
 from .data import SartoriusData
 from .metric import Evaluation
@@ -156,6 +157,10 @@ class DemoModels:
     def models(self) -> list[str]:
         "The trained models and their ensemble (not the baseline)."
         return [n for n in self.predictors if n != 'baseline']
+    @property
+    def members(self) -> list[str]:
+        "The trained models the ensemble merges, in training order."
+        return [n for n in self.predictors if n not in ('baseline', 'ensemble')]
 
 @dataclass
 class DemoTuning:
@@ -270,7 +275,7 @@ def demo_predict(split: DemoSplit, models: DemoModels, out: Path, progress: bool
     items = {i: out / 'data' / 'train' / f'{i}.png' for i in split.tune_ids + split.test_ids}
     raw = {}
     for name, p in models.predictors.items():
-        if name == 'ensemble': raw[name] = {i: merge_models([raw['maskrcnn'][i], raw['cellpose'][i]]) for i in items}
+        if name == 'ensemble': raw[name] = {i: merge_models([raw[m][i] for m in models.members]) for i in items}
         else: raw[name] = predict_images(p, items, tta=False, progress=progress, desc=name)
         save_predictions(raw[name], out / 'predictions' / f'{name}_raw.csv')
     return raw

@@ -11,7 +11,7 @@ import numpy as np
 from .rle import runs_to_pixels
 from .instances import Instances, pairwise_iou
 from .celltypes import CELL_TYPES
-from .config import Config, read_settings
+from .settings import Config, read_settings
 
 # %% auto 0
 __all__ = ['CLASS_NAMES', 'DEFAULT_CONFIGS', 'random_candidates', 'score_order', 'filter_scores', 'min_area', 'candidate_pairs',

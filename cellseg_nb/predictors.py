@@ -6,13 +6,16 @@
 from __future__ import annotations
 import os, contextlib, warnings
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
+from dataclasses import dataclass
+import shutil
 import numpy as np
 from .instances import Instances
 
 # %% auto 0
-__all__ = ['resolve_device', 'quiet_library_warnings', 'Predictor', 'ModelPredictor', 'maskrcnn_predictor', 'cellpose_predictor',
-           'ensemble_predictor', 'load_predictor']
+__all__ = ['MODEL_KINDS', 'ENTRY_POINT_GROUP', 'resolve_device', 'quiet_library_warnings', 'Predictor', 'ModelPredictor',
+           'maskrcnn_predictor', 'cellpose_predictor', 'ModelKind', 'register_model_kind', 'model_kind',
+           'ensemble_predictor']
 
 # %% ../nbs/14_predictors.ipynb 6
 def resolve_device(device: str = 'auto') -> str:
@@ -54,10 +57,12 @@ class ModelPredictor:
     def __repr__(self): return f"ModelPredictor({self.name}{': ' + self.source if self.source else ''})"
 
 # %% ../nbs/14_predictors.ipynb 13
-def maskrcnn_predictor(model, device: str = 'auto', mask_threshold: float = 0.5, score_threshold: float | None = None) -> ModelPredictor:
+def maskrcnn_predictor(model, device: str = 'auto', mask_threshold: float = 0.5, score_threshold: float | None = None,
+                       tta: bool = False, tta_scales=None) -> ModelPredictor:
     """Mask R-CNN as a predictor. `model`: a checkpoint path (`cellseg_nb.maskrcnn` format) or a built model.
     Output: Instances with scores and 1-based class labels. `score_threshold` overrides the model's box score
-    threshold (keep it low: post-processing thresholds per cell type)."""
+    threshold (keep it low: post-processing thresholds per cell type). `tta`, `tta_scales`: Mask R-CNN's own
+    test-time passes, fused inside `maskrcnn.predict` (flips; factors of the model's input scale)."""
     from cellseg_nb import maskrcnn
     device = resolve_device(device)
     src = ''
@@ -67,15 +72,17 @@ def maskrcnn_predictor(model, device: str = 'auto', mask_threshold: float = 0.5,
     model.eval()
     if score_threshold is not None: model.roi_heads.score_thresh = float(score_threshold)
     def fn(image):
-        with quiet_library_warnings(): return maskrcnn.predict(model, [image], mask_threshold=mask_threshold, device=device)[0]
+        with quiet_library_warnings():
+            return maskrcnn.predict(model, [image], mask_threshold=mask_threshold, device=device, tta=tta, tta_scales=tta_scales)[0]
     return ModelPredictor('maskrcnn', fn, src, model)
 
 # %% ../nbs/14_predictors.ipynb 17
-def cellpose_predictor(model, diameter='auto', device: str = 'auto') -> ModelPredictor:
+def cellpose_predictor(model, diameter='auto', device: str = 'auto', augment: bool = False) -> ModelPredictor:
     """Cellpose as a predictor. `model`: a model file from `cellseg_nb.cpose.train_cellpose` (with its SizeModel
     and type files beside it when trained), a stock cellpose 3 model name (`livecell_cp3`, ...: from cellpose's
     folder, never downloaded) or a loaded `CellposeBundle`. `diameter`: 'auto' = the SizeModel's
     estimate when the model has one, else the model's training diameter; or None, a number, 'size_model', 'cell_type'.
+    `augment`: cellpose's own test-time augmentation (overlapping tiles, flipped, flows averaged).
     Output: Instances with scores (mean cell probability) and the image's 1-based class label."""
     from cellseg_nb import cpose
     gpu = resolve_device(device).startswith('cuda')
@@ -86,10 +93,103 @@ def cellpose_predictor(model, diameter='auto', device: str = 'auto') -> ModelPre
         src = str(model); model = cpose.load_model(model if zoo else _existing(model, 'Cellpose model'), gpu=gpu)
     if diameter == 'auto': diameter = 'size_model' if model.size is not None else None
     def fn(image):
-        with quiet_library_warnings(): return cpose.predict(model, [image], diameter=diameter)[0]
+        with quiet_library_warnings(): return cpose.predict(model, [image], diameter=diameter, augment=augment)[0]
     return ModelPredictor('cellpose', fn, src, model)
 
 # %% ../nbs/14_predictors.ipynb 19
+@dataclass(frozen=True)
+class ModelKind:
+    """One kind of model. `name`: the kind's name; `load(path, device) -> Predictor`: a trained model file as a
+    predictor; `suffix`: the ending of the model's file in a bundle (`'.pth'`, or `''`); `companions`: endings of files
+    that travel beside the model file when present (Cellpose's `.json`, `_size.npy`, `_types.json`); `pack(src, dst)
+    -> dict | None`: write the inference copy of model file `src` to `dst` and return the recipe it was trained with
+    (default: copy the file, no recipe); `recipe_companion`: the companion that records its training (or None);
+    `packages`: libraries whose versions must match when a bundle of this kind is read; `train`: how it is trained;
+    `what`: the model's description in messages; `own_tta`: `load` takes `inference` (`inference.InferenceSettings`)
+    and runs those passes itself (else the loader wraps the generic fusion, `inference.with_inference`); `start(path)
+    -> dict | None`: the pretrained-start record a model file carries (`cellseg_nb.pretrained`), or None."""
+    name: str
+    load: Callable
+    suffix: str = ''
+    companions: tuple = ()
+    pack: Callable | None = None
+    recipe_companion: str | None = None
+    packages: tuple = ()
+    train: str = ''
+    what: str = ''
+    own_tta: bool = False
+    start: Callable | None = None
+
+    def pack_files(self, src, dst) -> dict | None:
+        "Write model `src` as `dst` plus its companions (`dst` + ending, those present); returns `pack`'s recipe."
+        src, dst = Path(src), Path(dst)
+        if self.pack is not None: recipe = self.pack(src, dst)
+        else: shutil.copyfile(src, dst); recipe = None
+        for end in self.companions:
+            f = Path(str(src) + end)
+            if f.is_file(): shutil.copyfile(f, Path(str(dst) + end))
+        return recipe
+
+MODEL_KINDS: dict = {}
+ENTRY_POINT_GROUP = 'cellseg_nb.model_kinds'
+
+def register_model_kind(kind: ModelKind) -> ModelKind:
+    "Add `kind` to `MODEL_KINDS` under its name (replacing a kind of that name) and return it."
+    if not isinstance(kind, ModelKind): raise TypeError(f"expected a ModelKind, got {type(kind).__name__}")
+    MODEL_KINDS[kind.name] = kind
+    return kind
+
+def model_kind(name: str) -> ModelKind:
+    """The model kind called `name`: built in, registered, or declared by an installed package in the entry-point
+    group `cellseg_nb.model_kinds` (loaded on first use). ValueError listing the known kinds otherwise."""
+    if name in MODEL_KINDS: return MODEL_KINDS[name]
+    from importlib.metadata import entry_points
+    eps = list(entry_points(group=ENTRY_POINT_GROUP))
+    for ep in eps:
+        if ep.name != name: continue
+        kind = ep.load()
+        if not isinstance(kind, ModelKind) or kind.name != name:
+            raise ValueError(f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}) is not a ModelKind named {name!r}")
+        return register_model_kind(kind)
+    raise ValueError(f"unknown model kind {name!r}; known: {sorted({*MODEL_KINDS, *(ep.name for ep in eps)})}")
+
+def _pack_maskrcnn(src, dst):
+    from cellseg_nb.maskrcnn import strip_maskrcnn_checkpoint
+    return strip_maskrcnn_checkpoint(src, dst)
+
+def _maskrcnn_start(path):
+    "The `pretrained` record of a Mask R-CNN checkpoint (None: from scratch)."
+    import torch
+    ck = torch.load(path, map_location='cpu', weights_only=True)
+    return ck.get('pretrained') if isinstance(ck, dict) else None
+
+def _cellpose_start(path):
+    "The `pretrained` record in a Cellpose model's `.json` (None: from scratch or no record)."
+    import json
+    info = Path(str(path) + '.json')
+    return json.loads(info.read_text()).get('pretrained') if info.is_file() else None
+
+def _load_maskrcnn(path, device='auto', inference=None):
+    "Mask R-CNN with its own passes (`inference`: tta, tta_scales)."
+    tta, scales = (inference.tta, inference.tta_scales) if inference is not None else (False, None)
+    return maskrcnn_predictor(path, device=device, tta=tta, tta_scales=scales)
+
+def _load_cellpose(path, device='auto', inference=None):
+    "Cellpose with its own `augment` for flip TTA; scales go through the generic fusion (cellpose has none)."
+    from cellseg_nb.inference import with_inference
+    if inference is None or inference.plain: return cellpose_predictor(path, device=device)
+    if not inference.tta_scales: return cellpose_predictor(path, device=device, augment=True)
+    return with_inference(cellpose_predictor(path, device=device), inference)
+
+register_model_kind(ModelKind('maskrcnn', _load_maskrcnn, '.pth', pack=_pack_maskrcnn, packages=('torch', 'torchvision'),
+                              train='cellseg train maskrcnn', what='Mask R-CNN checkpoint', own_tta=True,
+                              start=_maskrcnn_start))
+register_model_kind(ModelKind('cellpose', _load_cellpose, '',
+                              companions=('.json', '_size.npy', '_types.json'), recipe_companion='.json',
+                              packages=('torch', 'torchvision', 'cellpose'), train='cellseg train cellpose',
+                              what='Cellpose model', own_tta=True, start=_cellpose_start))
+
+# %% ../nbs/14_predictors.ipynb 22
 def ensemble_predictor(predictors: list, weights=None, iou_threshold: float = 0.5, vote: float = 0.5,
                        settings=None) -> ModelPredictor:
     """Several predictors as one: each image goes through every predictor and the cells are matched across models
@@ -121,33 +221,3 @@ def _labelled(raw: Instances, cell_type) -> Instances:
     ids = {name: i for i, name in CLASS_NAMES.items()}
     if cell_type not in ids or raw.labels is None: return raw
     return raw.with_(labels=np.full(len(raw), ids[cell_type], raw.labels.dtype))
-
-def _ensemble_settings(ensemble):
-    from cellseg_nb.ensemble import EnsembleSettings
-    if ensemble is None or isinstance(ensemble, EnsembleSettings): return ensemble
-    return EnsembleSettings.load(_existing(ensemble, 'ensemble settings'))
-
-def load_predictor(maskrcnn=None, cellpose=None, device: str = 'auto', ensemble=None, bundle=None,
-                   check_versions: bool = True) -> ModelPredictor:
-    """A predictor from local model files: Mask R-CNN, Cellpose, or both as an ensemble (equal weights, or
-    `ensemble`: `EnsembleSettings` / its JSON file from `tune_ensemble`). Or `bundle`: a folder written by
-    `cellseg_nb.bundle.write_bundle`, checked (file hashes; versions unless `check_versions=False`) and applied
-    whole: its models, ensemble settings and `postprocess.yaml` (the predictor's `postprocess`)."""
-    if bundle is not None:
-        if maskrcnn or cellpose or ensemble is not None:
-            raise ValueError("give a bundle or model files / ensemble settings, not both")
-        from cellseg_nb.bundle import read_bundle
-        b = read_bundle(bundle, check_versions=check_versions)
-        p = load_predictor(b.maskrcnn, b.cellpose, device, b.ensemble)
-        p.postprocess, p.source = b.postprocess, f"{p.source}; bundle {b.root}"
-        return p
-    settings = _ensemble_settings(ensemble)
-    ps = []
-    if maskrcnn: ps.append(maskrcnn_predictor(maskrcnn, device=device))
-    if cellpose: ps.append(cellpose_predictor(cellpose, device=device))
-    if not ps: raise ValueError("no model given: pass a Mask R-CNN checkpoint and/or a Cellpose model file")
-    if len(ps) == 1:
-        if settings is not None:
-            raise ValueError(f"ensemble settings need both models ({list(settings.models)}); only {ps[0].name} was given")
-        return ps[0]
-    return ensemble_predictor(ps, settings=settings)

@@ -47,7 +47,8 @@ def test_manifest_hashes_fingerprint_and_recipe(models, tmp_path):
     assert man['versions'] == runtime_versions()
     assert man['data_fingerprint'] == {'train.csv sha256': hashlib.sha256((comp / 'train.csv').read_bytes()).hexdigest(),
                                        'train images': len(list((comp / 'train').glob('*.png')))}
-    assert man['models'] == {'maskrcnn': 'maskrcnn.pth', 'cellpose': 'cellpose'} and man['cv_scores'] == {'mAP': 0.3}
+    assert man['models'] == {'maskrcnn': {'kind': 'maskrcnn', 'file': 'maskrcnn.pth'},
+                             'cellpose': {'kind': 'cellpose', 'file': 'cellpose'}} and man['cv_scores'] == {'mAP': 0.3}
     assert (b / 'cellpose').read_bytes() == cp.read_bytes() and (b / 'cellpose.json').read_bytes() == Path(f'{cp}.json').read_bytes()
     import yaml
     assert yaml.safe_load((b / 'maskrcnn_recipe.yaml').read_text()) == {'name': 'tiny', 'train': {'lr': 0.001}}
@@ -61,7 +62,7 @@ def test_bundle_applies_models_ensemble_and_postprocessing(models, tmp_path):
     "load_predictor(bundle=) is the same predictor as the bundled files + settings loaded directly."
     from cellseg_nb.ensemble import EnsembleSettings
     from cellseg_nb.postprocess import PostprocessConfigs
-    from cellseg_nb.predictors import load_predictor
+    from cellseg_nb.bundle import load_predictor
     from cellseg_nb.data import read_image
     comp, ckpt, cp = models
     ens = EnsembleSettings(['maskrcnn', 'cellpose'], {t: 'both' for t in ('shsy5y', 'astro', 'cort')},

@@ -96,17 +96,23 @@ def test_maskrcnn_train_predict_tune_evaluate_submit(comp, maskrcnn_ckpt, tmp_pa
 
 
 def test_predict_multiscale_tta_flag(comp, maskrcnn_ckpt, tmp_path, capsys):
-    "`predict --tta --tta_scales` runs the passes `predict_images` runs in process (same raw file byte for byte)."
+    """`predict --tta --tta_scales` predicts with Mask R-CNN's own passes (fused inside `maskrcnn.predict`, the
+    predictor's inference settings): the same raw file byte for byte as those passes in process, unlike plain
+    prediction; `--no_tta` gives the plain predictions."""
     from cellseg_nb.predictors import maskrcnn_predictor
     from cellseg_nb.inference import predict_images, save_predictions
     out = run(capsys, 'predict', '--maskrcnn', maskrcnn_ckpt, '--images', comp / 'test', '--tta', '--tta_scales', '0.8,1,1.25',
               '--out', '', '--raw', tmp_path / 'cli.csv', '--device', 'cpu')
-    assert 'at scales 0.8, 1.0, 1.25' in out
-    here = predict_images(maskrcnn_predictor(maskrcnn_ckpt, device='cpu'), comp / 'test', tta=True, tta_scales=(0.8, 1, 1.25), progress=False)
+    assert 'flip TTA at scales 0.8, 1.0, 1.25' in out
+    here = predict_images(maskrcnn_predictor(maskrcnn_ckpt, device='cpu', tta=True, tta_scales=(0.8, 1, 1.25)), comp / 'test',
+                          progress=False)
     save_predictions(here, tmp_path / 'here.csv')
     plain = predict_images(maskrcnn_predictor(maskrcnn_ckpt, device='cpu'), comp / 'test', progress=False)
     save_predictions(plain, tmp_path / 'plain.csv')
     assert (tmp_path / 'cli.csv').read_bytes() == (tmp_path / 'here.csv').read_bytes() != (tmp_path / 'plain.csv').read_bytes()
+    out = run(capsys, 'predict', '--maskrcnn', maskrcnn_ckpt, '--images', comp / 'test', '--no_tta', '--out', '',
+              '--raw', tmp_path / 'none.csv', '--device', 'cpu')
+    assert 'no TTA' in out and (tmp_path / 'none.csv').read_bytes() == (tmp_path / 'plain.csv').read_bytes()
     for bad in ('1,x', '0,1', '-1'):
         err = run_fails(capsys, 'predict', '--maskrcnn', maskrcnn_ckpt, '--images', comp / 'test', '--tta_scales', bad, '--out', '')
         assert '--tta_scales' in err and bad in err, err

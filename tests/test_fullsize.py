@@ -1,7 +1,7 @@
 """The full-size path end to end (issue 9, section 4): synthetic 520 x 704 competition images (the real size)
 through both predictors, flip TTA, the ensemble, per-type post-processing, the submission writer and validator, by
 running the offline Kaggle kernel (kaggle/cellseg-inference) on a bundle of the models (`cellseg_nb.bundle`) with its
-defaults (`TTA = True`) in a child process
+defaults (`TTA = None`: the bundle's test-time passes, written as flip TTA) in a child process
 whose every socket is blocked (a `sitecustomize` inherited by any process it starts).
 
 The models are *untrained* (a half-trained model is what a user tries first, and the worst case of the cost
@@ -76,7 +76,7 @@ ns = shell.user_ns
 res = ns['result']
 res.table.to_csv(f'{out}/table.csv', index=False)
 outputs = ''.join(str(o) for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []))
-json.dump(dict(seconds=dt, cpu_seconds=dc, n_images=len(res.raw), tta=ns['TTA'], device=str(ns['device']),
+json.dump(dict(seconds=dt, cpu_seconds=dc, n_images=len(res.raw), tta=ns['predictor'].inference.tta, device=str(ns['device']),
                predictor=repr(ns['predictor']), validated='wrote and validated' in outputs), open(f'{out}/run.json', 'w'))
 '''
 
@@ -88,10 +88,12 @@ def kaggle_input(tmp_path_factory):
     from cellseg_nb.postprocess import PostprocessConfig, PostprocessConfigs
     from cellseg_nb.celltypes import CELL_TYPES
     from cellseg_nb.bundle import write_bundle
+    from cellseg_nb.inference import InferenceSettings
     # every candidate passes the score threshold, so NMS and overlap removal work on the whole flood of cells
     pp = PostprocessConfigs({ct: PostprocessConfig(score_threshold=0.0, min_area=20) for ct in CELL_TYPES})
     w = root / 'cellseg-weights'
-    write_bundle(root / 'cellseg-bundle', maskrcnn=w / 'maskrcnn.pth', cellpose=w / 'cellpose', postprocess=pp)
+    write_bundle(root / 'cellseg-bundle', maskrcnn=w / 'maskrcnn.pth', cellpose=w / 'cellpose', postprocess=pp,
+                 inference=InferenceSettings(tta=True))
     print(f"\nfull-size inputs and untrained models built in {time.perf_counter() - t:.0f} s")
     return root
 
@@ -116,14 +118,14 @@ def test_guard_blocks_the_network_in_children(tmp_path):
 
 
 def test_kernel_defaults_fullsize_offline(kaggle_input, tmp_path):
-    "The Kaggle kernel with its defaults (TTA on, both models -> ensemble) on 520 x 704 images, network blocked."
+    "The Kaggle kernel with its defaults (the bundle's flip TTA, both models -> ensemble) on 520 x 704 images, network blocked."
     from cellseg_nb.submission import validate_submission
     from cellseg_nb.inference import list_images
     out = tmp_path / 'working'; out.mkdir()
     runner = tmp_path / 'run_kernel.py'; runner.write_text(RUNNER)
     nb_src = json.loads(NB.read_text())
     params = ''.join(next(c for c in nb_src['cells'] if c['cell_type'] == 'code')['source'])
-    assert 'TTA = True' in params                                     # the kernel's default is what runs here
+    assert 'TTA = None' in params                                     # the kernel's default (the bundle's) runs here
     r = subprocess.run([sys.executable, str(runner), str(NB), str(kaggle_input), str(out)], env=guarded_env(tmp_path),
                        capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
