@@ -8,24 +8,18 @@ import os, sys, json, time, shutil, hashlib, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 import pandas as pd
+from .files import file_sha256
 
 # %% auto 0
-__all__ = ['BUNDLE_FORMAT', 'MANIFEST', 'KAGGLE_METADATA', 'UNHASHED', 'file_sha256', 'runtime_versions', 'version_problems',
-           'data_fingerprint', 'pretrained_summary', 'model_paths', 'write_bundle', 'Bundle', 'check_bundle',
-           'read_bundle', 'load_predictor']
+__all__ = ['BUNDLE_FORMAT', 'MANIFEST', 'KAGGLE_METADATA', 'UNHASHED', 'runtime_versions', 'version_problems', 'data_fingerprint',
+           'pretrained_summary', 'model_paths', 'write_bundle', 'Bundle', 'check_bundle', 'read_bundle',
+           'load_predictor']
 
 # %% ../nbs/18_bundle.ipynb 6
 BUNDLE_FORMAT = 2                 # 2: models by name and kind (1: the fields maskrcnn / cellpose, still read)
 MANIFEST = 'manifest.json'
 KAGGLE_METADATA = 'dataset-metadata.json'
 UNHASHED = (MANIFEST, KAGGLE_METADATA)        # the manifest cannot hash itself; the Kaggle id is the user's to edit
-
-def file_sha256(path, chunk: int = 1 << 20) -> str:
-    "The sha256 hex digest of a file, read in `chunk`-byte pieces (bounded memory for any size)."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(chunk), b''): h.update(b)
-    return h.hexdigest()
 
 def runtime_versions(packages=('torch', 'torchvision', 'cellpose')) -> dict:
     "Versions of cellseg_nb and `packages`, as installed here (None: not installed), and Python's."

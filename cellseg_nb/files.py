@@ -9,7 +9,7 @@ from pathlib import Path
 
 # %% auto 0
 __all__ = ['atomic_path', 'atomic_write', 'stale_temps', 'write_bytes', 'write_text', 'write_json', 'write_csv', 'save_torch',
-           'save_figure']
+           'save_figure', 'file_sha256']
 
 # %% ../nbs/00a_files.ipynb 4
 def _temp_name(path: Path) -> Path:
@@ -103,3 +103,12 @@ def save_figure(fig, path, dpi: int = 110, close: bool = True, **savefig_kwargs)
             import matplotlib.pyplot as plt
             plt.close(fig)
     return path
+
+# %% ../nbs/00a_files.ipynb 11
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    "The sha256 hex digest of a file, read in `chunk`-byte pieces (bounded memory for any size)."
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for b in iter(lambda: f.read(chunk), b''): h.update(b)
+    return h.hexdigest()

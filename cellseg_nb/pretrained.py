@@ -8,11 +8,12 @@ import os, re, hashlib, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
+from .files import file_sha256
 
 # %% auto 0
 __all__ = ['MASKRCNN_ARCHS', 'TORCHVISION_NAMES', 'CELLPOSE_MODEL_NAMES', 'CELLPOSE_URL', 'MissingWeights', 'torch_cache_dir',
-           'cellpose_models_dir', 'state_sha256', 'file_sha256', 'torchvision_weights_file', 'cellpose_model_file',
-           'PretrainedStart', 'resolve_maskrcnn_weights', 'resolve_cellpose_model', 'LoadReport', 'partial_state']
+           'cellpose_models_dir', 'state_sha256', 'torchvision_weights_file', 'cellpose_model_file', 'PretrainedStart',
+           'resolve_maskrcnn_weights', 'resolve_cellpose_model', 'LoadReport', 'partial_state']
 
 # %% ../nbs/09_pretrained.ipynb 4
 class MissingWeights(FileNotFoundError):
@@ -43,12 +44,7 @@ def state_sha256(state: dict) -> str:
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b'')
     return h.hexdigest()
 
-def file_sha256(path, chunk: int = 1 << 20) -> str:
-    "sha256 hex digest of a file, read in pieces."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(chunk), b''): h.update(b)
-    return h.hexdigest()
+
 
 # %% ../nbs/09_pretrained.ipynb 6
 MASKRCNN_ARCHS = ('maskrcnn_resnet50_fpn', 'maskrcnn_resnet50_fpn_v2')
