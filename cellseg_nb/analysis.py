@@ -10,8 +10,9 @@ from pathlib import Path
 from .instances import Instances, pairwise_iou
 
 # %% auto 0
-__all__ = ['SIZE_BINS', 'SUMMARY_COLUMNS', 'cell_table', 'error_by_size', 'results_table', 'per_type_table', 'plot_iou_hist',
-           'plot_error_by_size', 'plot_type_bars', 'outline', 'overlay', 'plot_overlays']
+__all__ = ['SIZE_BINS', 'SUMMARY_COLUMNS', 'ERROR_COLORS', 'cell_table', 'error_by_size', 'results_table', 'per_type_table',
+           'true_cell_features', 'with_true_features', 'recall_by', 'miss_false_table', 'plot_iou_hist',
+           'plot_error_by_size', 'plot_type_bars', 'outline', 'overlay', 'plot_overlays', 'error_overlay']
 
 # %% ../nbs/16_analysis.ipynb 6
 SIZE_BINS = (0, 100, 200, 400, 800, 1600, np.inf)
@@ -79,6 +80,54 @@ def per_type_table(summaries: dict, column: str = 'mAP') -> pd.DataFrame:
     return pd.DataFrame({k: _summary_frame(v)[column] for k, v in summaries.items()}).T
 
 # %% ../nbs/16_analysis.ipynb 15
+def true_cell_features(gt: dict, round_fill: float = 0.75, round_ratio: float = 1.5) -> pd.DataFrame:
+    """One row per true cell of every image of `gt`, in `cell_table`'s order: `id, cell, touching, round, fill`
+    (area / the area of the ellipse inscribed in its box)."""
+    from cellseg_nb.findings import neighbours
+    rows = []
+    for iid, g in gt.items():
+        b = g.boxes
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        fill = g.areas / np.maximum(np.pi / 4 * w * h, 1e-9)
+        ratio = np.maximum(w, h) / np.maximum(np.minimum(w, h), 1)
+        touching = neighbours(g)[1] if len(g) else np.zeros(0, bool)
+        rows.append(pd.DataFrame(dict(id=iid, cell=np.arange(len(g)), touching=touching,
+                                      round=(fill >= round_fill) & (ratio <= round_ratio), fill=fill)))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=['id', 'cell', 'touching', 'round', 'fill'])
+
+def with_true_features(cells: pd.DataFrame, gt: dict, **kwargs) -> pd.DataFrame:
+    "`cells` (from `cell_table` on `gt`) with the `true_cell_features` columns on its true rows (NaN on predictions)."
+    out = cells.copy()
+    f = true_cell_features(gt, **kwargs)
+    t = np.flatnonzero(out.side.to_numpy() == 'true')
+    if len(t) != len(f): raise ValueError(f"cells hold {len(t)} true cells, gt {len(f)}: make `cells` from the same gt")
+    for k in ('touching', 'round', 'fill'):
+        out[k] = np.nan
+        out[k] = out[k].astype(object if k != 'fill' else float)
+        out.loc[out.index[t], k] = f[k].to_numpy()
+    return out
+
+def recall_by(cells: pd.DataFrame, by=('cell_type', 'touching')) -> pd.DataFrame:
+    "Per group of the true cells of `cells` (columns `by`): `n_true`, `found` (matched) and `recall`."
+    t = cells[cells.side == 'true']
+    g = t.groupby(list(by), observed=True).matched
+    out = pd.DataFrame({'n_true': g.size(), 'found': g.sum().astype(int)})
+    out['recall'] = out.found / out.n_true
+    return out
+
+def miss_false_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per cell type (and 'all'): `n_true, missed, missed %` (true cells without a prediction at IoU > 0.5) and
+    `n_pred, false, false %` (predictions without a true cell)."""
+    rows = {}
+    for name, c in [('all', cells)] + list(cells.groupby('cell_type')):
+        t, p = c[c.side == 'true'], c[c.side == 'pred']
+        rows[name] = {'n_true': len(t), 'missed': int((~t.matched).sum()), 'n_pred': len(p), 'false': int((~p.matched).sum())}
+    out = pd.DataFrame.from_dict(rows, orient='index')
+    out.insert(2, 'missed %', 100 * out.missed / out.n_true.where(out.n_true > 0))
+    out['false %'] = 100 * out['false'] / out.n_pred.where(out.n_pred > 0)
+    return out
+
+# %% ../nbs/16_analysis.ipynb 18
 def plot_iou_hist(cells: pd.DataFrame, bins: int = 20, ax=None):
     "Histograms of the best IoU of true cells (recall side) and predicted cells (precision side)."
     import matplotlib.pyplot as plt
@@ -118,7 +167,7 @@ def plot_type_bars(summaries: dict, column: str = 'mAP', ax=None):
     ax.set_title(f'{column} per cell type'); fig.tight_layout()
     return fig
 
-# %% ../nbs/16_analysis.ipynb 18
+# %% ../nbs/16_analysis.ipynb 21
 def outline(instances: Instances) -> np.ndarray:
     "Bool (H, W): pixels on the border of any instance (4-neighbourhood, on the label image)."
     lab = instances.to_label_image()
@@ -149,5 +198,23 @@ def plot_overlays(panels: list, titles: list | None = None, ncols: int = 3, size
     fig.tight_layout()
     return fig
 
-# %% ../nbs/16_analysis.ipynb 20
+# %% ../nbs/16_analysis.ipynb 24
+ERROR_COLORS = {'true': (40, 220, 60), 'pred': (235, 40, 235), 'missed': (230, 30, 30), 'false': (255, 215, 0)}
+
+def error_overlay(image: np.ndarray, gt: Instances, pred: Instances, iou_threshold: float = 0.5, alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8 (H, W, 3): `image` with found true cells (best IoU > `iou_threshold`) outlined green and the
+    predictions that found them magenta; missed true cells filled red (`alpha`) and outlined red; false predictions
+    outlined yellow (`ERROR_COLORS`)."""
+    bg, bp = _best_iou(gt, pred)
+    missed, false = bg <= iou_threshold, bp <= iou_threshold
+    rgb = overlay(image, gt.select(~missed), pred.select(~false))
+    if missed.any():
+        m = gt.select(missed)
+        fill = m.overlap_count() > 0
+        rgb[fill] = ((1 - alpha) * rgb[fill] + alpha * np.array(ERROR_COLORS['missed'])).astype(np.uint8)
+        rgb[outline(m)] = ERROR_COLORS['missed']
+    if false.any(): rgb[outline(pred.select(false))] = ERROR_COLORS['false']
+    return rgb
+
+# %% ../nbs/16_analysis.ipynb 26
 from .files import save_figure      # (fig, path, dpi=110): atomic, closes the figure; kept importable from here

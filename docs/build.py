@@ -9,8 +9,12 @@ mkdocs-jupyter renders the notebooks with their outputs. Steps:
    tables are the point) are executed, as `nbdev_test` runs them (cells flagged slow / gpu / notest skipped, each
    notebook in its own process, two at a time); the library notebooks are their tests, already run by
    `nbdev_test`, and are shown as source. Executing at build time keeps the committed notebooks output-free (small
-   diffs, no stale figures, no merge conflicts in outputs) and costs about three CPU-minutes, 1.5-2 minutes of CI
-   on two cores;
+   diffs, no stale figures, no merge conflicts in outputs, and no figure of a competition image in the
+   repository: those exist only in the built site). The notebooks in `REAL_DATA` (the EDA and the analysis) run
+   on the real competition folder: `$CELLSEG_DATA`, else `../shared/realdata/sartorius_train405` beside the
+   clone when it is there (CI has it); every other notebook runs with `CELLSEG_DATA` unset (its synthetic toy
+   scale). Without real data the two run on the synthetic twin and say so at their top. `build/executed.json`
+   records the data, seconds and CPU-seconds of each executed notebook (`check_site.py` reads it);
 3. `nbs/index.ipynb` (the README's source) becomes the home page and `docs/facts.md` the facts page;
 4. `mkdocs build --strict` writes `build/site/` (plain .html files, so the site also opens from disk).
 Prints the build time and the number of pages.
@@ -24,6 +28,8 @@ NBS, BUILD = ROOT / 'nbs', ROOT / 'build'
 SRC, SITE = BUILD / 'docs_src', BUILD / 'site'
 EXECUTE = ('16_analysis', '20_eda', '21_train_maskrcnn', '22_train_cellpose', '23_inference_analysis',
            '24_what_the_winners_did')
+REAL_DATA = ('20_eda', '23_inference_analysis')      # executed on the real competition folder when there is one
+SHARED_DATA = ROOT.parent / 'shared' / 'realdata' / 'sartorius_train405'
 SKIP_FLAGS = {'slow', 'gpu', 'notest'}
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
@@ -164,10 +170,21 @@ def _unique_headings(cells):
     return cells
 
 
+def real_data_folder():
+    "The real competition folder for the `REAL_DATA` notebooks: `$CELLSEG_DATA`, else `SHARED_DATA` if present, else None."
+    d = os.environ.get('CELLSEG_DATA')
+    if d: return str(Path(d).resolve())
+    return str(SHARED_DATA) if (SHARED_DATA / 'train.csv').is_file() else None
+
+
 def execute(args):
-    "Execute the prepared notebook `dst` (made from `src`) in place, in `src`'s folder, as nbdev_test does."
-    src, dst = map(Path, args)
+    """Execute the prepared notebook `dst` (made from `src`) in place, in `src`'s folder, as nbdev_test does, with
+    `CELLSEG_DATA` = `data` (unset when None). Returns (name, seconds, CPU-seconds, data)."""
+    src, dst, data = args
+    src, dst = Path(src), Path(dst)
     os.environ['IN_TEST'] = '1'
+    if data: os.environ['CELLSEG_DATA'] = data
+    else: os.environ.pop('CELLSEG_DATA', None)
     from execnb.nbio import read_nb, write_nb
     from execnb.shell import CaptureShell
     nb = read_nb(dst)
@@ -178,8 +195,10 @@ def execute(args):
     except Exception as e: raise RuntimeError(f"{src.name}: a cell failed while building the docs:\n{shell.prettytb(fname=src)}") from e
     finally: os.chdir(cwd)
     write_nb(nb, dst)
-    import resource; r = resource.getrusage(resource.RUSAGE_SELF)
-    return src.stem, time.time() - t, r.ru_utime + r.ru_stime
+    import resource
+    cpu = sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
+              for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return src.stem, time.time() - t, cpu, data
 
 
 def mkdocs_yml(pages):
@@ -203,11 +222,18 @@ def main():
     for p in sorted(NBS.glob('[0-9]*.ipynb')):
         (SRC / p.name).write_text(json.dumps(prepare(p), indent=1, ensure_ascii=False))
         pages.append(p.stem)
-    todo = [(NBS / f'{s}.ipynb', SRC / f'{s}.ipynb') for s in EXECUTE if s in pages and '--no-execute' not in sys.argv]
+    real = real_data_folder()
+    todo = [(str(NBS / f'{s}.ipynb'), str(SRC / f'{s}.ipynb'), real if s in REAL_DATA else None)
+            for s in EXECUTE if s in pages and '--no-execute' not in sys.argv]
+    todo.sort(key=lambda t: Path(t[0]).stem not in REAL_DATA)      # the long real-data runs first
     import multiprocessing as mp      # a fresh process per notebook (IPython's shell takes over __main__)
+    executed = {}
     with ProcessPoolExecutor(int(os.environ.get('DOCS_JOBS', 2)), mp_context=mp.get_context('spawn'),
                              max_tasks_per_child=1) as ex:
-        for name, dt, cpu in ex.map(execute, todo): print(f"executed {name} in {dt:.0f} s ({cpu:.0f} s CPU)", flush=True)
+        for name, dt, cpu, data in ex.map(execute, todo):
+            executed[name] = dict(data='real' if data else 'synthetic', folder=data, seconds=round(dt, 1), cpu_seconds=round(cpu, 1))
+            print(f"executed {name} in {dt:.0f} s ({cpu:.0f} s CPU) on {'the real data ' + data if data else 'its synthetic data'}", flush=True)
+    (BUILD / 'executed.json').write_text(json.dumps(executed, indent=1) + '\n')
     (BUILD / 'mkdocs.yml').write_text(mkdocs_yml(pages))
     subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '--strict', '-q', '-f', str(BUILD / 'mkdocs.yml')], check=True,
                    env={**os.environ, 'NO_MKDOCS_2_WARNING': '1'})

@@ -7,7 +7,10 @@ localhost, then:
 - headless Chromium opens every page; a script added to the served copy records, after the page's `load` event,
   how many images it holds and which did not load (`complete` with a natural width of 0): none may fail;
 - the pages in SHOTS must hold figures (at least one image of an executed cell), and get a screenshot scrolled to
-  their first figure: build/screenshots/<page>.png (CI artifacts).
+  their first figure: build/screenshots/<page>.png (CI artifacts);
+- the pages in DATA_PAGES (the EDA and the analysis) must say which data they ran on ("This page ran on: real
+  competition images" or "...: the synthetic twin"), and it must be the data `build.py` gave them
+  (build/executed.json).
 Exits 1 with the list of problems, prints a summary otherwise.
 """
 import functools, html, http.server, json, re, shutil, socketserver, subprocess, sys, tempfile, threading, time
@@ -17,7 +20,9 @@ from urllib.parse import urlsplit, unquote
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE, SHOTS_DIR = ROOT / 'build' / 'site', ROOT / 'build' / 'screenshots'
-SHOTS = ('20_eda', '16_analysis')
+SHOTS = ('20_eda', '16_analysis', '23_inference_analysis')
+DATA_PAGES = ('20_eda', '23_inference_analysis')
+RAN_ON = {'real': 'This page ran on: real competition images', 'synthetic': 'This page ran on: the synthetic twin'}
 PROBE = """<script>
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
@@ -90,10 +95,27 @@ def chromium(*args, timeout=120):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
+def check_data_pages(site: Path, executed: dict) -> list:
+    "Pages of DATA_PAGES that do not say the data they were executed on (per build/executed.json)."
+    problems = []
+    for name in DATA_PAGES:
+        page = site / f'{name}.html'
+        if not page.exists(): problems.append(f"{name}.html: missing"); continue
+        text = re.sub(r'<[^>]+>', '', html.unescape(page.read_text(errors='replace')))
+        text = re.sub(r'\s+', ' ', text)
+        want = RAN_ON.get(executed.get(name, {}).get('data', ''))
+        if want is None: problems.append(f"{name}.html: not executed by build.py (no entry in build/executed.json)")
+        elif want not in text: problems.append(f"{name}.html: does not say '{want}'")
+    return problems
+
+
 def main():
     if not (SITE / 'index.html').exists(): sys.exit(f"check_site: {SITE} has no index.html: run python docs/build.py")
     t0 = time.time()
     problems = check_links(SITE)
+    ex = ROOT / 'build' / 'executed.json'
+    executed = json.loads(ex.read_text()) if ex.exists() else {}
+    problems += check_data_pages(SITE, executed)
     pages = sorted(p.relative_to(SITE).as_posix() for p in SITE.rglob('*.html') if p.name != '404.html')
     with tempfile.TemporaryDirectory() as d:
         copy = Path(d) / 'site'; shutil.copytree(SITE, copy)
@@ -124,8 +146,9 @@ def main():
     if problems:
         print(f"check_site: {len(problems)} problem(s):\n" + '\n'.join(problems)); sys.exit(1)
     n_img = sum(s['n'] for s in stats.values()); n_fig = sum(s['figures'] for s in stats.values())
+    ran = ', '.join(f"{n} on {executed.get(n, {}).get('data')} data" for n in DATA_PAGES)
     print(f"check_site: {len(pages)} pages opened in Chromium, {n_img} images loaded ({n_fig} figures), no broken "
-          f"internal link; screenshots: {', '.join(str((SHOTS_DIR / f'{s}.png').relative_to(ROOT)) for s in SHOTS)} "
+          f"internal link; {ran}; screenshots: {', '.join(str((SHOTS_DIR / f'{s}.png').relative_to(ROOT)) for s in SHOTS)} "
           f"({time.time() - t0:.0f} s)")
 
 

@@ -94,3 +94,27 @@ def test_repeated_headings_get_unique_anchors():
              dict(cell_type='markdown', source='### train\n```\n## train\n```\n## train')]
     out = build._unique_headings(cells)
     assert out[2]['source'] == '### train API\n```\n## train\n```\n## train 2' and out[1]['source'] == '## x'
+
+
+def test_data_pages_say_which_data_they_ran_on(tmp_path):
+    "check_site flags an EDA / analysis page that does not state the data build.py executed it on."
+    real = '<p><strong>This page ran on: real competition images</strong> (x)</p><img src="f.png">'
+    synth = '<p><strong>This page ran on:\n the synthetic twin</strong></p>'
+    (tmp_path / '20_eda.html').write_text(real)
+    (tmp_path / '23_inference_analysis.html').write_text(synth)
+    ok = {'20_eda': {'data': 'real'}, '23_inference_analysis': {'data': 'synthetic'}}
+    assert check_site.check_data_pages(tmp_path, ok) == []
+    wrong = {'20_eda': {'data': 'synthetic'}, '23_inference_analysis': {'data': 'synthetic'}}
+    assert check_site.check_data_pages(tmp_path, wrong) == ["20_eda.html: does not say 'This page ran on: the synthetic twin'"]
+    assert 'not executed' in check_site.check_data_pages(tmp_path, {'20_eda': {'data': 'real'}})[0]
+
+
+def test_docs_build_gives_real_data_to_the_eda_and_analysis_only(monkeypatch, tmp_path):
+    "The real folder goes to the notebooks in REAL_DATA: $CELLSEG_DATA first, else ../shared when it is there."
+    import build
+    assert set(build.REAL_DATA) == {'20_eda', '23_inference_analysis'} and set(build.REAL_DATA) <= set(build.EXECUTE)
+    monkeypatch.setenv('CELLSEG_DATA', str(tmp_path))
+    assert build.real_data_folder() == str(tmp_path.resolve())
+    monkeypatch.delenv('CELLSEG_DATA')
+    monkeypatch.setattr(build, 'SHARED_DATA', tmp_path / 'none')
+    assert build.real_data_folder() is None
