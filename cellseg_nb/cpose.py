@@ -19,7 +19,7 @@ _CP = CellposeConfig()     # the training defaults live in `config.CellposeConfi
 __all__ = ['OVERLAP_RULES', 'BUILTIN_MODEL_NAMES', 'DIAMETER_MODES', 'DIAMETER_RANGE', 'label_image', 'cell_diameters',
            'image_diameter', 'cell_type_diameters', 'TrainingSet', 'training_set', 'check_model_path',
            'training_progress', 'train_cellpose', 'CellposeBundle', 'load_model', 'clamp_diameter', 'to_instances',
-           'predict', 'train_size_model', 'compare_diameters', 'diameter_summary']
+           'predict', 'type_styles', 'type_centroids', 'train_size_model', 'compare_diameters', 'diameter_summary']
 
 # %% ../nbs/12_cpose.ipynb 6
 OVERLAP_RULES = ('smaller', 'larger', 'order', 'drop')
@@ -403,35 +403,99 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
     return out
 
 # %% ../nbs/12_cpose.ipynb 46
+def _normalized(images) -> list:
+    "uint8 (H, W) images -> cellpose's normalized float32 (2, H, W) arrays, as its training and `eval` make them."
+    from cellpose import train, models
+    return train._reshape_norm(list(images), channels=list(_CHANNELS), normalize_params={**models.normalize_default, **_NORMALIZE})
+
+def _size_styles(net, data: list, diams: np.ndarray, n_epochs: int, batch_size: int, bsize: int, progress: bool = True):
+    """The SizeModel's training pass, as `cellpose.train.train_size` makes it: per epoch `e` (`np.random.seed(e)`) a
+    permutation of the images, a random rotate-and-resize crop (`bsize`, scale range 1) of each, the network's
+    style of each crop. `data`: normalized (2, H, W) arrays; `diams`: GT diameters. Returns `styles` float32
+    (n_epochs x n, 256), `targets` float32 (log(diameter x scale) - log(diam_mean)) and `index` (the image of each row)."""
+    import torch
+    from tqdm.auto import tqdm
+    from cellpose import transforms
+    n, diam_mean = len(data), float(net.diam_mean.item())
+    styles = np.zeros((n_epochs * n, 256), np.float32); targets = np.zeros(n_epochs * n, np.float32)
+    index = np.zeros(n_epochs * n, np.int64)
+    net.eval()
+    with tqdm(total=n_epochs * n, desc='cellpose SizeModel', unit='crop', disable=not progress) as bar:
+        for e in range(n_epochs):
+            np.random.seed(e)
+            perm = np.random.permutation(n)
+            for b0 in range(0, n, batch_size):
+                rows = np.arange(b0, min(n, b0 + batch_size)); inds = perm[rows]
+                imgi, _, scale = transforms.random_rotate_and_resize([data[i] for i in inds], scale_range=1.0, xy=(bsize, bsize))
+                with torch.no_grad(): feat = net(torch.from_numpy(imgi).to(net.device))[1]
+                styles[rows + e * n] = feat.cpu().numpy()
+                targets[rows + e * n] = np.log(diams[inds]) - np.log(diam_mean) + np.log(scale)
+                index[rows + e * n] = inds
+                bar.update(len(rows))
+    return styles, targets, index
+
+def _fit_size(styles, targets, diam_mean: float) -> dict:
+    "cellpose's SizeModel parameters: ridge regression (L2 weight 1) of the centred log-size targets on the centred styles."
+    smean = styles.mean(0)
+    X = (styles - smean).T.astype(np.float32)
+    ymean = targets.mean()
+    A = np.linalg.solve(X @ X.T + np.eye(X.shape[0]), X @ (targets - ymean))
+    return {'A': A, 'smean': smean, 'diam_mean': diam_mean, 'ymean': ymean}
+
+def type_styles(net, data: list, diams, bsize: int = 224, tiles: int = 4, progress: bool = True) -> np.ndarray:
+    """One style per image (float64 (n, 256), unit vectors) as `predict` sees it at the image's GT diameter, on a
+    bounded crop: the normalized image rescaled to the network's cell size (`diam_mean / diameter`, as cellpose's
+    `eval`), cut into cellpose's tiles of `bsize`, and at most `tiles` of them (evenly spread) through the network,
+    their styles summed and normalized (cellpose's own rule over tiles). Cost: at most `tiles` crops per image,
+    whatever the diameter."""
+    import torch
+    from tqdm.auto import tqdm
+    from cellpose import transforms
+    diam_mean = float(net.diam_mean.item())
+    out = np.zeros((len(data), 256))
+    net.eval()
+    for i in tqdm(range(len(data)), desc='cellpose type styles', unit='image', disable=not progress):
+        img = transforms.resize_image(np.transpose(data[i], (1, 2, 0)), rsz=diam_mean / float(diams[i]))
+        y1, y2, x1, x2 = transforms.get_pad_yx(*img.shape[:2])
+        img = np.pad(img.transpose(2, 0, 1), [[0, 0], [y1, y2], [x1, x2]], mode='constant')
+        T = transforms.make_tiles(img, bsize=bsize, augment=False, tile_overlap=0.1)[0]
+        T = T.reshape(-1, *T.shape[2:])
+        pick = np.unique(np.round(np.linspace(0, len(T) - 1, min(int(tiles), len(T)))).astype(int))
+        with torch.no_grad(): s = net(torch.from_numpy(np.ascontiguousarray(T[pick])).to(net.device))[1].cpu().numpy()
+        s = s.astype(np.float64).sum(0)
+        out[i] = s / (np.linalg.norm(s) + 1e-12)
+    return out
+
+def type_centroids(styles: np.ndarray, cell_types) -> dict:
+    "`{cell_type: unit mean of its images' unit styles}` (lists of floats, as `{model}_types.json` stores them)."
+    cell_types = np.asarray(cell_types)
+    cents = {}
+    for ct in dict.fromkeys(cell_types.tolist()):
+        c = styles[cell_types == ct].mean(0); cents[ct] = (c / (np.linalg.norm(c) + 1e-12)).tolist()
+    return cents
+
 def train_size_model(model, data, ids=None, n_epochs: int = _CP.size_epochs, batch_size: int = _CP.batch_size,
                      bsize: int = _CP.bsize, overlap: str = _CP.overlap, min_train_masks: int = _CP.min_train_masks,
-                     gpu: bool = False) -> Path:
+                     gpu: bool = False, progress: bool = True, type_tiles: int = 4) -> Path:
     """Train cellpose's SizeModel for the model file `model` on `data` (`SartoriusData`, root path or `TrainingSet`;
     `ids` default all) and store the per-type style centroids. `n_epochs` passes of random rescales over the
-    images, `bsize` crop size. Writes `{model}_size.npy` and `{model}_types.json`; returns the size-model path."""
+    images (`_size_styles`, the same crops, styles and ridge fit as `cellpose.train.train_size`, without its
+    flow computation), `bsize` crop size; then one style per image at its GT diameter on at most `type_tiles`
+    tiles (`type_styles`). Each phase shows a progress bar (`progress`). Writes `{model}_size.npy` and
+    `{model}_types.json` (each written to a temporary file, then renamed); returns the size-model path."""
+    from cellpose import utils
     path = check_model_path(model)
     ts = _as_training_set(data, ids, overlap, min_train_masks)
     if len(ts) == 0: raise ValueError("train_size_model: no training images")
     cp = _cellpose_model(path, gpu=gpu, mkldnn=False)
-    from cellpose import train
-    work = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.size.'))
-    try:
-        train.train_size(cp.net, str(work / 'm'), train_data=ts.images, train_labels=ts.labels,
-                         channels=list(_CHANNELS), normalize=dict(_NORMALIZE), min_train_masks=0, n_epochs=int(n_epochs),
-                         batch_size=int(batch_size), bsize=int(bsize))
-        size_path = Path(str(path) + '_size.npy')
-        os.replace(work / 'm_size.npy', size_path)
-    finally: shutil.rmtree(work, ignore_errors=True)
-    # style centroids per cell type: styles at the model's default scale and at the GT diameter
-    kw = dict(channels=list(_CHANNELS), normalize=dict(_NORMALIZE), compute_masks=False)
-    styles = {}
-    for img, ct, d in zip(ts.images, ts.cell_types, ts.diameters):
-        for dd in (None, d):
-            s = np.asarray(cp.eval(img, diameter=dd, **kw)[-1], np.float64).ravel()
-            styles.setdefault(ct, []).append(s / (np.linalg.norm(s) + 1e-12))
-    cents = {}
-    for ct, v in styles.items():
-        c = np.mean(v, 0); cents[ct] = (c / (np.linalg.norm(c) + 1e-12)).tolist()
+    normed = _normalized(ts.images)
+    diams = np.maximum(np.array([utils.diameters(lab)[0] for lab in ts.labels], np.float64), 5.)   # as cellpose's train_size
+    styles, targets, _ = _size_styles(cp.net, normed, diams, int(n_epochs), int(batch_size), int(bsize), progress)
+    params = _fit_size(styles, targets, float(cp.net.diam_mean.item()))
+    size_path = Path(str(path) + '_size.npy')
+    tmp = size_path.with_name(f'.{size_path.name}.tmp.npy')
+    np.save(tmp, params); os.replace(tmp, size_path)
+    cents = type_centroids(type_styles(cp.net, normed, ts.diameters, int(_CP.bsize), type_tiles, progress), ts.cell_types)
     _write_json(Path(str(path) + '_types.json'), cents)
     return size_path
 
