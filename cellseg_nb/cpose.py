@@ -341,6 +341,28 @@ def _nearest_type(style, centroids: dict):
     s = np.asarray(style, np.float64).ravel(); s = s / (np.linalg.norm(s) + 1e-12)
     return names[int(np.argmax(np.stack([centroids[k] for k in names]) @ s))]
 
+def _size_model_eval(bundle, img, kw: dict, ev: dict, diameter_range, where: str, tolerance: float = 0.1):
+    """Segment `img` at the SizeModel's diameter -> `(diameter used, cellpose eval output)`. cellpose's
+    `SizeModel.eval` makes a style pass at the network's own scale (-> the style estimate), then a full mask pass at
+    that estimate whose cells' median diameter is the final estimate, and a prediction then needs a third pass at
+    it. Here the style estimate is clipped into `diameter_range` first (cellpose leaves it unbounded), the pass at
+    it is the prediction itself (our thresholds, masks at full resolution), and a second pass runs only when its
+    cells' diameter is off by more than `tolerance` (a fraction) from the estimate: two passes, or three when the
+    style estimate was off."""
+    from cellpose import utils
+    cp, size = bundle.cp, bundle.size
+    style = cp.eval(img, resample=False, compute_masks=False, **kw)[-1]
+    ds = float(size._size_estimation(np.array(style)))
+    ds = clamp_diameter(float(size.diam_mean) if not ds > 0 else ds, diameter_range, where, fallback=float(cp.diam_mean))
+    out = cp.eval(img, diameter=ds, **ev, **kw)
+    with warnings.catch_warnings():                   # no cell: cellpose's median of an empty list
+        warnings.filterwarnings('ignore', 'Mean of empty slice', RuntimeWarning)
+        warnings.filterwarnings('ignore', 'invalid value encountered in (scalar )?divide', RuntimeWarning)
+        d = float(utils.diameters(out[0])[0])
+    d = clamp_diameter(float(size.diam_mean) if not d > 0 else d, diameter_range, where, fallback=float(cp.diam_mean))
+    if abs(d - ds) <= tolerance * ds: return ds, out
+    return d, cp.eval(img, diameter=d, **ev, **kw)
+
 def to_instances(masks: np.ndarray, cellprob: np.ndarray, label: int = 0, meta: dict | None = None) -> Instances:
     """Cellpose output of one image -> `Instances`: `masks` label image (H, W) (0 background), `cellprob` logits
     float (H, W). `scores` float32: mean sigmoid(cellprob) per cell; `labels` int64: `label` for every cell."""
@@ -356,14 +378,16 @@ def to_instances(masks: np.ndarray, cellprob: np.ndarray, label: int = 0, meta: 
 
 def predict(model, images, diameter=None, cell_types=None, flow_threshold: float = 0.4, cellprob_threshold: float = 0.0,
             min_size: int = 15, batch_size: int = 8, bsize: int = 224, augment: bool = False, postprocess=False,
-            progress: bool = False, diameter_range=DIAMETER_RANGE) -> list:
+            progress: bool = False, diameter_range=DIAMETER_RANGE, size_tolerance: float = 0.1) -> list:
     """Cellpose predictions as `Instances`, one per image of `images` (one image, a stack or a list;
     each uint8 (H, W), (H, W, 3) with equal channels, 16-bit or float in [0, 1]: `cellseg_nb.data.as_image_list`).
     `model`: a `CellposeBundle` or a model file path. `diameter`: None, a number, a list (one per image),
     `"size_model"` or `"cell_type"` (see above). `cell_types`: None, one name for all images, or one per image.
     `flow_threshold`, `cellprob_threshold`, `min_size`, `batch_size`, `bsize`, `augment`: as cellpose's `eval`.
     `postprocess`: False (raw), True or a config for `cellseg_nb.postprocess.postprocess` (as Mask R-CNN's predict).
-    `diameter_range`: every diameter used is clipped into it (`clamp_diameter`, a warning naming the image)."""
+    `diameter_range`: every diameter used is clipped into it (`clamp_diameter`, a warning naming the image).
+    `size_tolerance`: with `"size_model"`, the pass at the style estimate is kept when the diameter of its own
+    cells is within this fraction of it (`_size_model_eval`)."""
     from tqdm.auto import tqdm
     bundle = model if isinstance(model, CellposeBundle) else load_model(model)
     imgs = as_image_list(images)
@@ -378,10 +402,13 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
     if isinstance(diameter, (list, tuple, np.ndarray)) and len(diameter) != n:
         raise ValueError(f"diameter has {len(diameter)} entries for {n} images")
     kw = dict(channels=list(_CHANNELS), normalize=dict(_NORMALIZE), batch_size=batch_size, bsize=bsize, augment=augment)
+    ev = dict(flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold, min_size=min_size)
     cp, out = bundle.cp, []
+    size_mode = isinstance(diameter, str) and diameter == 'size_model'
     for i in tqdm(range(n), desc='cellpose', disable=not progress):
         img, ct = imgs[i], cell_types[i]
-        if diameter == 'size_model': d = _size_estimate(bundle.size, img, **{k: kw[k] for k in ('batch_size', 'augment')})[0]
+        if size_mode:
+            d, (masks, flows, styles) = _size_model_eval(bundle, img, kw, ev, diameter_range, f"image {i}", size_tolerance)
         elif diameter == 'cell_type':
             if ct is None:
                 if not bundle.type_centroids: raise ValueError(f"image {i}: diameter='cell_type' needs cell_types or a model with type centroids (train_size_model)")
@@ -390,9 +417,9 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
             d = float(bundle.type_diameters[ct])
         elif isinstance(diameter, (list, tuple, np.ndarray)): d = float(diameter[i])
         else: d = None if diameter is None else float(diameter)
-        if d is not None: d = clamp_diameter(d, diameter_range, f"image {i}", fallback=float(cp.diam_mean))
-        masks, flows, styles = cp.eval(img, diameter=d, flow_threshold=flow_threshold,
-                                       cellprob_threshold=cellprob_threshold, min_size=min_size, **kw)
+        if not size_mode:
+            if d is not None: d = clamp_diameter(d, diameter_range, f"image {i}", fallback=float(cp.diam_mean))
+            masks, flows, styles = cp.eval(img, diameter=d, **ev, **kw)
         if ct is None: ct = _nearest_type(styles, bundle.type_centroids)
         label = class_id(ct) if ct in CELL_TYPES else 0
         out.append(to_instances(masks, flows[2], label, dict(cell_type=ct, diameter=d, model='cellpose')))

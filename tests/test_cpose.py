@@ -276,3 +276,26 @@ def test_size_model_equals_cellpose_train_size(capfd, tmp_path):
     assert seen == [2] * len(ts) and np.allclose(np.linalg.norm(st, axis=1), 1)
     cents = json.loads(Path(str(path) + '_types.json').read_text())
     assert set(cents) == set(ts.cell_types) and all(np.isclose(np.linalg.norm(v), 1) for v in cents.values())
+
+
+def test_size_model_prediction_reuses_its_pass(sets, trained):
+    """`diameter='size_model'`: the segmentation at the style estimate is the prediction when its cells' diameter
+    agrees within `size_tolerance`; otherwise a pass at that diameter. Both checked against cellpose's own `eval`
+    at the diameters computed here from the SizeModel's parameters (no call of ours)."""
+    from cellpose import utils
+    ts, val = sets
+    b = load_model(trained['path'])
+    img = val.image(0)
+    kw = dict(channels=[0, 0], normalize=dict(normalize=True))
+    style = b.cp.eval(img, resample=False, compute_masks=False, **kw)[-1]
+    ds = float(np.clip(b.size._size_estimation(np.array(style)), 8, 100))
+    at_ds = b.cp.eval(img, diameter=ds, **kw)[0]
+    d0 = float(utils.diameters(at_ds)[0])
+    d = float(np.clip(d0 if d0 > 0 else b.size.diam_mean, 8, 100))             # no cell: the SizeModel's own fallback
+    keep, = predict(b, [img], diameter='size_model', size_tolerance=10.0)
+    again, = predict(b, [img], diameter='size_model', size_tolerance=0.0)
+    assert keep.meta['diameter'] == pytest.approx(ds) and again.meta['diameter'] == pytest.approx(d)
+    assert np.array_equal(keep.to_label_image(), Instances.from_label_image(at_ds).to_label_image())
+    at_d = b.cp.eval(img, diameter=d, **kw)[0]
+    assert np.array_equal(again.to_label_image(), Instances.from_label_image(at_d).to_label_image())
+    print(f"\nstyle estimate {ds:.2f} px, its cells' diameter {d:.2f} px ({len(keep)} / {len(again)} cells)")
