@@ -348,7 +348,8 @@ def _size_model_eval(bundle, img, kw: dict, ev: dict, diameter_range, where: str
     it. Here the style estimate is clipped into `diameter_range` first (cellpose leaves it unbounded), the pass at
     it is the prediction itself (our thresholds, masks at full resolution), and a second pass runs only when its
     cells' diameter is off by more than `tolerance` (a fraction) from the estimate: two passes, or three when the
-    style estimate was off."""
+    style estimate was off. Returns `(diameter used, eval output, style estimate, its cells' diameter)`, the
+    last two clipped."""
     from cellpose import utils
     cp, size = bundle.cp, bundle.size
     style = cp.eval(img, resample=False, compute_masks=False, **kw)[-1]
@@ -360,8 +361,8 @@ def _size_model_eval(bundle, img, kw: dict, ev: dict, diameter_range, where: str
         warnings.filterwarnings('ignore', 'invalid value encountered in (scalar )?divide', RuntimeWarning)
         d = float(utils.diameters(out[0])[0])
     d = clamp_diameter(float(size.diam_mean) if not d > 0 else d, diameter_range, where, fallback=float(cp.diam_mean))
-    if abs(d - ds) <= tolerance * ds: return ds, out
-    return d, cp.eval(img, diameter=d, **ev, **kw)
+    if abs(d - ds) <= tolerance * ds: return ds, out, ds, d
+    return d, cp.eval(img, diameter=d, **ev, **kw), ds, d
 
 def to_instances(masks: np.ndarray, cellprob: np.ndarray, label: int = 0, meta: dict | None = None) -> Instances:
     """Cellpose output of one image -> `Instances`: `masks` label image (H, W) (0 background), `cellprob` logits
@@ -408,7 +409,7 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
     for i in tqdm(range(n), desc='cellpose', disable=not progress):
         img, ct = imgs[i], cell_types[i]
         if size_mode:
-            d, (masks, flows, styles) = _size_model_eval(bundle, img, kw, ev, diameter_range, f"image {i}", size_tolerance)
+            d, (masks, flows, styles), _, _ = _size_model_eval(bundle, img, kw, ev, diameter_range, f"image {i}", size_tolerance)
         elif diameter == 'cell_type':
             if ct is None:
                 if not bundle.type_centroids: raise ValueError(f"image {i}: diameter='cell_type' needs cell_types or a model with type centroids (train_size_model)")
@@ -526,17 +527,24 @@ def train_size_model(model, data, ids=None, n_epochs: int = _CP.size_epochs, bat
     _write_json(Path(str(path) + '_types.json'), cents)
     return size_path
 
-def compare_diameters(model, data, ids=None) -> pd.DataFrame:
+def compare_diameters(model, data, ids=None, progress: bool = True, diameter_range=DIAMETER_RANGE) -> pd.DataFrame:
     """SizeModel estimates vs ground truth, one row per image of `data` (`ids` default all): `id`, `cell_type`,
     `n_cells`, `gt` (GT image diameter), `type_gt` (the model's per-type GT diameter), `style` (the SizeModel's
-    style-only estimate), `size_model` (its final estimate), `rel_error` ((size_model - gt) / gt)."""
+    style-only estimate), `size_model` (its final estimate: the median diameter of the cells segmented at the
+    style estimate), `rel_error` ((size_model - gt) / gt). The passes `predict(diameter='size_model')` makes
+    (`_size_model_eval`, estimates clipped into `diameter_range`), with a progress bar (`progress`)."""
+    from tqdm.auto import tqdm
     bundle = model if isinstance(model, CellposeBundle) else load_model(model)
     if bundle.size is None: raise ValueError(f"{bundle.path} has no size model ({bundle.path}_size.npy); run train_size_model")
     data = _as_data(data)
+    kw = dict(channels=list(_CHANNELS), normalize=dict(_NORMALIZE), batch_size=8, bsize=224, augment=False)
+    ev = dict(flow_threshold=0.4, cellprob_threshold=0.0, min_size=15)
     rows = []
-    for id in (data.ids if ids is None else ids):
+    for id in tqdm(list(data.ids if ids is None else ids), desc='cellpose diameters', unit='image', disable=not progress):
         inst, ct = data.instances(id), data.cell_type(id)
-        d, ds = _size_estimate(bundle.size, np.asarray(data.image(id)))
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', r'image .*: diameter estimate', UserWarning)     # the clip is in the table
+            _, _, ds, d = _size_model_eval(bundle, as_image_list(data.image(id))[0], kw, ev, diameter_range, f"image {id}", np.inf)
         gt = image_diameter(inst)
         rows.append(dict(id=id, cell_type=ct, n_cells=len(inst), gt=gt, type_gt=bundle.type_diameters.get(ct, np.nan),
                          style=float(ds), size_model=float(d), rel_error=(float(d) - gt) / gt))
