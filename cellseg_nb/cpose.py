@@ -341,14 +341,17 @@ def _nearest_type(style, centroids: dict):
     s = np.asarray(style, np.float64).ravel(); s = s / (np.linalg.norm(s) + 1e-12)
     return names[int(np.argmax(np.stack([centroids[k] for k in names]) @ s))]
 
-def _size_model_eval(bundle, img, kw: dict, ev: dict, diameter_range, where: str, tolerance: float = 0.1):
+def _size_model_eval(bundle, img, kw: dict, ev: dict, diameter_range, where: str, tolerance: float = 0.1,
+                     max_refine: float = 1.5):
     """Segment `img` at the SizeModel's diameter -> `(diameter used, cellpose eval output)`. cellpose's
     `SizeModel.eval` makes a style pass at the network's own scale (-> the style estimate), then a full mask pass at
     that estimate whose cells' median diameter is the final estimate, and a prediction then needs a third pass at
     it. Here the style estimate is clipped into `diameter_range` first (cellpose leaves it unbounded), the pass at
     it is the prediction itself (our thresholds, masks at full resolution), and a second pass runs only when its
     cells' diameter is off by more than `tolerance` (a fraction) from the estimate: two passes, or three when the
-    style estimate was off. Returns `(diameter used, eval output, style estimate, its cells' diameter)`, the
+    style estimate was off. The cells' diameter moves the estimate by at most a factor `max_refine` (cellpose's
+    is unbounded: an undertrained network that finds only fragments at the style estimate sends it to the
+    smallest diameter, a 14-fold image). Returns `(diameter used, eval output, style estimate, its cells' diameter)`, the
     last two clipped."""
     from cellpose import utils
     cp, size = bundle.cp, bundle.size
@@ -360,7 +363,8 @@ def _size_model_eval(bundle, img, kw: dict, ev: dict, diameter_range, where: str
         warnings.filterwarnings('ignore', 'Mean of empty slice', RuntimeWarning)
         warnings.filterwarnings('ignore', 'invalid value encountered in (scalar )?divide', RuntimeWarning)
         d = float(utils.diameters(out[0])[0])
-    d = clamp_diameter(float(size.diam_mean) if not d > 0 else d, diameter_range, where, fallback=float(cp.diam_mean))
+    d = float(size.diam_mean) if not d > 0 else float(np.clip(d, ds / max_refine, ds * max_refine))
+    d = clamp_diameter(d, diameter_range, where, fallback=float(cp.diam_mean))
     if abs(d - ds) <= tolerance * ds: return ds, out, ds, d
     return d, cp.eval(img, diameter=d, **ev, **kw), ds, d
 
@@ -379,7 +383,8 @@ def to_instances(masks: np.ndarray, cellprob: np.ndarray, label: int = 0, meta: 
 
 def predict(model, images, diameter=None, cell_types=None, flow_threshold: float = 0.4, cellprob_threshold: float = 0.0,
             min_size: int = 15, batch_size: int = 8, bsize: int = 224, augment: bool = False, postprocess=False,
-            progress: bool = False, diameter_range=DIAMETER_RANGE, size_tolerance: float = 0.1) -> list:
+            progress: bool = False, diameter_range=DIAMETER_RANGE, size_tolerance: float = 0.1,
+            size_refine: float = 1.5) -> list:
     """Cellpose predictions as `Instances`, one per image of `images` (one image, a stack or a list;
     each uint8 (H, W), (H, W, 3) with equal channels, 16-bit or float in [0, 1]: `cellseg_nb.data.as_image_list`).
     `model`: a `CellposeBundle` or a model file path. `diameter`: None, a number, a list (one per image),
@@ -388,7 +393,8 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
     `postprocess`: False (raw), True or a config for `cellseg_nb.postprocess.postprocess` (as Mask R-CNN's predict).
     `diameter_range`: every diameter used is clipped into it (`clamp_diameter`, a warning naming the image).
     `size_tolerance`: with `"size_model"`, the pass at the style estimate is kept when the diameter of its own
-    cells is within this fraction of it (`_size_model_eval`)."""
+    cells is within this fraction of it; `size_refine`: that diameter moves the estimate by at most this factor
+    (`_size_model_eval`)."""
     from tqdm.auto import tqdm
     bundle = model if isinstance(model, CellposeBundle) else load_model(model)
     imgs = as_image_list(images)
@@ -409,7 +415,8 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
     for i in tqdm(range(n), desc='cellpose', disable=not progress):
         img, ct = imgs[i], cell_types[i]
         if size_mode:
-            d, (masks, flows, styles), _, _ = _size_model_eval(bundle, img, kw, ev, diameter_range, f"image {i}", size_tolerance)
+            d, (masks, flows, styles), _, _ = _size_model_eval(bundle, img, kw, ev, diameter_range, f"image {i}", size_tolerance,
+                                                           size_refine)
         elif diameter == 'cell_type':
             if ct is None:
                 if not bundle.type_centroids: raise ValueError(f"image {i}: diameter='cell_type' needs cell_types or a model with type centroids (train_size_model)")
@@ -531,7 +538,7 @@ def compare_diameters(model, data, ids=None, progress: bool = True, diameter_ran
     """SizeModel estimates vs ground truth, one row per image of `data` (`ids` default all): `id`, `cell_type`,
     `n_cells`, `gt` (GT image diameter), `type_gt` (the model's per-type GT diameter), `style` (the SizeModel's
     style-only estimate), `size_model` (its final estimate: the median diameter of the cells segmented at the
-    style estimate), `rel_error` ((size_model - gt) / gt). The passes `predict(diameter='size_model')` makes
+    style estimate, within a factor 1.5 of it), `rel_error` ((size_model - gt) / gt). The passes `predict(diameter='size_model')` makes
     (`_size_model_eval`, estimates clipped into `diameter_range`), with a progress bar (`progress`)."""
     from tqdm.auto import tqdm
     bundle = model if isinstance(model, CellposeBundle) else load_model(model)
