@@ -518,8 +518,8 @@ def train_size_model(model, data, ids=None, n_epochs: int = _CP.size_epochs, bat
     flow computation), `bsize` crop size; then one style per image at its GT diameter on at most `type_tiles`
     tiles (`type_styles`). Each phase shows a progress bar (`progress`). Writes `{model}_size.npy` and
     `{model}_types.json` (each written to a temporary file, then renamed); returns the size-model path."""
+    path = check_model_path(model)                     # before cellpose is imported
     from cellpose import utils
-    path = check_model_path(model)
     ts = _as_training_set(data, ids, overlap, min_train_masks)
     if len(ts) == 0: raise ValueError("train_size_model: no training images")
     cp = _cellpose_model(path, gpu=gpu, mkldnn=False)
