@@ -477,7 +477,7 @@ def _fit_size(styles, targets, diam_mean: float) -> dict:
     A = np.linalg.solve(X @ X.T + np.eye(X.shape[0]), X @ (targets - ymean))
     return {'A': A, 'smean': smean, 'diam_mean': diam_mean, 'ymean': ymean}
 
-def type_styles(net, data: list, diams, bsize: int = 224, tiles: int = 4, progress: bool = True) -> np.ndarray:
+def type_styles(net, data: list, diams, bsize: int = 224, tiles: int = 9, progress: bool = True) -> np.ndarray:
     """One style per image (float64 (n, 256), unit vectors) as `predict` sees it at the image's GT diameter, on a
     bounded crop: the normalized image rescaled to the network's cell size (`diam_mean / diameter`, as cellpose's
     `eval`), cut into cellpose's tiles of `bsize`, and at most `tiles` of them (evenly spread) through the network,
@@ -511,7 +511,7 @@ def type_centroids(styles: np.ndarray, cell_types) -> dict:
 
 def train_size_model(model, data, ids=None, n_epochs: int = _CP.size_epochs, batch_size: int = _CP.batch_size,
                      bsize: int = _CP.bsize, overlap: str = _CP.overlap, min_train_masks: int = _CP.min_train_masks,
-                     gpu: bool = False, progress: bool = True, type_tiles: int = 4) -> Path:
+                     gpu: bool = False, progress: bool = True, type_tiles: int = 9) -> Path:
     """Train cellpose's SizeModel for the model file `model` on `data` (`SartoriusData`, root path or `TrainingSet`;
     `ids` default all) and store the per-type style centroids. `n_epochs` passes of random rescales over the
     images (`_size_styles`, the same crops, styles and ridge fit as `cellpose.train.train_size`, without its
