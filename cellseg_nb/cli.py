@@ -162,6 +162,14 @@ def evaluate_cmd(pred: str,  # a submission CSV or raw predictions (cellseg pred
         from cellseg_nb.postprocess import PostprocessConfigs
         cfg = PostprocessConfigs.load(config) if config else PostprocessConfigs()
         preds = postprocess_all(preds, cfg, {i: types[i] for i in preds})
+    elif not raw:                                      # a submission: what was removed is not in it
+        empty = [i for i, p in preds.items() if len(p) == 0]
+        if empty:
+            import warnings
+            warnings.warn(f"{pred}: {len(empty)} of {len(preds)} images hold no cell ({', '.join(empty[:10])}"
+                                f"{', ...' if len(empty) > 10 else ''}); a submission does not say what the model gave: "
+                                f"score the raw predictions (cellseg predict --raw FILE) to see which post-processing "
+                                f"step removed them")
     gt = {i: ds.instances(i) for i in preds}
     ev = evaluate(gt, preds, {i: types[i] for i in preds}, progress=True)
     print_table(ev.summary, f"{pred}: {len(gt)} images" + (" (raw, post-processed)" if raw and not no_postprocess else ''))

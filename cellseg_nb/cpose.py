@@ -19,7 +19,8 @@ _CP = CellposeConfig()     # the training defaults live in `config.CellposeConfi
 __all__ = ['OVERLAP_RULES', 'BUILTIN_MODEL_NAMES', 'DIAMETER_MODES', 'DIAMETER_RANGE', 'label_image', 'cell_diameters',
            'image_diameter', 'cell_type_diameters', 'TrainingSet', 'training_set', 'check_model_path',
            'pretrained_start', 'training_progress', 'train_cellpose', 'CellposeBundle', 'load_model', 'clamp_diameter',
-           'to_instances', 'predict', 'train_size_model', 'compare_diameters', 'diameter_summary']
+           'to_instances', 'predict', 'type_styles', 'type_centroids', 'train_size_model', 'compare_diameters',
+           'diameter_summary']
 
 # %% ../nbs/12_cpose.ipynb 6
 OVERLAP_RULES = ('smaller', 'larger', 'order', 'drop')
@@ -375,6 +376,33 @@ def _nearest_type(style, centroids: dict):
     s = np.asarray(style, np.float64).ravel(); s = s / (np.linalg.norm(s) + 1e-12)
     return names[int(np.argmax(np.stack([centroids[k] for k in names]) @ s))]
 
+def _size_model_eval(bundle, img, kw: dict, ev: dict, diameter_range, where: str, tolerance: float = 0.1,
+                     max_refine: float = 1.5):
+    """Segment `img` at the SizeModel's diameter -> `(diameter used, cellpose eval output)`. cellpose's
+    `SizeModel.eval` makes a style pass at the network's own scale (-> the style estimate), then a full mask pass at
+    that estimate whose cells' median diameter is the final estimate, and a prediction then needs a third pass at
+    it. Here the style estimate is clipped into `diameter_range` first (cellpose leaves it unbounded), the pass at
+    it is the prediction itself (our thresholds, masks at full resolution), and a second pass runs only when its
+    cells' diameter is off by more than `tolerance` (a fraction) from the estimate: two passes, or three when the
+    style estimate was off. The cells' diameter moves the estimate by at most a factor `max_refine` (cellpose's
+    is unbounded: an undertrained network that finds only fragments at the style estimate sends it to the
+    smallest diameter, a 14-fold image). Returns `(diameter used, eval output, style estimate, its cells' diameter)`, the
+    last two clipped."""
+    from cellpose import utils
+    cp, size = bundle.cp, bundle.size
+    style = cp.eval(img, resample=False, compute_masks=False, **kw)[-1]
+    ds = float(size._size_estimation(np.array(style)))
+    ds = clamp_diameter(float(size.diam_mean) if not ds > 0 else ds, diameter_range, where, fallback=float(cp.diam_mean))
+    out = cp.eval(img, diameter=ds, **ev, **kw)
+    with warnings.catch_warnings():                   # no cell: cellpose's median of an empty list
+        warnings.filterwarnings('ignore', 'Mean of empty slice', RuntimeWarning)
+        warnings.filterwarnings('ignore', 'invalid value encountered in (scalar )?divide', RuntimeWarning)
+        d = float(utils.diameters(out[0])[0])
+    d = float(size.diam_mean) if not d > 0 else float(np.clip(d, ds / max_refine, ds * max_refine))
+    d = clamp_diameter(d, diameter_range, where, fallback=float(cp.diam_mean))
+    if abs(d - ds) <= tolerance * ds: return ds, out, ds, d
+    return d, cp.eval(img, diameter=d, **ev, **kw), ds, d
+
 def to_instances(masks: np.ndarray, cellprob: np.ndarray, label: int = 0, meta: dict | None = None) -> Instances:
     """Cellpose output of one image -> `Instances`: `masks` label image (H, W) (0 background), `cellprob` logits
     float (H, W). `scores` float32: mean sigmoid(cellprob) per cell; `labels` int64: `label` for every cell."""
@@ -390,14 +418,18 @@ def to_instances(masks: np.ndarray, cellprob: np.ndarray, label: int = 0, meta: 
 
 def predict(model, images, diameter=None, cell_types=None, flow_threshold: float = 0.4, cellprob_threshold: float = 0.0,
             min_size: int = 15, batch_size: int = 8, bsize: int = 224, augment: bool = False, postprocess=False,
-            progress: bool = False, diameter_range=DIAMETER_RANGE) -> list:
+            progress: bool = False, diameter_range=DIAMETER_RANGE, size_tolerance: float = 0.1,
+            size_refine: float = 1.5) -> list:
     """Cellpose predictions as `Instances`, one per image of `images` (one image, a stack or a list;
     each uint8 (H, W), (H, W, 3) with equal channels, 16-bit or float in [0, 1]: `cellseg_nb.data.as_image_list`).
     `model`: a `CellposeBundle` or a model file path. `diameter`: None, a number, a list (one per image),
     `"size_model"` or `"cell_type"` (see above). `cell_types`: None, one name for all images, or one per image.
     `flow_threshold`, `cellprob_threshold`, `min_size`, `batch_size`, `bsize`, `augment`: as cellpose's `eval`.
     `postprocess`: False (raw), True or a config for `cellseg_nb.postprocess.postprocess` (as Mask R-CNN's predict).
-    `diameter_range`: every diameter used is clipped into it (`clamp_diameter`, a warning naming the image)."""
+    `diameter_range`: every diameter used is clipped into it (`clamp_diameter`, a warning naming the image).
+    `size_tolerance`: with `"size_model"`, the pass at the style estimate is kept when the diameter of its own
+    cells is within this fraction of it; `size_refine`: that diameter moves the estimate by at most this factor
+    (`_size_model_eval`)."""
     from tqdm.auto import tqdm
     bundle = model if isinstance(model, CellposeBundle) else load_model(model)
     imgs = as_image_list(images)
@@ -412,10 +444,14 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
     if isinstance(diameter, (list, tuple, np.ndarray)) and len(diameter) != n:
         raise ValueError(f"diameter has {len(diameter)} entries for {n} images")
     kw = dict(channels=list(_CHANNELS), normalize=dict(_NORMALIZE), batch_size=batch_size, bsize=bsize, augment=augment)
+    ev = dict(flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold, min_size=min_size)
     cp, out = bundle.cp, []
+    size_mode = isinstance(diameter, str) and diameter == 'size_model'
     for i in tqdm(range(n), desc='cellpose', disable=not progress):
         img, ct = imgs[i], cell_types[i]
-        if diameter == 'size_model': d = _size_estimate(bundle.size, img, **{k: kw[k] for k in ('batch_size', 'augment')})[0]
+        if size_mode:
+            d, (masks, flows, styles), _, _ = _size_model_eval(bundle, img, kw, ev, diameter_range, f"image {i}", size_tolerance,
+                                                           size_refine)
         elif diameter == 'cell_type':
             if ct is None:
                 if not bundle.type_centroids: raise ValueError(f"image {i}: diameter='cell_type' needs cell_types or a model with type centroids (train_size_model)")
@@ -424,9 +460,9 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
             d = float(bundle.type_diameters[ct])
         elif isinstance(diameter, (list, tuple, np.ndarray)): d = float(diameter[i])
         else: d = None if diameter is None else float(diameter)
-        if d is not None: d = clamp_diameter(d, diameter_range, f"image {i}", fallback=float(cp.diam_mean))
-        masks, flows, styles = cp.eval(img, diameter=d, flow_threshold=flow_threshold,
-                                       cellprob_threshold=cellprob_threshold, min_size=min_size, **kw)
+        if not size_mode:
+            if d is not None: d = clamp_diameter(d, diameter_range, f"image {i}", fallback=float(cp.diam_mean))
+            masks, flows, styles = cp.eval(img, diameter=d, **ev, **kw)
         if ct is None: ct = _nearest_type(styles, bundle.type_centroids)
         label = class_id(ct) if ct in CELL_TYPES else 0
         out.append(to_instances(masks, flows[2], label, dict(cell_type=ct, diameter=d, model='cellpose')))
@@ -437,49 +473,120 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
     return out
 
 # %% ../nbs/12_cpose.ipynb 48
+def _normalized(images) -> list:
+    "uint8 (H, W) images -> cellpose's normalized float32 (2, H, W) arrays, as its training and `eval` make them."
+    from cellpose import train, models
+    return train._reshape_norm(list(images), channels=list(_CHANNELS), normalize_params={**models.normalize_default, **_NORMALIZE})
+
+def _size_styles(net, data: list, diams: np.ndarray, n_epochs: int, batch_size: int, bsize: int, progress: bool = True):
+    """The SizeModel's training pass, as `cellpose.train.train_size` makes it: per epoch `e` (`np.random.seed(e)`) a
+    permutation of the images, a random rotate-and-resize crop (`bsize`, scale range 1) of each, the network's
+    style of each crop. `data`: normalized (2, H, W) arrays; `diams`: GT diameters. Returns `styles` float32
+    (n_epochs x n, 256), `targets` float32 (log(diameter x scale) - log(diam_mean)) and `index` (the image of each row)."""
+    import torch
+    from tqdm.auto import tqdm
+    from cellpose import transforms
+    n, diam_mean = len(data), float(net.diam_mean.item())
+    styles = np.zeros((n_epochs * n, 256), np.float32); targets = np.zeros(n_epochs * n, np.float32)
+    index = np.zeros(n_epochs * n, np.int64)
+    net.eval()
+    with tqdm(total=n_epochs * n, desc='cellpose SizeModel', unit='crop', disable=not progress) as bar:
+        for e in range(n_epochs):
+            np.random.seed(e)
+            perm = np.random.permutation(n)
+            for b0 in range(0, n, batch_size):
+                rows = np.arange(b0, min(n, b0 + batch_size)); inds = perm[rows]
+                imgi, _, scale = transforms.random_rotate_and_resize([data[i] for i in inds], scale_range=1.0, xy=(bsize, bsize))
+                with torch.no_grad(): feat = net(torch.from_numpy(imgi).to(net.device))[1]
+                styles[rows + e * n] = feat.cpu().numpy()
+                targets[rows + e * n] = np.log(diams[inds]) - np.log(diam_mean) + np.log(scale)
+                index[rows + e * n] = inds
+                bar.update(len(rows))
+    return styles, targets, index
+
+def _fit_size(styles, targets, diam_mean: float) -> dict:
+    "cellpose's SizeModel parameters: ridge regression (L2 weight 1) of the centred log-size targets on the centred styles."
+    smean = styles.mean(0)
+    X = (styles - smean).T.astype(np.float32)
+    ymean = targets.mean()
+    A = np.linalg.solve(X @ X.T + np.eye(X.shape[0]), X @ (targets - ymean))
+    return {'A': A, 'smean': smean, 'diam_mean': diam_mean, 'ymean': ymean}
+
+def type_styles(net, data: list, diams, bsize: int = 224, tiles: int = 9, progress: bool = True) -> np.ndarray:
+    """One style per image (float64 (n, 256), unit vectors) as `predict` sees it at the image's GT diameter, on a
+    bounded crop: the normalized image rescaled to the network's cell size (`diam_mean / diameter`, as cellpose's
+    `eval`), cut into cellpose's tiles of `bsize`, and at most `tiles` of them (evenly spread) through the network,
+    their styles summed and normalized (cellpose's own rule over tiles). Cost: at most `tiles` crops per image,
+    whatever the diameter."""
+    import torch
+    from tqdm.auto import tqdm
+    from cellpose import transforms
+    diam_mean = float(net.diam_mean.item())
+    out = np.zeros((len(data), 256))
+    net.eval()
+    for i in tqdm(range(len(data)), desc='cellpose type styles', unit='image', disable=not progress):
+        img = transforms.resize_image(np.transpose(data[i], (1, 2, 0)), rsz=diam_mean / float(diams[i]))
+        y1, y2, x1, x2 = transforms.get_pad_yx(*img.shape[:2])
+        img = np.pad(img.transpose(2, 0, 1), [[0, 0], [y1, y2], [x1, x2]], mode='constant')
+        T = transforms.make_tiles(img, bsize=bsize, augment=False, tile_overlap=0.1)[0]
+        T = T.reshape(-1, *T.shape[2:])
+        pick = np.unique(np.round(np.linspace(0, len(T) - 1, min(int(tiles), len(T)))).astype(int))
+        with torch.no_grad(): s = net(torch.from_numpy(np.ascontiguousarray(T[pick])).to(net.device))[1].cpu().numpy()
+        s = s.astype(np.float64).sum(0)
+        out[i] = s / (np.linalg.norm(s) + 1e-12)
+    return out
+
+def type_centroids(styles: np.ndarray, cell_types) -> dict:
+    "`{cell_type: unit mean of its images' unit styles}` (lists of floats, as `{model}_types.json` stores them)."
+    cell_types = np.asarray(cell_types)
+    cents = {}
+    for ct in dict.fromkeys(cell_types.tolist()):
+        c = styles[cell_types == ct].mean(0); cents[ct] = (c / (np.linalg.norm(c) + 1e-12)).tolist()
+    return cents
+
 def train_size_model(model, data, ids=None, n_epochs: int = _CP.size_epochs, batch_size: int = _CP.batch_size,
                      bsize: int = _CP.bsize, overlap: str = _CP.overlap, min_train_masks: int = _CP.min_train_masks,
-                     gpu: bool = False) -> Path:
+                     gpu: bool = False, progress: bool = True, type_tiles: int = 9) -> Path:
     """Train cellpose's SizeModel for the model file `model` on `data` (`SartoriusData`, root path or `TrainingSet`;
     `ids` default all) and store the per-type style centroids. `n_epochs` passes of random rescales over the
-    images, `bsize` crop size. Writes `{model}_size.npy` and `{model}_types.json`; returns the size-model path."""
-    path = check_model_path(model)
+    images (`_size_styles`, the same crops, styles and ridge fit as `cellpose.train.train_size`, without its
+    flow computation), `bsize` crop size; then one style per image at its GT diameter on at most `type_tiles`
+    tiles (`type_styles`). Each phase shows a progress bar (`progress`). Writes `{model}_size.npy` and
+    `{model}_types.json` (each written to a temporary file, then renamed); returns the size-model path."""
+    path = check_model_path(model)                     # before cellpose is imported
+    from cellpose import utils
     ts = _as_training_set(data, ids, overlap, min_train_masks)
     if len(ts) == 0: raise ValueError("train_size_model: no training images")
     cp = _cellpose_model(path, gpu=gpu, mkldnn=False)
-    from cellpose import train
-    work = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.size.'))
-    try:
-        train.train_size(cp.net, str(work / 'm'), train_data=ts.images, train_labels=ts.labels,
-                         channels=list(_CHANNELS), normalize=dict(_NORMALIZE), min_train_masks=0, n_epochs=int(n_epochs),
-                         batch_size=int(batch_size), bsize=int(bsize))
-        size_path = Path(str(path) + '_size.npy')
-        os.replace(work / 'm_size.npy', size_path)
-    finally: shutil.rmtree(work, ignore_errors=True)
-    # style centroids per cell type: styles at the model's default scale and at the GT diameter
-    kw = dict(channels=list(_CHANNELS), normalize=dict(_NORMALIZE), compute_masks=False)
-    styles = {}
-    for img, ct, d in zip(ts.images, ts.cell_types, ts.diameters):
-        for dd in (None, d):
-            s = np.asarray(cp.eval(img, diameter=dd, **kw)[-1], np.float64).ravel()
-            styles.setdefault(ct, []).append(s / (np.linalg.norm(s) + 1e-12))
-    cents = {}
-    for ct, v in styles.items():
-        c = np.mean(v, 0); cents[ct] = (c / (np.linalg.norm(c) + 1e-12)).tolist()
+    normed = _normalized(ts.images)
+    diams = np.maximum(np.array([utils.diameters(lab)[0] for lab in ts.labels], np.float64), 5.)   # as cellpose's train_size
+    styles, targets, _ = _size_styles(cp.net, normed, diams, int(n_epochs), int(batch_size), int(bsize), progress)
+    params = _fit_size(styles, targets, float(cp.net.diam_mean.item()))
+    size_path = Path(str(path) + '_size.npy')
+    tmp = size_path.with_name(f'.{size_path.name}.tmp.npy')
+    np.save(tmp, params); os.replace(tmp, size_path)
+    cents = type_centroids(type_styles(cp.net, normed, ts.diameters, int(_CP.bsize), type_tiles, progress), ts.cell_types)
     _write_json(Path(str(path) + '_types.json'), cents)
     return size_path
 
-def compare_diameters(model, data, ids=None) -> pd.DataFrame:
+def compare_diameters(model, data, ids=None, progress: bool = True, diameter_range=DIAMETER_RANGE) -> pd.DataFrame:
     """SizeModel estimates vs ground truth, one row per image of `data` (`ids` default all): `id`, `cell_type`,
     `n_cells`, `gt` (GT image diameter), `type_gt` (the model's per-type GT diameter), `style` (the SizeModel's
-    style-only estimate), `size_model` (its final estimate), `rel_error` ((size_model - gt) / gt)."""
+    style-only estimate), `size_model` (its final estimate: the median diameter of the cells segmented at the
+    style estimate, within a factor 1.5 of it), `rel_error` ((size_model - gt) / gt). The passes `predict(diameter='size_model')` makes
+    (`_size_model_eval`, estimates clipped into `diameter_range`), with a progress bar (`progress`)."""
+    from tqdm.auto import tqdm
     bundle = model if isinstance(model, CellposeBundle) else load_model(model)
     if bundle.size is None: raise ValueError(f"{bundle.path} has no size model ({bundle.path}_size.npy); run train_size_model")
     data = _as_data(data)
+    kw = dict(channels=list(_CHANNELS), normalize=dict(_NORMALIZE), batch_size=8, bsize=224, augment=False)
+    ev = dict(flow_threshold=0.4, cellprob_threshold=0.0, min_size=15)
     rows = []
-    for id in (data.ids if ids is None else ids):
+    for id in tqdm(list(data.ids if ids is None else ids), desc='cellpose diameters', unit='image', disable=not progress):
         inst, ct = data.instances(id), data.cell_type(id)
-        d, ds = _size_estimate(bundle.size, np.asarray(data.image(id)))
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', r'image .*: diameter estimate', UserWarning)     # the clip is in the table
+            _, _, ds, d = _size_model_eval(bundle, as_image_list(data.image(id))[0], kw, ev, diameter_range, f"image {id}", np.inf)
         gt = image_diameter(inst)
         rows.append(dict(id=id, cell_type=ct, n_cells=len(inst), gt=gt, type_gt=bundle.type_diameters.get(ct, np.nan),
                          style=float(ds), size_model=float(d), rel_error=(float(d) - gt) / gt))

@@ -14,15 +14,16 @@ from .celltypes import CELL_TYPES, LIVECELL_TYPES, class_id, livecell_class_id, 
 from .files import write_json
 
 # %% auto 0
-__all__ = ['TRAIN_COLUMNS', 'META_COLUMNS', 'IMAGE_SHAPE', 'IMAGE_RULE', 'LIVECELL_DIR', 'to_gray_uint8', 'as_image_list',
-           'read_image', 'DataSource', 'CountsCells', 'count_cells', 'SartoriusData', 'livecell_cell_type',
-           'LiveCellData', 'Subset', 'to_coco']
+__all__ = ['TRAIN_COLUMNS', 'META_COLUMNS', 'SAMPLE_COLUMNS', 'IMAGE_SHAPE', 'IMAGE_RULE', 'LIVECELL_DIR', 'to_gray_uint8',
+           'as_image_list', 'read_image', 'DataSource', 'CountsCells', 'count_cells', 'SartoriusData',
+           'livecell_cell_type', 'LiveCellData', 'Subset', 'to_coco']
 
 # %% ../nbs/05_data.ipynb 5
 TRAIN_COLUMNS = ['id', 'annotation', 'width', 'height', 'cell_type', 'plate_time', 'sample_date', 'sample_id',
                  'elapsed_timedelta']
 META_COLUMNS = ['cell_type', 'sample_id', 'plate_time', 'sample_date', 'elapsed_timedelta', 'n_cells', 'height',
                 'width']
+SAMPLE_COLUMNS = ['sample_id', 'plate_time', 'sample_date', 'elapsed_timedelta']   # per-image metadata; empty = missing (NaN in `meta`)
 IMAGE_SHAPE = (520, 704)
 
 # %% ../nbs/05_data.ipynb 7
@@ -182,7 +183,7 @@ class SartoriusData:
 
     A `DataSource`: `ids`: train image ids (order of first appearance in train.csv); `instances(id)`: ground-truth
     `Instances` (overlaps kept, labels = class ids); `image(id)`: uint8 (H, W); `cell_type(id)`; `n_cells(id)`.
-    `meta`: DataFrame indexed by id with `META_COLUMNS`; `data[id]` or `data[i]`: `(image, instances, meta dict)`;
+    `meta`: DataFrame indexed by id with `META_COLUMNS` (an empty `SAMPLE_COLUMNS` field is NaN: missing); `data[id]` or `data[i]`: `(image, instances, meta dict)`;
     `subset(ids)`: the same source restricted to `ids`.
     Every train image file must exist (checked at once); images are read, and their size checked, when asked for."""
     def __init__(self, root):
@@ -202,6 +203,8 @@ class SartoriusData:
         self._cell_offsets = np.concatenate([[0], np.cumsum(n_cells)])
         meta = df.iloc[first][['id', 'cell_type', 'sample_id', 'plate_time', 'sample_date', 'elapsed_timedelta']]
         meta = meta.assign(n_cells=n_cells, height=heights[first], width=widths[first]).set_index('id')
+        for c in SAMPLE_COLUMNS: meta[c] = meta[c].where(meta[c].str.strip() != '')    # empty field -> NaN (missing)
+        self._warned_groups = False
         self.meta = meta[META_COLUMNS]
         self._ct = meta['cell_type'].tolist()                       # plain per-image arrays: fast instances()
         self._hw = np.stack([heights[first], widths[first]], 1).tolist() if len(first) else []
@@ -303,13 +306,32 @@ class SartoriusData:
         for id in self.semi_supervised_ids: self.semi_supervised_image(id)
         return self
 
+    def fold_groups(self) -> np.ndarray:
+        """The group of each image (order of `ids`) that `folds` keeps together: int64 codes, one per `sample_id`;
+        an image without a `sample_id` (the field empty: missing metadata) is a group of its own."""
+        codes = pd.factorize(self.meta['sample_id'])[0].astype(np.int64)     # NaN -> -1
+        miss = np.flatnonzero(codes < 0)
+        codes[miss] = codes.max(initial=-1) + 1 + np.arange(len(miss))
+        return codes
+
     def folds(self, n_splits=5, seed=0) -> pd.DataFrame:
-        """Cross-validation folds: DataFrame indexed by id with `fold` (0..n_splits-1), `cell_type`, `sample_id`.
-        scikit-learn's `StratifiedGroupKFold` grouped by `sample_id` (no sample in two folds) and stratified by
-        cell type; ValueError when some fold would miss a cell type (too few samples of it)."""
+        """Cross-validation folds: DataFrame indexed by id with `fold` (0..n_splits-1), `cell_type`, `sample_id`
+        and `group` (the sample id, or the image id of an image without one). scikit-learn's `StratifiedGroupKFold`
+        grouped by sample (no sample in two folds) and stratified by cell type. Images without a `sample_id`
+        (missing metadata, as in a folder whose metadata columns are empty) cannot be grouped by sample: each is a
+        group of its own, and a warning (once per source) says how many and that their held-out scores may be
+        optimistic. ValueError when some fold would miss a cell type (too few groups of it)."""
         from sklearn.model_selection import StratifiedGroupKFold
         m = self.meta
-        few = m.groupby('cell_type')['sample_id'].nunique()
+        groups = self.fold_groups()
+        n_miss = int(m['sample_id'].isna().sum())
+        if n_miss and not self._warned_groups:
+            self._warned_groups = True
+            warnings.warn(f"{self.csv}: {n_miss} of {len(m)} images have no sample_id (the column is empty: missing "
+                          f"metadata), so they cannot be grouped by sample: each of them is a fold group of its own "
+                          f"(folds stratified by cell type). Images of one sample look alike, so held-out scores of "
+                          f"these folds may be optimistic.", stacklevel=2)
+        few = pd.Series(groups).groupby(m['cell_type'].to_numpy()).nunique()
         few = few[few < n_splits]
         if len(few): raise ValueError(f"{self.csv}: cannot make {n_splits} folds that all hold every cell type: "
                                       + ', '.join(f'{t} has {k} samples' for t, k in few.items()))
@@ -317,10 +339,10 @@ class SartoriusData:
         sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            for k, (_, val) in enumerate(sgkf.split(np.zeros(len(m)), m['cell_type'], groups=m['sample_id'])):
+            for k, (_, val) in enumerate(sgkf.split(np.zeros(len(m)), m['cell_type'], groups=groups)):
                 fold[val] = k
-        out = pd.DataFrame({'fold': fold, 'cell_type': m['cell_type'].to_numpy(), 'sample_id': m['sample_id'].to_numpy()},
-                           index=m.index)
+        out = pd.DataFrame({'fold': fold, 'cell_type': m['cell_type'].to_numpy(), 'sample_id': m['sample_id'].to_numpy(),
+                            'group': m['sample_id'].fillna(pd.Series(m.index, index=m.index)).to_numpy()}, index=m.index)
         per = out.groupby('fold')['cell_type'].nunique()
         if (per < m['cell_type'].nunique()).any():
             raise ValueError(f"{self.csv}: StratifiedGroupKFold left a cell type out of fold(s) "

@@ -15,8 +15,8 @@ from .ensemble import merge_models
 # %% auto 0
 __all__ = ['IMAGE_SUFFIXES', 'FLIPS', 'SubmissionResult', 'list_images', 'threshold_predictor', 'resize_instances',
            'merge_passes', 'tta_scales_checked', 'tta_predict', 'InferenceSettings', 'PassesPredictor',
-           'with_inference', 'predict_images', 'save_predictions', 'load_predictions', 'postprocess_all',
-           'make_submission']
+           'with_inference', 'predict_images', 'save_predictions', 'load_predictions', 'warn_no_cells',
+           'postprocess_all', 'make_submission']
 
 # %% ../nbs/15_inference.ipynb 6
 IMAGE_SUFFIXES = ('.png', '.tif', '.tiff', '.jpg', '.jpeg')
@@ -244,16 +244,41 @@ def load_predictions(path) -> dict:
 from collections import namedtuple
 SubmissionResult = namedtuple('SubmissionResult', 'path raw final table report')
 
-def postprocess_all(raw: dict, config=None, cell_types: dict | str | None = None) -> dict:
+def warn_no_cells(reports: dict, most: int = 5) -> list:
+    """Warn about every image whose post-processing kept no cell: `reports` `{id: postprocess_report's report}`.
+    Up to `most` such images: one warning each (`postprocess.why_no_cells`: the raw count and what removed them);
+    more: one summary naming them (the first 10) with the summed counts of each step. Returns the ids."""
+    from cellseg_nb.postprocess import why_no_cells
+    empty = [i for i, r in reports.items() if r['kept'] == 0]
+    if not empty: return empty
+    if len(empty) <= most:
+        for i in empty: warnings.warn(why_no_cells(reports[i], i) + " -> no cell written for this image", stacklevel=3)
+        return empty
+    tot = {k: sum(reports[i][k] for i in empty) for k in ('raw', 'removed_score', 'removed_nms', 'removed_min_area', 'removed_overlap')}
+    thr = sorted({f"{reports[i]['cell_type']} {reports[i]['score_threshold']:g}" for i in empty
+                  if reports[i]['score_threshold'] is not None})
+    no_raw = sum(reports[i]['raw'] == 0 for i in empty)
+    warnings.warn(f"{len(empty)} of {len(reports)} images have no cell left after post-processing "
+                  f"({', '.join(map(str, empty[:10]))}{', ...' if len(empty) > 10 else ''}): {tot['raw']} raw cells in all"
+                  f" ({no_raw} image(s) had none); score thresholds ({', '.join(thr)}) removed {tot['removed_score']}, "
+                  f"mask NMS {tot['removed_nms']}, minimum area {tot['removed_min_area']}, overlap removal "
+                  f"{tot['removed_overlap']}", stacklevel=3)
+    return empty
+
+def postprocess_all(raw: dict, config=None, cell_types: dict | str | None = None, warn_empty: bool = True) -> dict:
     """Post-process every image of `raw` (`{id: Instances}`) with `cellseg_nb.postprocess.postprocess`.
-    `cell_types`: `{id: type}`, one type for all images, or None (voted from the labels)."""
-    from cellseg_nb.postprocess import postprocess
-    out = {}
+    `cell_types`: `{id: type}`, one type for all images, or None (voted from the labels). Each result's
+    `meta['postprocess']` holds its `postprocess_report` (what each step removed); with `warn_empty`, images left
+    with no cell are warned about (`warn_no_cells`)."""
+    from cellseg_nb.postprocess import postprocess_report
+    out, reports = {}, {}
     for iid, p in raw.items():
         ct = cell_types if isinstance(cell_types, str) or cell_types is None else cell_types.get(iid)
         if ct is None and p.labels is None:
             raise ValueError(f"image {iid}: no cell type given and the prediction has no labels to vote one")
-        out[iid] = postprocess(p, ct, config)
+        x, reports[iid] = postprocess_report(p, ct, config)
+        out[iid] = x.with_(meta={**x.meta, 'postprocess': reports[iid]})
+    if warn_empty: warn_no_cells(reports)
     return out
 
 def make_submission(predictor, images, path, config=None, tta: bool | tuple = False,
@@ -271,5 +296,7 @@ def make_submission(predictor, images, path, config=None, tta: bool | tuple = Fa
     report = validate_submission(path, list(items), shape=shape, raise_on_error=True)
     table = pd.DataFrame({'id': list(final), 'cell_type': [f.meta.get('cell_type') for f in final.values()],
                           'n_raw': [len(raw[k]) for k in final], 'n_cells': [len(f) for f in final.values()],
+                          **{k: [f.meta['postprocess'][k] for f in final.values()]
+                             for k in ('removed_score', 'removed_nms', 'removed_min_area', 'removed_overlap')},
                           'mean_area': [float(f.areas.mean()) if len(f) else 0.0 for f in final.values()]})
     return SubmissionResult(path, raw, final, table, report)

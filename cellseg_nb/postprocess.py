@@ -16,7 +16,7 @@ from .settings import Config, read_settings
 # %% auto 0
 __all__ = ['CLASS_NAMES', 'DEFAULT_CONFIGS', 'random_candidates', 'score_order', 'filter_scores', 'min_area', 'candidate_pairs',
            'run_keys', 'ious_with', 'mask_nms', 'remove_overlaps', 'fill_holes', 'image_cell_type', 'PostprocessConfig',
-           'PostprocessConfigs', 'postprocess']
+           'PostprocessConfigs', 'postprocess', 'postprocess_report', 'why_no_cells']
 
 # %% ../nbs/03_postprocess.ipynb 6
 def _ellipse_pixels(cy, cx, a, b, theta, shape):
@@ -409,11 +409,9 @@ class PostprocessConfigs(Config):
         return cls.from_dict(read_settings(path, 'config file'), cell_types, source=str(path))
 
 # %% ../nbs/03_postprocess.ipynb 50
-def postprocess(instances: Instances, cell_type: str | None = None, config=None, names=CLASS_NAMES,
-                return_index=False):
-    """Raw candidates -> non-overlapping cells in descending score order. `config`: a `PostprocessConfig`, or a
-    `PostprocessConfigs` (default) indexed by `cell_type`, which is voted from the labels when None.
-    Returns `Instances` (and indices into the input when `return_index`)."""
+def _steps(instances: Instances, cell_type, config, names):
+    """The chain of `postprocess`, counting what each step removes: `(Instances, indices into the input, report)`
+    (`report`: see `postprocess_report`)."""
     if config is None: config = PostprocessConfigs()
     if isinstance(config, PostprocessConfigs):
         if cell_type is None:
@@ -422,11 +420,49 @@ def postprocess(instances: Instances, cell_type: str | None = None, config=None,
         config = config[cell_type]
     idx = np.arange(len(instances))
     x = instances
-    if x.scores is not None:
+    has_scores = x.scores is not None
+    rep = dict(cell_type=cell_type, raw=len(x), max_score=float(x.scores.max()) if has_scores and len(x) else float('nan'),
+               score_threshold=float(config.score_threshold) if has_scores else None, removed_score=0,
+               nms_iou=config.nms_iou, removed_nms=0, min_area=int(config.min_area), removed_min_area=0,
+               min_kept=float(config.min_kept), removed_overlap=0, kept=0)
+    if has_scores:
         sel = np.flatnonzero(x.scores >= np.float32(config.score_threshold)); x, idx = x.select(sel), idx[sel]
+        rep['removed_score'] = rep['raw'] - len(x)
     if config.fill_holes: x = fill_holes(x)
     if config.nms_iou is not None:
-        x, sel = mask_nms(x, config.nms_iou, return_index=True); idx = idx[sel]
+        n = len(x); x, sel = mask_nms(x, config.nms_iou, return_index=True); idx = idx[sel]
+        rep['removed_nms'] = n - len(x)
+    n, small = len(x), int((x.areas < max(int(config.min_area), 1)).sum())   # too small even with no overlap
     x, sel = remove_overlaps(x, config.min_kept, config.min_area, return_index=True); idx = idx[sel]
-    x = x.with_(meta={**x.meta, 'cell_type': cell_type})
+    rep.update(removed_min_area=small, removed_overlap=n - len(x) - small, kept=len(x))
+    return x.with_(meta={**x.meta, 'cell_type': cell_type}), idx, rep
+
+def postprocess(instances: Instances, cell_type: str | None = None, config=None, names=CLASS_NAMES,
+                return_index=False):
+    """Raw candidates -> non-overlapping cells in descending score order. `config`: a `PostprocessConfig`, or a
+    `PostprocessConfigs` (default) indexed by `cell_type`, which is voted from the labels when None.
+    Returns `Instances` (and indices into the input when `return_index`)."""
+    x, idx, _ = _steps(instances, cell_type, config, names)
     return (x, idx) if return_index else x
+
+# %% ../nbs/03_postprocess.ipynb 53
+def postprocess_report(instances: Instances, cell_type: str | None = None, config=None, names=CLASS_NAMES):
+    """`postprocess` with the count each step removed: `(Instances, report)`; `report` a dict: `cell_type`, `raw`,
+    `max_score` (NaN without scores or cells), `score_threshold` (None without scores), `removed_score`, `nms_iou`,
+    `removed_nms`, `min_area`, `removed_min_area`, `min_kept`, `removed_overlap`, `kept`
+    (`raw = removed_score + removed_nms + removed_min_area + removed_overlap + kept`)."""
+    x, _, rep = _steps(instances, cell_type, config, names)
+    return x, rep
+
+def why_no_cells(report: dict, image=None) -> str:
+    "One line from a `postprocess_report` report: how many raw cells there were and which steps removed them."
+    r, who = report, f"image {image}" if image is not None else "image"
+    who += f" ({r['cell_type']})" if r.get('cell_type') else ''
+    if r['raw'] == 0: return f"{who}: no cell: the model gave no raw cell (nothing for post-processing to remove)"
+    top = f", best score {r['max_score']:.3f}" if r.get('max_score') == r.get('max_score') and r.get('max_score') is not None else ''
+    steps = [(r['removed_score'], f"score threshold {r['score_threshold']:g} for {r['cell_type']}"),
+             (r['removed_nms'], f"mask NMS (IoU > {r['nms_iou']:g})"),
+             (r['removed_min_area'], f"minimum area {r['min_area']} px"),
+             (r['removed_overlap'], f"overlap removal (min_kept {r['min_kept']:g}, min_area {r['min_area']} px)")]
+    done = '; '.join(f"{what} removed {n}" for n, what in steps if n)
+    return f"{who}: {r['kept']} cells kept of {r['raw']} raw cells{top}: {done}"

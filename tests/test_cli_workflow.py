@@ -187,3 +187,33 @@ def test_train_tune_bundle_kernel(comp, maskrcnn_ckpt, cellpose_model, tmp_path,
     work = tmp_path / 'working'; work.mkdir()
     tk.run_kernel(inp, work)
     assert (work / 'submission.csv').read_text() == sub_bundle.read_text()
+
+
+def test_evaluate_says_which_images_hold_no_cell(comp, tmp_path, capsys):
+    """`cellseg evaluate` names the images left with no cell: raw predictions -> the raw count and the step that
+    removed them (here every cell of one image under its type's score threshold); a submission -> that it cannot say."""
+    import warnings
+    import numpy as np
+    from cellseg_nb.data import SartoriusData
+    from cellseg_nb.inference import save_predictions
+    from cellseg_nb.submission import write_submission
+    from cellseg_nb.postprocess import PostprocessConfigs
+    ds = SartoriusData(comp)
+    ids = ds.ids[:3]
+    gt = {i: ds.instances(i) for i in ids}
+    raw = {i: g.with_(scores=np.full(len(g), 0.99 if k else 0.01, np.float32)) for k, (i, g) in enumerate(gt.items())}
+    save_predictions(raw, tmp_path / 'raw.csv')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        run(capsys, 'evaluate', tmp_path / 'raw.csv', '--data', comp)
+    msgs = [str(w.message) for w in caught if 'cells kept' in str(w.message)]
+    thr = PostprocessConfigs()[ds.cell_type(ids[0])].score_threshold
+    assert msgs == [f"image {ids[0]} ({ds.cell_type(ids[0])}): 0 cells kept of {len(gt[ids[0]])} raw cells, best score "
+                    f"0.010: score threshold {thr:g} for {ds.cell_type(ids[0])} removed {len(gt[ids[0]])} -> no cell "
+                    f"written for this image"], [str(w.message) for w in caught]
+    write_submission({ids[0]: gt[ids[0]].select([]), **{i: gt[i].select([0]) for i in ids[1:]}}, tmp_path / 'sub.csv', ids=ids)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        run(capsys, 'evaluate', tmp_path / 'sub.csv', '--data', comp)
+    msgs = [str(w.message) for w in caught if 'hold no cell' in str(w.message)]
+    assert len(msgs) == 1 and f"1 of 3 images hold no cell ({ids[0]})" in msgs[0] and '--raw' in msgs[0]

@@ -247,3 +247,55 @@ def test_training_equals_cellpose_train_seg(tmp_path):
                                  save_path=tmp_path / 'peer', **kw)
     a, b = torch.load(path, weights_only=True), torch.load(peer, weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_size_model_equals_cellpose_train_size(capfd, tmp_path):
+    """`train_size_model` fits the SizeModel cellpose's `train.train_size` fits (same crops, styles and ridge fit; it
+    only skips cellpose's flow computation), shows a bar per phase, and computes the type styles on at most
+    `type_tiles` tiles per image whatever the diameter (counted on the network's inputs)."""
+    from cellpose import train
+    items = _images([9, 10], shape=(128, 160))
+    ts = TrainingSet.from_arrays([x[1] for x in items], [x[2] for x in items], [x[0] for x in items])
+    path = train_cellpose(ts, tmp_path / 'm', n_epochs=0, bsize=64, diam_mean=12., progress=False)
+    peer = train.train_size(load_model(path).cp.net, str(tmp_path / 'peer'), train_data=ts.images, train_labels=ts.labels,
+                            channels=[0, 0], normalize=True, min_train_masks=0, n_epochs=3, batch_size=3, bsize=64)
+    capfd.readouterr()
+    net = load_model(path).cp.net
+    seen = []
+    size = train_size_model(path, ts, n_epochs=3, batch_size=3, bsize=64, type_tiles=2)
+    ours = np.load(size, allow_pickle=True).item()
+    assert set(ours) == set(peer) and ours['diam_mean'] == peer['diam_mean']
+    for k in ('A', 'smean', 'ymean'): np.testing.assert_allclose(ours[k], peer[k], rtol=1e-4, atol=1e-6)
+    err = capfd.readouterr().err
+    assert f'cellpose SizeModel' in err and f'{3 * len(ts)}/{3 * len(ts)}' in err, err[-800:]
+    assert 'cellpose type styles' in err and f'{len(ts)}/{len(ts)}' in err, err[-800:]
+    from cellseg_nb.cpose import type_styles, _normalized
+    h = net.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+    try: st = type_styles(net, _normalized(ts.images), np.full(len(ts), 3.0), tiles=2, progress=False)   # 4x upscaling
+    finally: h.remove()
+    assert seen == [2] * len(ts) and np.allclose(np.linalg.norm(st, axis=1), 1)
+    cents = json.loads(Path(str(path) + '_types.json').read_text())
+    assert set(cents) == set(ts.cell_types) and all(np.isclose(np.linalg.norm(v), 1) for v in cents.values())
+
+
+def test_size_model_prediction_reuses_its_pass(sets, trained):
+    """`diameter='size_model'`: the segmentation at the style estimate is the prediction when its cells' diameter
+    agrees within `size_tolerance`; otherwise a pass at that diameter (moved by at most 1.5x). Both checked against cellpose's own `eval`
+    at the diameters computed here from the SizeModel's parameters (no call of ours)."""
+    from cellpose import utils
+    ts, val = sets
+    b = load_model(trained['path'])
+    img = val.image(0)
+    kw = dict(channels=[0, 0], normalize=dict(normalize=True))
+    style = b.cp.eval(img, resample=False, compute_masks=False, **kw)[-1]
+    ds = float(np.clip(b.size._size_estimation(np.array(style)), 8, 100))
+    at_ds = b.cp.eval(img, diameter=ds, **kw)[0]
+    d0 = float(utils.diameters(at_ds)[0])
+    d = float(np.clip(np.clip(d0, ds / 1.5, ds * 1.5) if d0 > 0 else b.size.diam_mean, 8, 100))   # no cell: its own fallback
+    keep, = predict(b, [img], diameter='size_model', size_tolerance=10.0)
+    again, = predict(b, [img], diameter='size_model', size_tolerance=0.0)
+    assert keep.meta['diameter'] == pytest.approx(ds) and again.meta['diameter'] == pytest.approx(d)
+    assert np.array_equal(keep.to_label_image(), Instances.from_label_image(at_ds).to_label_image())
+    at_d = b.cp.eval(img, diameter=d, **kw)[0]
+    assert np.array_equal(again.to_label_image(), Instances.from_label_image(at_d).to_label_image())
+    print(f"\nstyle estimate {ds:.2f} px, its cells' diameter {d:.2f} px ({len(keep)} / {len(again)} cells)")

@@ -201,3 +201,72 @@ def test_remove_overlaps_switches_to_the_walk_when_piled_deep():
     assert _segments(c, budget=10) is None
     out_walk = remove_overlaps(c, 0.5, 10, budget=10)
     assert out_walk.to_rles() == remove_overlaps(c, 0.5, 10, budget=10 ** 9).to_rles()
+
+
+def _squares(shape, cells, label=3):
+    "Instances of axis-aligned rectangles `(y0, x0, h, w, score)` on `shape` (from dense masks: an independent build)."
+    masks = np.zeros((len(cells),) + shape, bool)
+    for k, (y, x, h, w, _) in enumerate(cells): masks[k, y:y + h, x:x + w] = True
+    return Instances.from_masks(masks, scores=np.array([c[-1] for c in cells], np.float32),
+                                labels=np.full(len(cells), label, np.int64))
+
+
+# one cell for each step, its fate worked out by hand on the rectangles (IoUs in the comments)
+STEPS = [(0, 0, 10, 10, 0.9),        # A: kept
+         (0, 1, 10, 10, 0.8),        # B: A moved by 1 px, IoU 90 / 110 = 0.82 > 0.5: mask NMS
+         (40, 40, 3, 3, 0.9),        # C: 9 px < min_area 20: minimum area
+         (20, 20, 10, 10, 0.2),      # D: score 0.2 < 0.3: score threshold
+         (0, 5, 10, 10, 0.7)]        # E: IoU with A 50 / 150 = 0.33, with B 60 / 140 = 0.43 (NMS keeps it), keeps
+                                     #    50 of its 100 px after A: 0.5 < min_kept 0.6: overlap removal
+STEP_CFG = PostprocessConfig(score_threshold=0.3, min_area=20, nms_iou=0.5, min_kept=0.6)
+
+
+def test_postprocess_report_counts_each_step():
+    from cellseg_nb.postprocess import postprocess_report, why_no_cells
+    x = _squares((50, 50), STEPS)
+    out, rep = postprocess_report(x, 'cort', STEP_CFG)
+    assert (rep['raw'], rep['removed_score'], rep['removed_nms'], rep['removed_min_area'], rep['removed_overlap'],
+            rep['kept']) == (5, 1, 1, 1, 1, 1)
+    assert out.to_rles() == postprocess(x, 'cort', STEP_CFG).to_rles() == x.select([0]).to_rles()
+    assert rep['max_score'] == pytest.approx(0.9) and rep['cell_type'] == 'cort' and rep['score_threshold'] == 0.3
+    line = why_no_cells(rep, 'img7')
+    assert line.startswith('image img7 (cort): 1 cells kept of 5 raw cells, best score 0.900: ')
+    assert ('score threshold 0.3 for cort removed 1; mask NMS (IoU > 0.5) removed 1; minimum area 20 px removed 1; '
+            'overlap removal (min_kept 0.6, min_area 20 px) removed 1') in line
+    _, none = postprocess_report(x, 'cort', STEP_CFG.replace(score_threshold=0.95))
+    assert (none['removed_score'], none['kept']) == (5, 0)
+    assert why_no_cells(none, 'a').endswith('0 cells kept of 5 raw cells, best score 0.900: score threshold 0.95 for cort removed 5')
+    _, empty = postprocess_report(Instances.empty((50, 50), scores=True, labels=True), 'astro', STEP_CFG)
+    assert empty['raw'] == 0 and 'the model gave no raw cell' in why_no_cells(empty, 'b')
+
+
+def test_postprocess_all_says_which_images_end_empty():
+    """Images left with no cell are named, with their raw count and the step that removed them: one warning per
+    image up to 5, one summary beyond; the submission table counts each step."""
+    import warnings
+    from cellseg_nb.inference import postprocess_all
+    cfgs = PostprocessConfigs({'cort': STEP_CFG})
+    low = _squares((50, 50), [(0, 0, 10, 10, 0.25), (20, 20, 8, 8, 0.1)])      # both under 0.3
+    tiny = _squares((50, 50), [(0, 0, 3, 3, 0.9)])                             # 9 px < 20
+    good = _squares((50, 50), STEPS)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        out = postprocess_all({'g': good, 'low': low, 'tiny': tiny}, cfgs, 'cort')
+    msgs = [str(w.message) for w in caught]
+    assert len(msgs) == 2, msgs
+    assert msgs[0].startswith('image low (cort): 0 cells kept of 2 raw cells, best score 0.250: score threshold 0.3 '
+                              'for cort removed 2')
+    assert msgs[1].startswith('image tiny (cort): 0 cells kept of 1 raw cells') and 'minimum area 20 px removed 1' in msgs[1]
+    assert [len(out[k]) for k in ('g', 'low', 'tiny')] == [1, 0, 0]
+    assert out['g'].meta['postprocess']['removed_nms'] == 1
+    many = {f'e{k}': low for k in range(7)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        postprocess_all({**many, 'g': good}, cfgs, 'cort')
+    msgs = [str(w.message) for w in caught]
+    assert len(msgs) == 1 and msgs[0].startswith('7 of 8 images have no cell left after post-processing (e0, e1, e2')
+    assert '14 raw cells in all (0 image(s) had none); score thresholds (cort 0.3) removed 14' in msgs[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        postprocess_all({'low': low}, cfgs, 'cort', warn_empty=False)
+    assert caught == []
