@@ -339,10 +339,13 @@ class SartoriusData:
         sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            for k, (_, val) in enumerate(sgkf.split(np.zeros(len(m)), m['cell_type'], groups=groups)):
+            # split on the group names (sample id, or the image id of an image without one), as before: the
+            # splitter orders groups by their sorted labels, so a folder whose every image has a sample id keeps its folds
+            names = m['sample_id'].fillna(pd.Series(m.index, index=m.index)).to_numpy()
+            for k, (_, val) in enumerate(sgkf.split(np.zeros(len(m)), m['cell_type'], groups=names)):
                 fold[val] = k
         out = pd.DataFrame({'fold': fold, 'cell_type': m['cell_type'].to_numpy(), 'sample_id': m['sample_id'].to_numpy(),
-                            'group': m['sample_id'].fillna(pd.Series(m.index, index=m.index)).to_numpy()}, index=m.index)
+                            'group': names}, index=m.index)
         per = out.groupby('fold')['cell_type'].nunique()
         if (per < m['cell_type'].nunique()).any():
             raise ValueError(f"{self.csv}: StratifiedGroupKFold left a cell type out of fold(s) "
