@@ -31,6 +31,8 @@ Budget (`BUDGET`, `MASKRCNN`), about 2 CPU-hours for the whole run (`--jobs 2`: 
   cosine); about 0.6 CPU-s per iteration.
 - Otsu: the demo's classical baseline (`inference.threshold_predictor`), post-processed with the true cell type
   (its cells have no class).
+The LIVECell-stage model is predicted on the test split only and scored with the default post-processing (CPU: our
+Cellpose prediction with its SizeModel costs about 25 CPU-s per image here); the peer's masks are not tuned.
 Post-processing tuned on the tune split (`tune.tune`, what `cellseg tune` runs) against the defaults; the ensemble
 of ours (shipped) and Mask R-CNN tuned on the tune split (`ensemble.tune_ensemble`, what `cellseg tune-ensemble`
 runs) against the best single model; flip TTA for Mask R-CNN (`cellseg predict --tta`). With `--options`, Mask
@@ -39,7 +41,8 @@ boxes). Pseudo-labels are not measured (`cellseg pseudo-label` labels `train_sem
 The LIVECell-only rows of the earlier bench are dropped.
 
 Learning curves (`results/bench_real_curves.csv`): snapshots of the same runs (Cellpose `cellpose.save_every=20`,
-Mask R-CNN `--checkpoint_every 100`), each scored on the test split; a snapshot's CPU is the training process's
+the ones after 41 and 81 of the 160 epochs scored; Mask R-CNN `--checkpoint_every 100`, after 100, 200 and 400 of
+the 800 iterations), each scored on the test split, plus the final models; a snapshot's CPU is the training process's
 user + system CPU when the snapshot file appeared (read from /proc by a watcher thread). Cellpose snapshots are
 predicted at their `diam_labels` and scored as the network gives them (no SizeModel, no post-processing: ours and
 the peer alike); Mask R-CNN snapshots with the default post-processing.
@@ -70,7 +73,7 @@ SEED = 0
 BUDGET = dict(epochs=160, bsize=128, batch_size=8, nimg_per_epoch=8, diam_mean=17., size_epochs=10, save_every=20,
               livecell_epochs=40)
 MASKRCNN = dict(iters=800, batch_size=2, crop=256, checkpoint_every=100)
-CURVE_CELLPOSE = (20, 40, 80)          # snapshot epoch indices scored (cellpose's names: index + 1 epochs done) + the final
+CURVE_CELLPOSE = (40, 80)              # snapshot epoch indices scored (cellpose's names: index + 1 epochs done) + the final
 CURVE_MASKRCNN = (100, 200, 400)       # iterations scored + the final
 CHECK = dict(sizes=dict(train=2, tune=1, test=1), budget=dict(epochs=30, save_every=10, size_epochs=2),
              maskrcnn=dict(iters=40, checkpoint_every=20), curve_cellpose=(10,), curve_maskrcnn=(20,))
@@ -78,6 +81,7 @@ SEED_CV = {'Mask R-CNN': dict(cort=0.387, shsy5y=0.188, astro=0.191), 'Cellpose'
 NAMES = dict(otsu='Otsu baseline (true cell type)', peer='peer (cellpose train_seg + eval at diam_labels)',
              ours='ours (shipped: cellseg train cellpose, SizeModel)', ours_lc='ours + LIVECell stage (20 real images)',
              maskrcnn='Mask R-CNN (cellseg train maskrcnn, resnet18, scratch)')
+ENSEMBLE = 'ensemble ours + Mask R-CNN (tuned on the tune split)'
 OPTIONS = {'mr_scale15': ('Mask R-CNN, input scale 1.5', ['--scale', '1.5']),
            'mr_mask56': ('Mask R-CNN, 56 x 56 masks', ['--mask_size', '56']),
            'mr_anchors': ('Mask R-CNN, anchors from the train boxes', None)}      # None: computed from the split
@@ -157,11 +161,36 @@ def box_anchors(ids) -> list:
     "Anchor sizes from the train split's boxes: the 5/25/50/75/95th percentiles of sqrt(box area), px, increasing."
     from cellseg_nb.data import SartoriusData
     ds = SartoriusData(DATA)
-    b = np.concatenate([ds.instances(i).boxes() for i in ids])
+    b = np.concatenate([ds.instances(i).boxes for i in ids])
     side = np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
     a = [int(round(v)) for v in np.percentile(side, [5, 25, 50, 75, 95])]
     for k in range(1, len(a)): a[k] = max(a[k], a[k - 1] + 1)
     return a
+
+
+ANCHOR_SETS = {'library default (ModelConfig)': (8, 16, 32, 64, 128), 'small model (--small, demo)': (16, 32, 64, 128, 256)}
+
+
+def anchor_table(splits) -> pd.DataFrame:
+    """Mask R-CNN anchors against the train split's real boxes, per cell type (`maskrcnn.anchor_coverage`, native
+    scale, the small model's aspect ratios): the share of true boxes with an anchor at IoU >= 0.7 (the RPN's positive
+    threshold) and the median best IoU, for the library's default anchors, the small model's and the boxes' own
+    percentiles (`box_anchors`). No training: a measurement for the defaults (issue 17, section 4)."""
+    from cellseg_nb.data import SartoriusData
+    from cellseg_nb.maskrcnn import build_model, anchor_coverage
+    from cellseg_nb.pipeline import maskrcnn_demo_options
+    ds = SartoriusData(DATA)
+    sets = {**ANCHOR_SETS, 'from the train boxes (5/25/50/75/95th pct of sqrt area)': tuple(box_anchors(splits['train']))}
+    rows = []
+    for name, sizes in sets.items():
+        m = build_model(3, 'resnet18', **{**maskrcnn_demo_options(ds.image_shape), 'anchor_sizes': tuple(int(x) for x in sizes)})
+        for t in TYPES:                                   # one image at a time: boxes x anchors IoU of one image only
+            cov = pd.concat([anchor_coverage(m, ds.instances(i).boxes, ds.image_shape)
+                             for i in splits['train'] if ds.meta.cell_type[i] == t])
+            rows.append(dict(anchors=name, sizes=' '.join(map(str, sizes)), cell_type=t, boxes=len(cov),
+                             share_with_positive_anchor=round(float((cov.n_positive > 0).mean()), 3),
+                             median_best_iou=round(float(cov.best_iou.median()), 3)))
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- measured processes
@@ -291,7 +320,7 @@ def task_ours(cache, splits, budget, curve, livecell=False):
     res = dict(task=key, train_cpu_s=train_cpu, phases={k or 'unet': v for k, v in seen.items() if not k.startswith('cellpose')
                                                         or k == ''}, snapshots={})
     pred = load_predictor(cellpose=out / 'cellpose', device='cpu')
-    for split in ('test', 'tune'):
+    for split in (('test',) if livecell else ('test', 'tune')):      # the LIVECell row: defaults only (CPU)
         p, t = predict_split(pred, splits[split]); _save(cache, f'{key}_{split}', p); res[f'predict_cpu_s_{split}'] = t
     if not livecell:
         p, t = predict_split(unet_predictor(out / 'cellpose'), splits['test']); _save(cache, 'ours_unet_test', p)
@@ -313,7 +342,7 @@ def task_peer(cache, splits, budget, curve):
     train_cpu, seen = run_measured(cmd, cache / 'logs' / 'peer.log', watch)
     res = dict(task='peer', train_cpu_s=train_cpu, phases=dict(seen))
     pred = peer_predictor(out / 'models' / 'peer')
-    for split in ('test', 'tune'):
+    for split in ('test',):                                         # the peer's own output is not tuned
         p, t = predict_split(pred, splits[split]); _save(cache, f'peer_{split}', p); res[f'predict_cpu_s_{split}'] = t
     pts = [(f'epoch_{e:04d}', e + 1, seen[f'peer_epoch_{e:04d}'], out / 'models' / f'peer_epoch_{e:04d}')
            for e in curve if f'peer_epoch_{e:04d}' in seen]
@@ -436,7 +465,10 @@ class Scorer:
         return load_predictions(self.cache / 'preds' / f'{name}.csv')
     def post(self, preds, cfg=None, true_type=False):
         from cellseg_nb.inference import postprocess_all
-        return postprocess_all(preds, cfg, {i: self.types[i] for i in preds} if true_type else None)
+        # the type voted from the predicted labels (as `cellseg predict`); an image predicted empty has no labels to
+        # vote (load_predictions gives None): its true type there, which cannot change an empty result
+        return postprocess_all(preds, cfg, {i: self.types[i] if true_type or p.labels is None else None
+                                            for i, p in preds.items()})
     def tuned(self, name, true_type=False):
         "Post-processing settings tuned on the tune split's raw predictions of `name` (`tune.tune`, as `cellseg tune`)."
         from cellseg_nb.tune import tune
@@ -465,6 +497,7 @@ def build_tables(cache, splits, tasks: dict, budget, mr) -> tuple:
         if key not in tasks: continue
         raw = s.raw(f'{key}_test')
         add(NAMES[key], 'default post-processing', s.post(raw), tasks[key])
+        if key == 'ours_lc': continue                       # not predicted on the tune split (CPU): defaults only
         cfg = s.tuned(key)
         add(NAMES[key], 'tuned post-processing', s.post(raw, cfg), tasks[key]); single[key] = rows[-1]['mAP']
         if key == 'ours':
@@ -481,7 +514,7 @@ def build_tables(cache, splits, tasks: dict, budget, mr) -> tuple:
         ens = {i: ensemble({m: te[m][i] for m in te}, st) for i in splits['test']}
         t = dict(train_cpu_s=tasks['ours']['train_cpu_s'] + tasks['maskrcnn']['train_cpu_s'],
                  predict_cpu_s_test=tasks['ours']['predict_cpu_s_test'] + tasks['maskrcnn']['predict_cpu_s_test'])
-        add('ensemble ours + Mask R-CNN (tuned on the tune split)', 'choice per type: ' +
+        add(ENSEMBLE, 'choice per type: ' +
             ', '.join(f'{k} {v}' for k, v in sorted(st.choice.items())), ens, t)
     for key, (name, _) in OPTIONS.items():
         if key in tasks: add(name, 'default post-processing', s.post(s.raw(f'{key}_test')), tasks[key])
@@ -542,6 +575,11 @@ def table_markdown(table) -> str:
     from table import csv_markdown
     df = pd.read_csv(table, keep_default_na=False, na_values=['']) if isinstance(table, (str, os.PathLike)) else table
     out = csv_markdown(df, COLS)
+    expected = [NAMES[k] for k in ('otsu', 'peer', 'ours', 'ours_lc', 'maskrcnn')] + [ENSEMBLE]
+    missing = [m for m in expected if m not in set(df.model)]
+    if missing:
+        out = (f"**Partial run: no rows yet for {', '.join(missing)}** (the full run had not finished these tasks when "
+               "the table was made; `--cache` resumes it).\n\n" + out)
     tg = targets(df)
     if len(tg):
         tg = tg.assign(met=tg.met.map({True: 'yes', False: 'no'}))
