@@ -112,11 +112,12 @@ class CellposeConfig(Config):
     overlap: str = 'smaller'                # rule for overlapping training labels (`label_image`)
     SGD: bool = False                       # SGD instead of AdamW
     size_epochs: int = 10                   # SizeModel (diameter per image) epochs after the U-Net; 0: no SizeModel
+    save_every: int = 0                     # keep a U-Net snapshot every N epochs (<model>_epoch_NNNN); 0: none
 
     def train_options(self) -> dict:
         "Keyword arguments of `cpose.train_cellpose` (besides data, folders, device)."
         d = {k: getattr(self, k) for k in ('livecell_epochs', 'learning_rate', 'weight_decay', 'batch_size', 'bsize',
-                                           'nimg_per_epoch', 'min_train_masks', 'diam_mean', 'overlap', 'SGD')}
+                                           'nimg_per_epoch', 'min_train_masks', 'diam_mean', 'overlap', 'SGD', 'save_every')}
         return {'n_epochs': self.epochs, **d}
 
 @dataclass

@@ -231,7 +231,7 @@ def _write_json(path, obj):
     write_json(path, obj, indent=1, default=float)
 
 def _train_stage(net, ts: TrainingSet, out_dir: Path, name: str, n_epochs, learning_rate, weight_decay, batch_size,
-                 bsize, nimg_per_epoch, SGD, progress=True):
+                 bsize, nimg_per_epoch, SGD, progress=True, save_every: int = 0):
     from cellpose import train
     if len(ts) == 0: raise ValueError(f"train_cellpose: no training images left for {name!r} (all skipped: {ts.skipped[:5]})")
     work = Path(tempfile.mkdtemp(dir=out_dir, prefix=f'.{name}.'))
@@ -242,21 +242,23 @@ def _train_stage(net, ts: TrainingSet, out_dir: Path, name: str, n_epochs, learn
             path, losses, _ = train.train_seg(net, train_data=ts.images, train_labels=ts.labels, channels=list(_CHANNELS),
                 normalize=dict(_NORMALIZE), n_epochs=int(n_epochs), learning_rate=float(learning_rate),
                 weight_decay=float(weight_decay), batch_size=int(batch_size), bsize=int(bsize), SGD=bool(SGD),
-                nimg_per_epoch=nimg_per_epoch, min_train_masks=0, rescale=True, save_path=work, save_every=int(n_epochs) + 1,
-                model_name=name)
+                nimg_per_epoch=nimg_per_epoch, min_train_masks=0, rescale=True, save_path=work,
+                save_every=int(save_every) if save_every else int(n_epochs) + 1, save_each=bool(save_every), model_name=name)
         final = out_dir / name
         os.replace(path, final)
+        snaps = sorted(Path(path).parent.glob(f'{name}_epoch_*'))      # cellpose's names: after epoch index NNNN (0-based)
+        for f in snaps: os.replace(f, out_dir / f.name)
     finally: shutil.rmtree(work, ignore_errors=True)
     return final, dict(model=final.name, n_images=len(ts), skipped=list(map(str, ts.skipped)), n_epochs=int(n_epochs),
                        learning_rate=float(learning_rate), seconds=round(time.time() - t0, 2),
-                       losses=[round(float(x), 5) for x in losses])
+                       losses=[round(float(x), 5) for x in losses], snapshots=[f.name for f in snaps])
 
 def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pretrained_model=None,
                    n_epochs: int = _CP.epochs, livecell_epochs: int = _CP.livecell_epochs,
                    learning_rate: float = _CP.learning_rate, weight_decay: float = _CP.weight_decay,
                    batch_size: int = _CP.batch_size, bsize: int = _CP.bsize, nimg_per_epoch: int | None = _CP.nimg_per_epoch,
                    min_train_masks: int = _CP.min_train_masks, diam_mean: float = _CP.diam_mean, overlap: str = _CP.overlap,
-                   SGD: bool = _CP.SGD,
+                   SGD: bool = _CP.SGD, save_every: int = _CP.save_every,
                    model_name: str = 'cellpose', seed: int = 0, gpu: bool = False, progress: bool = True,
                    download: bool = False) -> Path:
     """Train a cellpose-3 U-Net and return the path of the saved model file `out_dir/model_name`.
@@ -270,7 +272,10 @@ def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pr
     `bsize`: training crop size; `nimg_per_epoch`: images drawn per epoch (default the training set size);
     `min_train_masks`: images with fewer cells are left out (and reported); `diam_mean`: the diameter the network
     sees cells at (from scratch only; a pretrained file keeps its own); `overlap`: rule of `label_image`.
-    `progress`: a bar per stage with epoch, loss and time left (`training_progress`).
+    `progress`: a bar per stage with epoch, loss and time left (`training_progress`). `save_every` > 0 keeps a
+    snapshot of the U-Net every `save_every` epochs of each stage, as cellpose's `train_seg(save_each=True)` names
+    it: `out_dir/{model_name}_epoch_NNNN` is the network after epoch index NNNN (0-based: NNNN + 1 epochs done), for
+    learning curves from one run (listed in the stage's `snapshots`).
     `out_dir` is created; the model file is `out_dir/model_name`, with `model_name.json` beside it."""
     import torch
     start, record = (None, None) if pretrained_model is None or pretrained_model is False else \
@@ -288,7 +293,7 @@ def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pr
     torch.manual_seed(seed); np.random.seed(seed)
     model = _cellpose_model(pre, diam_mean=diam_mean, gpu=gpu, mkldnn=False)
     kw = dict(learning_rate=learning_rate, weight_decay=weight_decay, batch_size=batch_size, bsize=bsize,
-              nimg_per_epoch=nimg_per_epoch, SGD=SGD, progress=progress)
+              nimg_per_epoch=nimg_per_epoch, SGD=SGD, progress=progress, save_every=save_every)
     stages = []
     if lc is not None:
         _, info = _train_stage(model.net, lc, out_dir, f'{model_name}_livecell', livecell_epochs, **kw)
@@ -300,7 +305,8 @@ def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pr
                 pretrained=record,
                 diam_mean=float(model.net.diam_mean.item()), overlap=overlap, min_train_masks=min_train_masks,
                 type_diameters=comp.type_diameters(), train_ids=list(map(str, comp.ids)), stages=stages,
-                settings=dict(bsize=bsize, batch_size=batch_size, nimg_per_epoch=nimg_per_epoch, SGD=SGD, seed=seed))
+                settings=dict(bsize=bsize, batch_size=batch_size, nimg_per_epoch=nimg_per_epoch, SGD=SGD, seed=seed,
+                              save_every=save_every))
     _write_json(out_dir / f'{model_name}.json', meta)
     return path
 
