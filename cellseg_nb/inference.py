@@ -274,7 +274,7 @@ def postprocess_all(raw: dict, config=None, cell_types: dict | str | None = None
     out, reports = {}, {}
     for iid, p in raw.items():
         ct = cell_types if isinstance(cell_types, str) or cell_types is None else cell_types.get(iid)
-        if ct is None and p.labels is None:
+        if ct is None and p.labels is None and len(p):
             raise ValueError(f"image {iid}: no cell type given and the prediction has no labels to vote one")
         x, reports[iid] = postprocess_report(p, ct, config)
         out[iid] = x.with_(meta={**x.meta, 'postprocess': reports[iid]})

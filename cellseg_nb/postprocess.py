@@ -414,10 +414,11 @@ def _steps(instances: Instances, cell_type, config, names):
     (`report`: see `postprocess_report`)."""
     if config is None: config = PostprocessConfigs()
     if isinstance(config, PostprocessConfigs):
-        if cell_type is None:
-            if instances.labels is None: raise ValueError("postprocess: pass cell_type (these Instances have no labels to vote)")
+        if cell_type is None and instances.labels is None and len(instances):
+            raise ValueError("postprocess: pass cell_type (these Instances have no labels to vote)")
+        if cell_type is None and instances.labels is not None:
             cell_type = image_cell_type(instances, names, default=next(iter(config)))
-        config = config[cell_type]
+        config = config[cell_type if cell_type is not None else next(iter(config))]   # no cell, no type: nothing to decide
     idx = np.arange(len(instances))
     x = instances
     has_scores = x.scores is not None

@@ -270,3 +270,20 @@ def test_postprocess_all_says_which_images_end_empty():
         warnings.simplefilter('always')
         postprocess_all({'low': low}, cfgs, 'cort', warn_empty=False)
     assert caught == []
+
+
+def test_empty_prediction_needs_no_cell_type(tmp_path):
+    "An image predicted with no cells has no labels once saved and read back; post-processing it needs no type."
+    import warnings
+    from cellseg_nb.inference import save_predictions, load_predictions, postprocess_all
+    save_predictions({'a': Instances.empty((20, 30), scores=True, labels=True)}, tmp_path / 'raw.csv')
+    raw = load_predictions(tmp_path / 'raw.csv')
+    assert raw['a'].labels is None and len(raw['a']) == 0
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        out = postprocess_all(raw)
+    assert len(out['a']) == 0 and out['a'].shape == (20, 30)
+    assert any('a' in str(x.message) for x in w)                                   # still reported as an empty image
+    cells = Instances.from_label_image(np.pad(np.ones((4, 4), np.int32), 3))
+    with pytest.raises(ValueError, match='no labels to vote'):
+        postprocess_all({'b': cells.with_(scores=np.ones(1, np.float32))})
