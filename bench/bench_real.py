@@ -20,7 +20,7 @@ Budget (`BUDGET`, `MASKRCNN`), about 2 CPU-hours for the whole run (`--jobs 2`: 
   the last 50 epochs decaying). About 2.5 CPU-s per step here.
   - ours: `python -m cellseg_nb.cli train cellpose --data <train split> --fold -1 ...` (the U-Net, then the
     SizeModel (10 epochs) and the per-type style centroids, all in its training CPU), predicted as `cellseg predict`
-    does (`predictors.load_predictor`: the SizeModel's diameter, the cell type from the style), post-processed with
+    does (`bundle.load_predictor`: the SizeModel's diameter, the cell type from the style), post-processed with
     the library defaults (`PostprocessConfigs()`, the type voted from the predicted labels, as `cellseg predict`);
   - peer: cellpose's documented usage (`CellposeModel(pretrained_model=False)`, `train.train_seg` with its own
     defaults otherwise, `CellposeModel.eval` at `diam_labels`), run as its own process; its masks scored as they are;
@@ -37,7 +37,10 @@ Post-processing tuned on the tune split (`tune.tune`, what `cellseg tune` runs) 
 of ours (shipped) and Mask R-CNN tuned on the tune split (`ensemble.tune_ensemble`, what `cellseg tune-ensemble`
 runs) against the best single model; flip TTA for Mask R-CNN (`cellseg predict --tta`). With `--options`, Mask
 R-CNN trained again with one setting changed (input scale 1.5, 56 x 56 masks, anchors from the train split's
-boxes). Pseudo-labels are not measured (`cellseg pseudo-label` labels `train_semi_supervised/`; left for later).
+boxes), and Mask R-CNN trained on the train split plus pseudo-labels (`cellseg pseudo-label` with the Mask R-CNN row's
+model on the folder's 85 unlabelled images (`unlabelled/` + `train_semi_supervised/`), then `cellseg train maskrcnn
+--pseudo_labels`; its training CPU counts the labelling, not the first model). Flip TTA is also predicted on the tune
+split, so that tuning on the TTA output can be compared with tuning on plain predictions for a TTA submission.
 The LIVECell-only rows of the earlier bench are dropped.
 
 Learning curves (`results/bench_real_curves.csv`): snapshots of the same runs (Cellpose `cellpose.save_every=20`,
@@ -87,7 +90,9 @@ NAMES = dict(otsu='Otsu baseline (true cell type)', peer='peer (cellpose train_s
 ENSEMBLE = 'ensemble ours + Mask R-CNN (tuned on the tune split)'
 OPTIONS = {'mr_scale15': ('Mask R-CNN, input scale 1.5', ['--scale', '1.5']),
            'mr_mask56': ('Mask R-CNN, 56 x 56 masks', ['--mask_size', '56']),
-           'mr_anchors': ('Mask R-CNN, anchors from the train boxes', None)}      # None: computed from the split
+           'mr_anchors': ('Mask R-CNN, anchors from the train boxes', None),      # None: computed from the split
+           'mr_pseudo': ('Mask R-CNN + pseudo-labels (unlabelled images, labelled by the Mask R-CNN row)', None)}
+UNLABELLED = ('unlabelled', 'train_semi_supervised')           # folders of DATA pseudo-labelled by the mr_pseudo option
 
 
 def cpu() -> float: return time.process_time()
@@ -132,6 +137,17 @@ def split_folder(root: Path, ids) -> Path:
     df[df.id.isin(keep)].to_csv(tmp / 'train.csv', index=False)
     for i in ids: os.symlink(DATA / 'train' / f'{i}.png', tmp / 'train' / f'{i}.png')
     os.replace(tmp, root)
+    return root
+
+
+def pseudo_folder(root: Path, ids) -> Path:
+    "`split_folder(root, ids)` plus `train_semi_supervised/` linking the real unlabelled images (`UNLABELLED`)."
+    if (root / 'train_semi_supervised').is_dir(): return root
+    split_folder(root, ids)
+    tmp = root / f'.semi.tmp{os.getpid()}'; shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
+    for sub in UNLABELLED:
+        for f in sorted((DATA / sub).glob('*.png')): os.symlink(f, tmp / f.name)
+    os.replace(tmp, root / 'train_semi_supervised')
     return root
 
 
@@ -310,7 +326,7 @@ def _curve(cache, model, points, ids, make_predictor, post=None, types=None) -> 
 
 def task_ours(cache, splits, budget, curve, livecell=False):
     _setup()
-    from cellseg_nb.predictors import load_predictor
+    from cellseg_nb.bundle import load_predictor
     key = 'ours_lc' if livecell else 'ours'
     out = cache / 'runs' / key; shutil.rmtree(out, ignore_errors=True)
     cmd = _cli('train', 'cellpose', '--data', split_folder(cache / 'data' / 'train', splits['train']), '--fold', '-1',
@@ -357,7 +373,7 @@ def task_peer(cache, splits, budget, curve):
 
 def task_maskrcnn(cache, splits, mr, curve, option=None):
     _setup()
-    from cellseg_nb.predictors import load_predictor
+    from cellseg_nb.bundle import load_predictor
     key = option or 'maskrcnn'
     out = cache / 'runs' / key; shutil.rmtree(out, ignore_errors=True)
     snaps = out / 'snapshots'
@@ -365,7 +381,21 @@ def task_maskrcnn(cache, splits, mr, curve, option=None):
                '--out', out, '--recipe', 'demo', '--small', '--iters', mr['iters'], '--batch_size', mr['batch_size'],
                '--checkpoint_every', mr['checkpoint_every'], '--val_every', 10 ** 9, '--device', 'cpu',
                '--set', f"augment.crop_size=[{mr['crop']}, {mr['crop']}]")
-    if option:
+    pseudo_cpu = 0.
+    if option == 'mr_pseudo':            # label the unlabelled images with the Mask R-CNN row's model, then train on both
+        base = cache / 'runs' / 'maskrcnn' / 'checkpoint.pt'
+        t0 = time.time()
+        while not (cache / 'tasks' / 'maskrcnn.json').is_file():          # the Mask R-CNN row runs beside this task
+            if (cache / 'tasks' / 'maskrcnn.failed').is_file() or time.time() - t0 > 4 * 3600:
+                raise RuntimeError("mr_pseudo needs the Mask R-CNN row's model, which did not finish")
+            time.sleep(10)
+        folder = pseudo_folder(cache / 'data' / 'train_pseudo', splits['train'])
+        out.mkdir(parents=True, exist_ok=True)
+        pseudo_cpu, _ = run_measured(_cli('pseudo-label', '--maskrcnn', base, '--data', folder, '--out', out.parent / 'mr_pseudo.csv',
+                                          '--device', 'cpu'), cache / 'logs' / 'mr_pseudo_label.log')
+        cmd[cmd.index('--data') + 1] = folder
+        cmd += ['--pseudo_labels', out.parent / 'mr_pseudo.csv']
+    elif option:
         extra = OPTIONS[option][1]
         cmd += extra if extra is not None else ['--set', f"model.anchor_sizes={box_anchors(splits['train'])}"]
     state = dict(mtime=None, n=0)
@@ -378,12 +408,13 @@ def task_maskrcnn(cache, splits, mr, curve, option=None):
                 snaps.mkdir(exist_ok=True); shutil.copy(f, snaps / f'iter_{it:05d}.pt')
         return [f'iter_{min(k * mr["checkpoint_every"], mr["iters"]):05d}' for k in range(1, state['n'] + 1)]
     train_cpu, seen = run_measured(cmd, cache / 'logs' / f'{key}.log', watch)
-    res = dict(task=key, train_cpu_s=train_cpu, phases=dict(seen))
+    res = dict(task=key, train_cpu_s=train_cpu + pseudo_cpu, phases=dict(seen, pseudo_label=pseudo_cpu))
     pred = load_predictor(maskrcnn=out / 'checkpoint.pt', device='cpu')
     for split in (('test',) if option else ('test', 'tune')):
         p, t = predict_split(pred, splits[split]); _save(cache, f'{key}_{split}', p); res[f'predict_cpu_s_{split}'] = t
     if not option:
         p, t = predict_split(pred, splits['test'], tta=True); _save(cache, 'maskrcnn_flip_test', p); res['predict_cpu_s_flip'] = t
+        p, _ = predict_split(pred, splits['tune'], tta=True); _save(cache, 'maskrcnn_flip_tune', p)   # tuning on TTA output
         pts = [(f'iter_{i:05d}', i, seen[f'iter_{i:05d}'], snaps / f'iter_{i:05d}.pt') for i in curve
                if (snaps / f'iter_{i:05d}.pt').is_file() and f'iter_{i:05d}' in seen]
         res['curve'] = _curve(cache, 'maskrcnn', pts, splits['test'], lambda p: load_predictor(maskrcnn=p, device='cpu'))
@@ -433,7 +464,9 @@ def run_tasks(names, jobs, cache: Path, splits, budget, mr, curves) -> dict:
             for n in todo: fn, args = _task_call(n, cache, splits, budget, mr, curves); futs[pool.submit(fn, *args)] = n
             for f in cf.as_completed(futs):
                 try: finish(futs[f], f.result())
-                except Exception as e: failed.append(futs[f]); print(f"FAILED: {futs[f]}: {e}", flush=True)
+                except Exception as e:
+                    failed.append(futs[f]); print(f"FAILED: {futs[f]}: {e}", flush=True)
+                    (cache / 'tasks' / f'{futs[f]}.failed').write_text(str(e))
     else:
         for n in todo:
             fn, args = _task_call(n, cache, splits, budget, mr, curves)
@@ -507,8 +540,12 @@ def build_tables(cache, splits, tasks: dict, budget, mr) -> tuple:
             add('ours, network alone at diam_labels (no SizeModel)', 'its own output', s.raw('ours_unet_test'), tasks[key],
                 'predict_cpu_s_unet', train=tasks[key]['phases'].get('unet', tasks[key]['train_cpu_s']))
         if key == 'maskrcnn':
-            add(NAMES[key] + ' + flip TTA', 'tuned post-processing', s.post(s.raw('maskrcnn_flip_test'), cfg), tasks[key],
-                'predict_cpu_s_flip')
+            flip = s.raw('maskrcnn_flip_test')
+            add(NAMES[key] + ' + flip TTA', 'default post-processing', s.post(flip), tasks[key], 'predict_cpu_s_flip')
+            add(NAMES[key] + ' + flip TTA', 'tuned post-processing', s.post(flip, cfg), tasks[key], 'predict_cpu_s_flip')
+            if (cache / 'preds' / 'maskrcnn_flip_tune.csv').is_file():      # tuned on the flip-TTA output itself
+                add(NAMES[key] + ' + flip TTA', 'tuned on flip-TTA predictions', s.post(flip, s.tuned('maskrcnn_flip')),
+                    tasks[key], 'predict_cpu_s_flip')
     if 'ours' in tasks and 'maskrcnn' in tasks:
         from cellseg_nb.ensemble import tune_ensemble, ensemble
         tr = {'maskrcnn': s.raw('maskrcnn_tune'), 'cellpose': s.raw('ours_tune')}

@@ -1,0 +1,142 @@
+"""The library's post-processing defaults measured on real images: the tune split of the real benchmark.
+
+Run after `bench/bench_real.py` (same `--cache`): `python bench/real_defaults.py --cache DIR [--write]`.
+
+Issue 17 section 4. Settings that hold across models are library defaults (`postprocess.DEFAULT_CONFIGS` and
+`PostprocessConfig`'s fields): the minimum area, the mask NMS IoU, the kept fraction after overlap removal and hole
+filling, per cell type. Score thresholds depend on a model's calibration and stay per model (`cellseg tune` on that
+model's own predictions); they are swept here only to show the calibration. Each setting is swept alone from the
+shipped defaults (the others kept), per cell type, for both trained models of the bench (our Cellpose and Mask
+R-CNN), on the raw predictions of the 18 tune images (6 per type) that `bench_real.py` cached, post-processed with the
+true cell type and scored with the competition metric (mean over the type's images). The value chosen for a type
+is the one with the best mean over the two models; the shipped value is kept unless the chosen one gains at least
+`MIN_GAIN` on that mean and loses on neither model (6 images per type are few: a smaller gain is noise).
+The settings so chosen are then scored on the 24 test images beside the shipped ones (the gain on data the choice
+never saw). Writes `results/real_defaults.csv` (the sweep), `results/real_defaults_chosen.csv` (per type and setting:
+shipped, best, chosen) and `results/real_defaults_test.csv` (shipped vs chosen on the test split, per model and type)
+with `--write`; prints them otherwise. CPU: about a minute.
+"""
+# not in CI
+# (it needs the real benchmark's cache: `bench/bench_real.py --cache DIR` first)
+import argparse, sys
+from pathlib import Path
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_real as B
+
+REPO = B.REPO
+MODELS = {'Cellpose (ours)': 'ours', 'Mask R-CNN': 'maskrcnn'}
+GRIDS = dict(min_area=(0, 25, 50, 75, 100, 150, 200, 300), nms_iou=(None, 0.3, 0.4, 0.5, 0.6, 0.7),
+             min_kept=(0.2, 0.35, 0.5, 0.65, 0.8), fill_holes=(False, True),
+             score_threshold=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9))
+LIBRARY = ('min_area', 'nms_iou', 'min_kept', 'fill_holes')         # settings that are library defaults
+MIN_GAIN = 0.005
+
+
+def type_scores(gt: dict, raw: dict, types: dict, cfgs) -> dict:
+    "Mean competition score per cell type of `raw` post-processed with `cfgs` (`PostprocessConfigs`), true types."
+    from cellseg_nb.metric import score_image
+    from cellseg_nb.postprocess import postprocess
+    s = pd.Series({i: score_image(gt[i], postprocess(raw[i], types[i], cfgs)) for i in gt})
+    t = pd.Series({i: types[i] for i in gt})
+    return s.groupby(t).mean().to_dict()
+
+
+def sweep(scorer, shipped) -> pd.DataFrame:
+    "One row per (setting, value, model, cell type): the tune split's mean score with that one setting changed."
+    rows = []
+    for model, key in MODELS.items():
+        raw = scorer.raw(f'{key}_tune')
+        for setting, grid in GRIDS.items():
+            for v in grid:
+                for ct in B.TYPES:
+                    cfg = shipped.replace(ct, **{setting: v})
+                    s = type_scores(scorer.gt['tune'], raw, scorer.types, cfg)[ct]
+                    rows.append(dict(setting=setting, value=str(v), model=model, cell_type=ct, tune_mAP=s,
+                                     shipped=str(getattr(shipped[ct], setting)) == str(v)))
+    return pd.DataFrame(rows)
+
+
+def choose(table: pd.DataFrame, shipped) -> pd.DataFrame:
+    "Per (setting, cell type): the shipped value, the best by the two models' mean, and the value chosen (`MIN_GAIN` rule)."
+    out = []
+    for (setting, ct), g in table[table.setting.isin(LIBRARY)].groupby(['setting', 'cell_type'], sort=False):
+        by = g.pivot_table(index='value', columns='model', values='tune_mAP', sort=False)
+        mean = by.mean(axis=1)
+        ship = str(getattr(shipped[ct], setting))
+        best = mean.idxmax()
+        gain = float(mean[best] - mean[ship])
+        keep_ship = gain < MIN_GAIN or (by.loc[best] < by.loc[ship]).any()
+        out.append(dict(setting=setting, cell_type=ct, shipped=ship, shipped_mAP=float(mean[ship]), best=best,
+                        best_mAP=float(mean[best]), gain=gain, chosen=ship if keep_ship else best,
+                        changed=not keep_ship))
+    return pd.DataFrame(out)
+
+
+def _parse(setting, v: str):
+    if setting == 'fill_holes': return v == 'True'
+    if setting == 'min_area': return int(v)
+    return None if v == 'None' else float(v)
+
+
+def chosen_configs(chosen: pd.DataFrame, shipped):
+    "The shipped `PostprocessConfigs` with every changed setting of `chosen` applied."
+    cfg = shipped
+    for r in chosen[chosen.changed].itertuples():
+        cfg = cfg.replace(r.cell_type, **{r.setting: _parse(r.setting, r.chosen)})
+    return cfg
+
+
+def test_gain(scorer, shipped, new) -> pd.DataFrame:
+    "Shipped vs chosen settings on the test split, per model and cell type (true types) and the mean over images."
+    rows = []
+    for model, key in MODELS.items():
+        raw = scorer.raw(f'{key}_test')
+        for name, cfg in (('shipped', shipped), ('chosen on real tune images', new)):
+            d = type_scores(scorer.gt['test'], raw, scorer.types, cfg)
+            n = pd.Series(scorer.types)[list(scorer.gt['test'])].value_counts()
+            rows.append(dict(model=model, settings=name, **{f'mAP {t}': d[t] for t in B.TYPES},
+                             mAP=sum(d[t] * n[t] for t in B.TYPES) / n.sum()))
+    return pd.DataFrame(rows)
+
+
+def calibration(scorer) -> pd.DataFrame:
+    "Score quantiles of each model's raw candidates on the tune split: why one threshold cannot serve both."
+    rows = []
+    for model, key in MODELS.items():
+        s = np.concatenate([p.scores for p in scorer.raw(f'{key}_tune').values() if p.scores is not None and len(p)])
+        rows.append(dict(model=model, candidates=len(s), **{f'q{q}': float(np.quantile(s, q / 100)) for q in (1, 10, 50, 90)},
+                         share_above_0_5=float((s >= 0.5).mean())))
+    return pd.DataFrame(rows)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--cache', required=True, help="bench_real.py's --cache folder (its run_* folder is found)")
+    ap.add_argument('--write', action='store_true', help='write results/real_defaults*.csv')
+    a = ap.parse_args(argv)
+    from cellseg_nb.postprocess import PostprocessConfigs
+    runs = sorted(Path(a.cache).glob('run_*'), key=lambda p: p.stat().st_mtime)
+    runs = [r for r in runs if all((r / 'preds' / f'{k}_{s}.csv').is_file() for k in MODELS.values() for s in ('tune', 'test'))]
+    if not runs: sys.exit(f"{a.cache}: no bench_real run with Cellpose and Mask R-CNN predictions of the tune and test splits")
+    cache = runs[-1]
+    scorer = B.Scorer(cache, B.load_splits())
+    shipped = PostprocessConfigs()
+    table = sweep(scorer, shipped)
+    chosen = choose(table, shipped)
+    test = test_gain(scorer, shipped, chosen_configs(chosen, shipped))
+    cal = calibration(scorer)
+    pd.set_option('display.width', 250)
+    print(chosen.round(4).to_string(index=False)); print(test.round(4).to_string(index=False)); print(cal.round(3).to_string(index=False))
+    if a.write:
+        from cellseg_nb.files import write_csv
+        for name, df in (('real_defaults', table), ('real_defaults_chosen', chosen), ('real_defaults_test', test),
+                         ('real_defaults_calibration', cal)):
+            write_csv(REPO / 'results' / f'{name}.csv', df.round(5))
+        print(f"wrote results/real_defaults*.csv from {cache}")
+
+
+if __name__ == '__main__':
+    main()
