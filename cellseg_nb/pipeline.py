@@ -559,6 +559,7 @@ def train_maskrcnn_run(recipe: Recipe, data: TrainData, out, resume: bool = Fals
         Recipe.from_dict(res.get('recipe') or res['competition']['recipe']).save(Path(out) / 'recipe.yaml')
     return {**res, 'log': log}
 
+# %% ../nbs/80_pipeline.ipynb 31
 def _cellpose_pseudo_set(data: TrainData, ds, ids, fold, n_folds, c):
     "The labelled training images `ids` of `ds` plus every pseudo-labelled image, as a cellpose `TrainingSet`."
     from cellseg_nb import cpose
