@@ -407,7 +407,13 @@ def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellse
     print_table(table, f"wrote {out}: {df.id.nunique()} of {len(ids)} images kept, {len(df)} cells")
 
 # %% ../nbs/90_cli.ipynb 35
-from .config import override_stages, resolve_recipe      # the recipe layers live in `config`
+def __getattr__(name):
+    """`cli.resolve_recipe` and `cli.override_stages` are `config`'s (the recipe layers live there), imported on first
+    use so that `cellseg --help` stays quick."""
+    if name in ('resolve_recipe', 'override_stages'):
+        from cellseg_nb import config
+        return getattr(config, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 def _train_data(data, livecell, livecell_types, pseudo_labels):
     """The `pipeline.TrainData` of `cellseg train maskrcnn|cellpose` from the options they share: the competition
@@ -470,7 +476,7 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
     recipe.yaml beside the checkpoint and inside it."""
     from cellseg_nb.pipeline import train_maskrcnn_run
     from cellseg_nb.maskrcnn_train import TimeBudget, TimeUp
-    from cellseg_nb.config import small_model
+    from cellseg_nb.config import small_model, resolve_recipe, override_stages
     from cellseg_nb.settings import parse_override
     td = _train_data(data, livecell, livecell_types, pseudo_labels)
     shape = td.image_shape                                     # the model works at the data's native resolution
@@ -520,6 +526,7 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
     checked on its val split). Settings: the recipe's `cellpose` group, then the flags given, then --set; the
     resolved recipe is printed and saved as recipe.yaml beside the model file."""
     from cellseg_nb.pipeline import train_cellpose_run
+    from cellseg_nb.config import resolve_recipe
     td = _train_data(data, livecell, livecell_types, pseudo_labels)
     r = resolve_recipe(recipe, given({'cellpose.livecell_epochs': livecell_epochs, 'cellpose.epochs': epochs,
                                       'cellpose.learning_rate': lr, 'cellpose.bsize': bsize,
