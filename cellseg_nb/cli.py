@@ -13,8 +13,8 @@ from fastcore.script import anno_parser, Param
 # %% auto 0
 __all__ = ['COMMANDS', 'command', 'print_table', 'main', 'kaggle_bundle', 'validate_submission_cmd', 'data_root',
            'read_any_predictions', 'evaluate_cmd', 'parse_models', 'inference_settings', 'parse_scales', 'predict_cmd',
-           'tune_cmd', 'tune_ensemble_cmd', 'bundle_cmd', 'pseudo_label_cmd', 'override_stages', 'resolve_recipe',
-           'given', 'train_maskrcnn_cmd', 'train_cellpose_cmd', 'demo_cmd']
+           'tune_cmd', 'tune_ensemble_cmd', 'bundle_cmd', 'pseudo_label_cmd', 'given', 'train_maskrcnn_cmd',
+           'train_cellpose_cmd', 'demo_cmd']
 
 # %% ../nbs/90_cli.ipynb 5
 COMMANDS = {}
@@ -179,7 +179,7 @@ def evaluate_cmd(pred: str,  # a submission CSV or raw predictions (cellseg pred
         print(f"\nper-image table: {out}")
     return ev.summary
 
-# %% ../nbs/90_cli.ipynb 15
+# %% ../nbs/90_cli.ipynb 17
 _MODEL_HELP = "a model by kind: KIND=PATH or NAME:KIND=PATH (kinds: maskrcnn, cellpose, or a plug-in's); repeatable"
 
 def parse_models(texts) -> dict:
@@ -238,6 +238,7 @@ def parse_scales(text: str | None) -> tuple | None:
         raise ValueError(f"--tta_scales {text!r}: expected comma-separated numbers > 0 such as 0.8,1,1.25")
     return scales
 
+# %% ../nbs/90_cli.ipynb 20
 @command('predict')
 def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cellseg train maskrcnn`
                 cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`, or a stock cellpose 3 model by name (livecell_cp3, cyto2, ...: from cellpose's folder, never downloaded)
@@ -281,6 +282,7 @@ def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cell
     if raw:
         save_predictions(raw_preds, raw); print(f"raw predictions: {raw}")
 
+# %% ../nbs/90_cli.ipynb 23
 @command('tune')
 def tune_cmd(raw: str,  # raw out-of-fold predictions of train images (`cellseg predict --fold K --raw FILE`)
              data: str = None,  # competition folder (default: $CELLSEG_DATA)
@@ -302,6 +304,7 @@ def tune_cmd(raw: str,  # raw out-of-fold predictions of train images (`cellseg 
     print(f"\nsettings: {out}")
     return res.summary
 
+# %% ../nbs/90_cli.ipynb 26
 def _floats(text, what) -> tuple:
     try: return tuple(float(x) for x in str(text).split(',') if x.strip())
     except ValueError: raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}") from None
@@ -345,6 +348,7 @@ def tune_ensemble_cmd(maskrcnn: str = None,  # raw OOF predictions of Mask R-CNN
     print(f"\nensemble settings: {out}")
     return res.summary
 
+# %% ../nbs/90_cli.ipynb 29
 @command('bundle')
 def bundle_cmd(out: str = 'cellseg_out/bundle',  # the bundle folder to write (replaced when it holds an earlier bundle)
                maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellseg train maskrcnn` (training state is left out)
@@ -370,7 +374,7 @@ def bundle_cmd(out: str = 'cellseg_out/bundle',  # the bundle folder to write (r
     print(f"\nupload: kaggle datasets create -p {path}    (then attach it to the kernel as cellseg-weights)")
     return path
 
-# %% ../nbs/90_cli.ipynb 16
+# %% ../nbs/90_cli.ipynb 32
 @command('pseudo-label')
 def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellseg train maskrcnn`
                      cellpose: str = None,  # Cellpose model file from `cellseg train cellpose`, or a stock cellpose 3 model by name (livecell_cp3, ...)
@@ -402,66 +406,42 @@ def pseudo_label_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint from `cellse
     table = df.groupby('cell_type').agg(images=('id', 'nunique'), cells=('id', 'size')) if len(df) else pd.DataFrame()
     print_table(table, f"wrote {out}: {df.id.nunique()} of {len(ids)} images kept, {len(df)} cells")
 
-# %% ../nbs/90_cli.ipynb 18
-def _livecell_plan(data, livecell, livecell_types):
-    """Where `cellseg train ... --livecell` trains: `(competition root or None, LIVECell root or None, lines or None)`.
-    With `--livecell` and neither `--data` nor `$CELLSEG_DATA`, the competition root is None: LIVECell alone."""
+# %% ../nbs/90_cli.ipynb 35
+def __getattr__(name):
+    """`cli.resolve_recipe` and `cli.override_stages` are `config`'s (the recipe layers live there), imported on first
+    use so that `cellseg --help` stays quick."""
+    if name in ('resolve_recipe', 'override_stages'):
+        from cellseg_nb import config
+        return getattr(config, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def _train_data(data, livecell, livecell_types, pseudo_labels):
+    """The `pipeline.TrainData` of `cellseg train maskrcnn|cellpose` from the options they share: the competition
+    folder (`--data`, else `$CELLSEG_DATA`; neither with `--livecell`: LIVECell alone), `--livecell` and its
+    `--livecell_types` (lines in any spelling), `--pseudo_labels` (needs the competition folder)."""
     from cellseg_nb.celltypes import livecell_types as _lines
+    from cellseg_nb.pipeline import TrainData
     lines = _lines(livecell_types) if livecell_types else None
     if livecell_types and not livecell: raise ValueError("--livecell_types needs --livecell (the LIVECell folder)")
-    if not livecell: return data_root(data), None, None
-    lc = Path(livecell)
-    if not lc.exists(): raise FileNotFoundError(f"LIVECell folder not found: {lc}")
-    root = data_root(data) if (data or os.environ.get('CELLSEG_DATA')) else None
-    return root, lc, lines
+    if not livecell: root, lc = data_root(data), None
+    else:
+        lc = Path(livecell)
+        if not lc.exists(): raise FileNotFoundError(f"LIVECell folder not found: {lc}")
+        root = data_root(data) if (data or os.environ.get('CELLSEG_DATA')) else None
+    if pseudo_labels and root is None: raise ValueError("--pseudo_labels needs the competition folder (--data or $CELLSEG_DATA)")
+    return TrainData(root, lc, lines, pseudo_labels)
 
-def override_stages(recipe, overrides, stages=('train', 'pretrain')):
-    """`recipe` with `overrides` applied (`{dotted key: value}` or a list of (key, value) pairs, later ones winning;
-    a value may be None). One rule for flags and `--set` alike: a `train.KEY` override also sets `pretrain.KEY` (the
-    LIVECell stage; iterations excepted) when the recipe has that stage, unless `pretrain.KEY` is itself overridden."""
-    items = list(overrides.items()) if isinstance(overrides, dict) else list(overrides)
-    given = {k for k, _ in items}
-    out = {}
-    for k, v in items:
-        out[k] = v
-        group, _, rest = k.partition('.')
-        if group == 'train' and rest != 'iterations':
-            for s in stages:
-                if s != 'train' and f'{s}.{rest}' not in given and getattr(recipe, s, None) is not None:
-                    out[f'{s}.{rest}'] = v
-    return recipe.merge(out) if out else recipe
-
-def resolve_recipe(recipe: str | None, flags: dict | None = None, sets=None, stages=('train', 'pretrain')):
-    """The run's `config.Recipe`: the named recipe or YAML file `recipe` (default 'default'), then the command's
-    flags that were given (`flags`: {dotted key: value}; only given flags are passed, and their value may be None,
-    e.g. `train.fold: None` for all images), then the `--set KEY=VALUE` texts `sets`: both through
-    `override_stages`, so `--lr 0.01` and `--set train.lr=0.01` train the same run."""
-    from cellseg_nb.config import get_recipe
-    from cellseg_nb.settings import parse_override
-    r = override_stages(get_recipe(recipe or 'default'), flags or {}, stages)
-    return override_stages(r, [parse_override(s) for s in (sets or [])], stages)
+def _fold(fold: int) -> int | None:
+    "`--fold` of a train command: -1 (any negative) means every image trains: fold None."
+    return None if fold < 0 else fold
 
 def given(flags: dict) -> dict:
     "The flags a user gave: those whose value is not None (a command's options default to None = not given)."
     return {k: v for k, v in flags.items() if v is not None}
 
-def _save_recipe(recipe, folder) -> Path:
-    "Write `recipe.yaml` into `folder` (beside the checkpoint or model file) and print the resolved recipe."
-    print(f"recipe {recipe.name}:\n" + '\n'.join('  ' + l for l in recipe.describe().splitlines()), flush=True)
-    return recipe.save(Path(folder) / 'recipe.yaml')
-
-def _pseudo_sources(root, pseudo_labels, fold, n_folds):
-    "(train source, validation source or None) with the pseudo-labelled images added to training only."
-    from cellseg_nb.pseudo import training_sources, PseudoLabelData, CombinedSource
-    from cellseg_nb.data import SartoriusData
-    if fold is not None: return training_sources(root, pseudo_labels, fold, n_folds)
-    data, pseudo = SartoriusData(root), PseudoLabelData(pseudo_labels, root)
-    clash = sorted(set(pseudo.ids) & set(data.ids))
-    if clash: raise ValueError(f"{pseudo_labels}: pseudo-labelled ids also in train.csv: {clash[:3]}")
-    return CombinedSource([(data, data.ids), (pseudo, pseudo.ids)]), None
-
 _SET_HELP = "override one recipe setting, e.g. --set train.lr=0.01 --set model.backbone=resnet18 (repeatable)"
 
+# %% ../nbs/90_cli.ipynb 38
 @command('train maskrcnn')
 def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSEG_DATA; none and --livecell: LIVECell alone)
                        out: str = 'runs/maskrcnn',  # run folder: checkpoint.pt, log.csv, recipe.yaml
@@ -494,75 +474,35 @@ def train_maskrcnn_cmd(data: str = None,  # competition folder (default: $CELLSE
     folder is given: the train settings on its train split, validated on its val split); runs under torchrun as DDP.
     Settings come from --recipe, then the flags given, then --set; the resolved recipe is printed, saved as
     recipe.yaml beside the checkpoint and inside it."""
-    from cellseg_nb.maskrcnn_train import train, transfer, livecell_dataset
-    from cellseg_nb.pipeline import resolve_device
-    from cellseg_nb.data import SartoriusData, LiveCellData
-    from cellseg_nb.config import small_model, Recipe
+    from cellseg_nb.pipeline import train_maskrcnn_run
+    from cellseg_nb.maskrcnn_train import TimeBudget, TimeUp
+    from cellseg_nb.config import small_model, resolve_recipe, override_stages
     from cellseg_nb.settings import parse_override
-    root, lc, lines = _livecell_plan(data, livecell, livecell_types)
-    if pseudo_labels and root is None: raise ValueError("--pseudo_labels needs the competition folder (--data or $CELLSEG_DATA)")
-    if root is not None: shape = SartoriusData(root).image_shape     # the model works at the data's native resolution
-    else:
-        hw = LiveCellData(lc, 'train', lines).meta[['height', 'width']]
-        shape = tuple(int(v) for v in hw.mode().iloc[0])
+    td = _train_data(data, livecell, livecell_types, pseudo_labels)
+    shape = td.image_shape                                     # the model works at the data's native resolution
     flags = given({'train.n_folds': n_folds, 'pretrain.iterations': livecell_iters, 'model.backbone': backbone,
                    'train.iterations': iters, 'train.batch_size': batch_size, 'train.lr': lr, 'train.optimizer': optimizer,
                    'train.warmup': warmup, 'model.scale': scale, 'model.mask_size': mask_size,
                    'train.val_every': val_every, 'train.checkpoint_every': checkpoint_every, 'model.arch': arch,
                    'pretrained.maskrcnn': weights, 'pretrained.download': True if download else None})
-    if fold is not None: flags['train.fold'] = None if fold < 0 else fold      # -1: every image trains (fold None)
+    if fold is not None: flags['train.fold'] = _fold(fold)
     r = resolve_recipe(recipe, {'model.min_size': min(shape), 'model.max_size': max(shape), **flags})
     if small:
         m = small_model(shape, r.model.scale, r.model.mask_size)
         r = r.merge({f'model.{k}': v for k, v in m.changed_options().items()})
     r = override_stages(r, [parse_override(s) for s in (set or [])])   # --set last: it wins over every flag
-    if lc is not None and root is not None and r.pretrain is None: r = r.merge({'pretrain': r.train.to_dict()})
-    if int(os.environ.get('RANK', '0')) == 0: _save_recipe(r, out)      # once under torchrun
-    dev = None if os.environ.get('LOCAL_RANK') else resolve_device(device)
-    from cellseg_nb.maskrcnn_train import TimeBudget, TimeUp
-    common = dict(weights=r.pretrained.maskrcnn, download=r.pretrained.download, resume=resume, device=dev, recipe=r,
-                  hooks=[TimeBudget(stop_after)] if stop_after is not None else [])
-    try: return _train_maskrcnn_run(r, root, lc, lines, out, pseudo_labels, common)
+    try: res = train_maskrcnn_run(r, td, out, resume=resume, device=device,
+                                  hooks=[TimeBudget(stop_after)] if stop_after is not None else [])
     except TimeUp as e:
         print(f"\nstopped: {e}", flush=True); return 75
-
-def _train_maskrcnn_run(r, root, lc, lines, out, pseudo_labels, common):
-    "The training of `train maskrcnn` (competition data, LIVECell first or alone, pseudo-labels) with the resolved recipe."
-    from cellseg_nb.maskrcnn_train import train, transfer, livecell_dataset
-    from cellseg_nb.config import Recipe
-    o = r.maskrcnn_options()
-    if pseudo_labels:
-        tr, va = _pseudo_sources(root, pseudo_labels, r.train.fold, r.train.n_folds)
-        print(f"pseudo-labels: {len(tr.ids)} training images ({sum(tr.is_pseudo(i) for i in tr.ids)} pseudo-labelled), "
-              f"{len(va.ids) if va is not None else 0} validation images (labelled only)")
-        root = (tr, va)
-    if lc is not None and root is None:
-        res = train(lc, out, livecell_dataset(lines), **common, **{**o, 'fold': 0})
-        log = res['log']
-    elif lc is not None:
-        res = transfer(root, out, lc, backbone=o['backbone'], model_options=o['model_options'], livecell_types=lines,
-                       pretrain={**r.stage_options('pretrain'), 'fold': 0}, finetune=r.stage_options('train'), **common)
-        log = res['competition']['log']
-    else:
-        res = train(root, out, **common, **o)
-        log = res['log']
-    if int(os.environ.get('RANK', '0')) == 0:          # recipe.yaml = what the checkpoint holds (norm, classes resolved)
-        Recipe.from_dict(res.get('recipe') or res['competition']['recipe']).save(Path(out) / 'recipe.yaml')
+    log = res['log']
     if log is not None and len(log):
         rows = log.tail(5).set_index('iteration')
         rows['lr'] = rows['lr'].map('{:.3g}'.format)          # 2e-05, not 0.000
         print_table(rows, 'last log rows')
     print(f"\ncheckpoint: {res['checkpoint']}")
 
-def _cellpose_training_set(ds, ids, pseudo_labels, root, fold, n_folds, c):
-    "The labelled training images `ids` of `ds` plus every pseudo-labelled image, as a cellpose `TrainingSet`."
-    from cellseg_nb import cpose
-    tr, _ = _pseudo_sources(root, pseudo_labels, fold, n_folds)
-    types = [tr.cell_type(i) if tr.is_pseudo(i) else str(ds.meta.cell_type[i]) for i in tr.ids]
-    print(f"pseudo-labels: {sum(tr.is_pseudo(i) for i in tr.ids)} pseudo-labelled images join the {len(ids)} labelled ones")
-    return cpose.TrainingSet.from_arrays([tr.image(i) for i in tr.ids], [tr.instances(i) for i in tr.ids], types, tr.ids,
-                                         c.overlap, c.min_train_masks)
-
+# %% ../nbs/90_cli.ipynb 41
 @command('train cellpose')
 def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSEG_DATA; none and --livecell: LIVECell alone)
                        out: str = 'runs/cellpose',  # folder for the model file (+ SizeModel, type files, recipe.yaml)
@@ -585,43 +525,17 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
     LIVECell first, or LIVECell alone when no competition folder is given: the epochs on its train split, diameters
     checked on its val split). Settings: the recipe's `cellpose` group, then the flags given, then --set; the
     resolved recipe is printed and saved as recipe.yaml beside the model file."""
-    from cellseg_nb import cpose
-    from cellseg_nb.data import SartoriusData, LiveCellData
-    from cellseg_nb.pipeline import resolve_device
-    root, lc, lines = _livecell_plan(data, livecell, livecell_types)
-    if pseudo_labels and root is None: raise ValueError("--pseudo_labels needs the competition folder (--data or $CELLSEG_DATA)")
+    from cellseg_nb.pipeline import train_cellpose_run
+    from cellseg_nb.config import resolve_recipe
+    td = _train_data(data, livecell, livecell_types, pseudo_labels)
     r = resolve_recipe(recipe, given({'cellpose.livecell_epochs': livecell_epochs, 'cellpose.epochs': epochs,
                                       'cellpose.learning_rate': lr, 'cellpose.bsize': bsize,
                                       'cellpose.size_epochs': 0 if no_size_model else None, 'pretrained.cellpose': pretrained,
                                       'pretrained.download': True if download else None}), set)
-    c = r.cellpose
-    lcd = None if lc is None else LiveCellData(lc, 'train', lines)
-    if root is None:                                   # LIVECell alone: train split, held-out = val split
-        ds, lcd = lcd, None
-        ids, held = ds.ids, LiveCellData(lc, 'val', lines)
-    else:
-        ds = SartoriusData(root)
-        ids = ds.ids if fold < 0 else ds.folds(n_folds).query('fold != @fold').index.tolist()
-        held = None if fold < 0 else ds
-    Path(out).mkdir(parents=True, exist_ok=True)
-    _save_recipe(r, out)
-    train_data = _cellpose_training_set(ds, ids, pseudo_labels, root, None if fold < 0 else fold, n_folds, c) \
-        if pseudo_labels else ds
-    gpu = resolve_device(device).startswith('cuda')
-    path = cpose.train_cellpose(train_data, out, ids=ids, livecell=lcd, pretrained_model=r.pretrained.cellpose, gpu=gpu,
-                                download=r.pretrained.download, **c.train_options())
-    print(f"model: {path}")
-    if c.size_epochs > 0:
-        sp = cpose.train_size_model(path, train_data, ids=ids, n_epochs=c.size_epochs, batch_size=c.batch_size, bsize=c.bsize,
-                                    overlap=c.overlap, min_train_masks=c.min_train_masks, gpu=gpu)
-        print(f"size model: {sp}")
-        if held is ds:
-            hid = ds.folds(n_folds).query('fold == @fold').index.tolist()
-            print_table(cpose.diameter_summary(cpose.compare_diameters(path, ds, hid)), f"diameters on fold {fold}")
-        elif held is not None and len(held):
-            print_table(cpose.diameter_summary(cpose.compare_diameters(path, held, held.ids)), "diameters on the LIVECell val split")
+    res = train_cellpose_run(r, td, out, fold=_fold(fold), n_folds=n_folds, device=device)
+    if res['diameters'] is not None: print_table(res['diameters'], f"diameters on {res['held_out']}")
 
-# %% ../nbs/90_cli.ipynb 20
+# %% ../nbs/90_cli.ipynb 44
 @command('demo')
 def demo_cmd(out: str = 'cellseg_out/demo',  # output folder (data, models, predictions, submission, report)
              recipe: str = None,  # recipe name (demo, quick, ...) or YAML file (default: demo; quick with --quick)
@@ -652,5 +566,5 @@ def demo_cmd(out: str = 'cellseg_out/demo',  # output folder (data, models, pred
     print(f"\nDemo finished in {res.times['total'] / 60:.1f} min. Everything is in {Path(out).resolve()}")
     return res.summary
 
-# %% ../nbs/90_cli.ipynb 22
+# %% ../nbs/90_cli.ipynb 46
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())

@@ -16,7 +16,7 @@ from .ensemble import EnsembleSettings
 
 # %% auto 0
 __all__ = ['RECIPES', 'ModelConfig', 'AugmentConfig', 'TrainConfig', 'CellposeConfig', 'PretrainedConfig', 'DemoConfig', 'Recipe',
-           'small_model', 'get_recipe']
+           'small_model', 'get_recipe', 'override_stages', 'resolve_recipe']
 
 # %% ../nbs/08_config.ipynb 6
 @dataclass
@@ -280,3 +280,30 @@ def get_recipe(name_or_path) -> Recipe:
         r = Recipe.load(p)
         return r if r.name != 'custom' else r.replace(name=str(p))
     raise ConfigError(f"unknown recipe {s!r}: expected one of {list(RECIPES)} or a YAML file")
+
+# %% ../nbs/08_config.ipynb 17
+def override_stages(recipe: Recipe, overrides, stages=('train', 'pretrain')) -> Recipe:
+    """`recipe` with `overrides` applied (`{dotted key: value}` or a list of (key, value) pairs, later ones winning;
+    a value may be None). One rule for flags and `--set` alike: a `train.KEY` override also sets `pretrain.KEY` (the
+    LIVECell stage; iterations excepted) when the recipe has that stage, unless `pretrain.KEY` is itself overridden."""
+    items = list(overrides.items()) if isinstance(overrides, dict) else list(overrides)
+    given = {k for k, _ in items}
+    out = {}
+    for k, v in items:
+        out[k] = v
+        group, _, rest = k.partition('.')
+        if group == 'train' and rest != 'iterations':
+            for s in stages:
+                if s != 'train' and f'{s}.{rest}' not in given and getattr(recipe, s, None) is not None:
+                    out[f'{s}.{rest}'] = v
+    return recipe.merge(out) if out else recipe
+
+def resolve_recipe(recipe: str | Path | Recipe | None, flags: dict | None = None, sets=None,
+                   stages=('train', 'pretrain')) -> Recipe:
+    """The run's `Recipe`: the named recipe or YAML file `recipe` (default 'default'), then the command's
+    flags that were given (`flags`: {dotted key: value}; only given flags are passed, and their value may be None,
+    e.g. `train.fold: None` for all images), then the `--set KEY=VALUE` texts `sets`: both through
+    `override_stages`, so `--lr 0.01` and `--set train.lr=0.01` train the same run. ConfigError naming the key for
+    an unknown key or a value of the wrong type."""
+    r = override_stages(get_recipe(recipe or 'default'), flags or {}, stages)
+    return override_stages(r, [parse_override(s) for s in (sets or [])], stages)

@@ -122,16 +122,19 @@ class CombinedSource:
         return count_cells(self._of[id], [id])
     def is_pseudo(self, id) -> bool: return isinstance(self._of[id], PseudoLabelData)
 
-def training_sources(root, pseudo_csv, fold: int = 0, n_folds: int = 5, seed: int = 0) -> tuple:
+def training_sources(root, pseudo_csv, fold: int | None = 0, n_folds: int = 5, seed: int = 0) -> tuple:
     """`(train_source, val_source)` for `maskrcnn_train.train`: training = the labelled images outside fold `fold`
     of `SartoriusData(root).folds(n_folds, seed)` (grouped by sample_id) + every image of `pseudo_csv`;
-    validation = the labelled images of `fold` only."""
+    validation = the labelled images of `fold` only. `fold=None`: every labelled image trains, `val_source` is None."""
     data = SartoriusData(root)
-    folds = data.folds(n_folds, seed)['fold']
-    val = [i for i in data.ids if folds[i] == fold]
-    if not val: raise ValueError(f"{root}: fold {fold} has no images")
+    if fold is None: train_ids, val = data.ids, None
+    else:
+        folds = data.folds(n_folds, seed)['fold']
+        val = [i for i in data.ids if folds[i] == fold]
+        if not val: raise ValueError(f"{root}: fold {fold} has no images")
+        train_ids = [i for i in data.ids if folds[i] != fold]
     pseudo = PseudoLabelData(pseudo_csv, root)
     clash = sorted(set(pseudo.ids) & set(data.ids))
     if clash: raise ValueError(f"{pseudo_csv}: pseudo-labelled ids also in train.csv: {clash[:3]}")
-    train = CombinedSource([(data, [i for i in data.ids if folds[i] != fold]), (pseudo, pseudo.ids)])
-    return train, CombinedSource([(data, val)])
+    train = CombinedSource([(data, train_ids), (pseudo, pseudo.ids)])
+    return train, None if val is None else CombinedSource([(data, val)])
