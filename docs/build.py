@@ -19,7 +19,8 @@ mkdocs-jupyter renders the notebooks with their outputs. Steps:
    `readme.GUIDE`) the Guide section and `docs/facts.md` the facts page; their links, relative paths that work on
    GitHub, are rewritten for the site (`fix_links`);
 4. `mkdocs build --strict` writes `build/site/` (plain .html files, so the site also opens from disk).
-Prints the build time and the number of pages.
+Prints the build time and the number of pages. `python docs/build.py --no-execute` skips step 2 (a quick build to
+check pages, links and navigation; the executed pages then lack their figures).
 """
 import ast, inspect, json, os, re, shutil, subprocess, sys, time
 from concurrent.futures import ProcessPoolExecutor

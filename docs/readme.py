@@ -59,7 +59,7 @@ def block_home(name) -> Path:
     start = markers(name)[0]
     found = [p for p in block_sources() if p.is_file() and start in p.read_text()]
     if len(found) != 1:
-        where = ', '.join(str(p.relative_to(ROOT)) for p in (found or block_sources()))
+        where = ', '.join(os.path.relpath(p, ROOT) for p in (found or block_sources()))
         raise ValueError(f"{'no' if not found else 'more than one'} {start} marker in {where}")
     return found[0]
 
@@ -111,12 +111,19 @@ def set_block(name, text, path=None) -> Path:
     return path
 
 
+def unlinked_guide(text) -> list:
+    "Pages of the user guide that are missing from docs/ or that the README's `text` does not link to."
+    return [f'docs/{g}.md' for g in GUIDE if not (DOCS / f'{g}.md').is_file() or f'](docs/{g}.md' not in text]
+
+
 def main(check=False):
     text = readme_text()
     if check:
         if README.read_text() != text:
             sys.exit("README.md is out of sync with nbs/index.ipynb: run `python docs/readme.py` and commit both")
-        print("README.md is in sync with nbs/index.ipynb")
+        if unlinked_guide(text):
+            sys.exit(f"README.md must link every page of the user guide, and each must exist: {unlinked_guide(text)}")
+        print(f"README.md is in sync with nbs/index.ipynb and links the {len(GUIDE)} pages of the user guide")
         return
     tmp = README.with_suffix('.md.tmp'); tmp.write_text(text); os.replace(tmp, README)
     print(f"wrote {README.relative_to(ROOT)} from {INDEX.relative_to(ROOT)}")
