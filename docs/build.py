@@ -111,11 +111,12 @@ def exported_docs(src, module):
     return out
 
 
-def fix_links(text):
+def fix_links(text, md_to_html=False):
     """Links that work in the repository (nbs/X.ipynb, docs/facts.md, docs/guide_X.md from the README or a notebook;
     ../README.md from a page of docs/) made to work on the site, where they are all in one folder and the README is
     index.md; backticks dropped from headings (mkdocs-jupyter's table of contents and nbconvert's heading ids
-    disagree on them)."""
+    disagree on them). `md_to_html`: links to the site's Markdown pages point at their .html (a notebook's links are
+    not rewritten by mkdocs, a Markdown page's are)."""
     lines, fence = text.split('\n'), False
     for i, l in enumerate(lines):
         if l.lstrip().startswith('```'): fence = not fence
@@ -123,6 +124,7 @@ def fix_links(text):
     text = '\n'.join(lines)
     text = re.sub(r'\]\((?:\.\./)?docs/([\w-]+\.md)', r'](\1', text)
     text = re.sub(r'\]\((?:\.\./)?README\.md', '](index.md', text)
+    if md_to_html: text = re.sub(r'\]\(([\w-]+)\.md([#)])', r'](\1.html\2', text)
     return re.sub(r'\]\((?:\.\./)?nbs/([\w-]+)\.ipynb', r'](\1.ipynb', text)
 
 
@@ -140,7 +142,7 @@ def prepare(nb_path: Path):
         if c['cell_type'] == 'markdown' and mod and src.startswith(f'# {mod[0]}\n'):
             src = f'# cellseg_nb.{mod[0]}' + src[len(mod[0]) + 2:]     # the module's page title (and a unique anchor)
         if c['cell_type'] == 'markdown':
-            out.append(md_cell(fix_links(src))); continue
+            out.append(md_cell(fix_links(src, md_to_html=True))); continue
         if c['cell_type'] != 'code': continue
         d = directives(src)
         if 'hide' in d or 'default_exp' in d and not strip_directives(src): continue

@@ -133,6 +133,8 @@ def test_fix_links():
     assert build.fix_links('[a](nbs/20_eda.ipynb) [b](docs/facts.md)') == '[a](20_eda.ipynb) [b](facts.md)'
     assert build.fix_links('[g](docs/guide_data.md#livecell) [h](../README.md#set-up) [i](../nbs/24_x.ipynb) [f](facts.md)') \
         == '[g](guide_data.md#livecell) [h](index.md#set-up) [i](24_x.ipynb) [f](facts.md)'
+    assert build.fix_links('[g](../docs/guide_data.md#x) [f](../docs/facts.md) [n](20_eda.ipynb)', md_to_html=True) \
+        == '[g](guide_data.html#x) [f](facts.html) [n](20_eda.ipynb)'
     assert build.fix_links('## The `x` command\n```\n# `y`\n```') == '## The x command\n```\n# `y`\n```'
 
 
