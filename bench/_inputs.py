@@ -88,8 +88,8 @@ RESULTS = __import__('pathlib').Path(__file__).resolve().parent / 'results'
 
 
 def save_results(name, rows, meta=None):
-    """Write a full run's rows (list of dicts) to `bench/results/<name>.json` (temp name, then rename): the README's
-    benchmark table is made from these files by `python bench/table.py`. `--check` runs write nothing."""
+    """Write a full run's rows (list of dicts) to `bench/results/<name>.json` (temp name, then rename): the speed
+    benchmark table of `docs/guide_benchmarks.md` is made from these files by `python bench/table.py`. `--check` runs write nothing."""
     import json, os, platform
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f'{name}.json'

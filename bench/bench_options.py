@@ -213,7 +213,7 @@ def evaluate_all(root, demo, work, iters, out_csv, max_images=None, only=None):
     return df
 
 def table_markdown(csv=REPO / 'results' / 'bench_options.csv') -> str:
-    "The README's options table (Markdown) from `results/bench_options.csv` (a path or its DataFrame)."
+    "The options table of `docs/guide_benchmarks.md` (Markdown) from `results/bench_options.csv` (a path or its DataFrame)."
     from table import csv_markdown
     return csv_markdown(csv, ['option', 'group', 'mAP', 'AP@0.5', 'AP@0.75', 'AP@0.9', 'CPU-s', 'passes', 'train_iters'])
 
@@ -228,7 +228,7 @@ def main(argv=None):
     ap.add_argument('--out', default=str(REPO / 'results' / 'bench_options.csv'))
     ap.add_argument('--only', default=None, choices=('test-time', 'training'), help='evaluate these rows only (no CSV written)')
     ap.add_argument('--max_images', type=int, default=None, help='a smoke run: at most this many tuning and test images')
-    ap.add_argument('--readme', action='store_true', help="only rewrite the README's options table from --out, then exit")
+    ap.add_argument('--readme', action='store_true', help="only rewrite the options table of docs/guide_benchmarks.md from --out, then exit")
     a = ap.parse_args(argv)
     if a.readme:
         sys.path.insert(0, str(REPO / 'docs'))

@@ -54,7 +54,7 @@ Tasks (one per trained model) run `--jobs` at a time; with `--cache DIR` every f
 predictions of the tune and test splits) is kept there, a rerun reuses it and only re-scores, so re-scoring and
 tuning never retrain. Writes `results/bench_real.csv` (one row per model: AP@0.5, AP@0.75, AP@0.9, mAP, mAP per
 cell type, train CPU-s, predict CPU-s per image, cells predicted and true) and `results/bench_real_curves.csv`;
-`--readme` rewrites the README table. `--check` (CI, about 5 minutes and 8 CPU-minutes on 2 cores, 2 jobs): 2 / 1 / 1
+`--readme` rewrites its table in `docs/guide_benchmarks.md`. `--check` (CI, about 5 minutes and 8 CPU-minutes on 2 cores, 2 jobs): 2 / 1 / 1
 images per type, 30 epochs and 40 Mask R-CNN iterations, everything in a temporary folder (nothing committed is written), exits 1 when
 ours (shipped) is below the peer on the mean. Every figure is CPU time (user + sys), not wall time: the machine may
 be shared.
@@ -611,7 +611,7 @@ def seed_cv(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def table_markdown(table) -> str:
-    "The README's block (Markdown) from `results/bench_real.csv` (a path or its DataFrame): results, targets, seed CV."
+    "The block of `docs/guide_benchmarks.md` (Markdown) from `results/bench_real.csv` (a path or its DataFrame): results, targets, seed CV."
     from table import csv_markdown
     df = pd.read_csv(table, keep_default_na=False, na_values=['']) if isinstance(table, (str, os.PathLike)) else table
     out = csv_markdown(df, COLS)
@@ -638,7 +638,7 @@ def main(argv=None):
     ap.add_argument('--options', action='store_true', help='also the Mask R-CNN training options (3 more trainings)')
     ap.add_argument('--no-livecell', action='store_true', help='leave out the LIVECell-stage Cellpose')
     ap.add_argument('--check', action='store_true', help='small split and budget, temporary folder; exit 1 when ours < peer')
-    ap.add_argument('--readme', action='store_true', help='also rewrite the README table (nbs/index.ipynb, README.md)')
+    ap.add_argument('--readme', action='store_true', help='also rewrite the table of the user guide (docs/guide_benchmarks.md)')
     ap.add_argument('--out', default=str(REPO / 'results' / 'bench_real.csv'))
     ap.add_argument('--curves', default=str(REPO / 'results' / 'bench_real_curves.csv'))
     ap.add_argument('--tables-only', action='store_true', help='no training: the tables from the tasks the cache holds (a partial run)')

@@ -1,20 +1,19 @@
-"""The README's benchmark table, made from the benchmarks' own output files: `python bench/table.py`.
+"""The speed benchmark table of the user guide (`docs/guide_benchmarks.md`), made from the benchmarks' own output files: `python bench/table.py`.
 
 Reads `bench/results/bench_*.json` (written by each benchmark's full run, e.g. `python bench/bench_metric.py`),
-rewrites the table between the `bench-table` markers of `nbs/index.ipynb`, then regenerates README.md from the
-notebook (`docs/readme.py`). A benchmark without a results file keeps its current rows (the table says so).
+rewrites the table between the `bench-table` markers (`docs/readme.py` finds the page that holds them, now
+`docs/guide_benchmarks.md`), then regenerates README.md from its notebook (`docs/readme.py`). A benchmark without a results file keeps its current rows (the table says so).
 """
 import json, re, sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT, RESULTS = BENCH.parent, BENCH / 'results'
-INDEX = ROOT / 'nbs' / 'index.ipynb'
 HEAD = "| what | ours | peer (same inputs, same run) | ratio | script |\n|---|---|---|---|---|"
 
 
 def csv_markdown(csv, cols) -> str:
-    "A README table (Markdown) of columns `cols` of a results CSV (a path or its DataFrame), rounded as the README shows."
+    "A docs table (Markdown) of columns `cols` of a results CSV (a path or its DataFrame), rounded as the README shows."
     import os
     import pandas as pd
     from cellseg_nb.pipeline import markdown_table
@@ -98,9 +97,9 @@ def table(old_table: str) -> str:
 def main():
     sys.path.insert(0, str(ROOT / 'docs'))
     import readme
-    readme.set_block('bench-table', table(readme.block('bench-table')))
+    page = readme.set_block('bench-table', table(readme.block('bench-table')))
     readme.main()
-    print(f"benchmark table rewritten in {INDEX.relative_to(ROOT)} from {RESULTS.relative_to(ROOT)}/")
+    print(f"benchmark table rewritten in {page.relative_to(ROOT)} from {RESULTS.relative_to(ROOT)}/")
 
 
 if __name__ == '__main__':

@@ -15,9 +15,12 @@ mkdocs-jupyter renders the notebooks with their outputs. Steps:
    clone when it is there (CI has it); every other notebook runs with `CELLSEG_DATA` unset (its synthetic toy
    scale). Without real data the two run on the synthetic twin and say so at their top. `build/executed.json`
    records the data, seconds and CPU-seconds of each executed notebook (`check_site.py` reads it);
-3. `nbs/index.ipynb` (the README's source) becomes the home page and `docs/facts.md` the facts page;
+3. `nbs/index.ipynb` (the README's source) becomes the home page, the user guide's pages (`docs/guide_*.md`,
+   `readme.GUIDE`) the Guide section and `docs/facts.md` the facts page; their links, relative paths that work on
+   GitHub, are rewritten for the site (`fix_links`);
 4. `mkdocs build --strict` writes `build/site/` (plain .html files, so the site also opens from disk).
-Prints the build time and the number of pages.
+Prints the build time and the number of pages. `python docs/build.py --no-execute` skips step 2 (a quick build to
+check pages, links and navigation; the executed pages then lack their figures).
 """
 import ast, inspect, json, os, re, shutil, subprocess, sys, time
 from concurrent.futures import ProcessPoolExecutor
@@ -33,7 +36,7 @@ SHARED_DATA = ROOT.parent / 'shared' / 'realdata' / 'sartorius_train405'
 SKIP_FLAGS = {'slow', 'gpu', 'notest'}
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
-from readme import cell_markdown
+from readme import cell_markdown, GUIDE
 
 
 def _src(cell): return ''.join(cell['source']) if isinstance(cell['source'], list) else cell['source']
@@ -108,15 +111,20 @@ def exported_docs(src, module):
     return out
 
 
-def fix_links(text):
-    """Links that work in the repository (nbs/X.ipynb, docs/facts.md) made to work on the site; backticks dropped
-    from headings (mkdocs-jupyter's table of contents and nbconvert's heading ids disagree on them)."""
+def fix_links(text, md_to_html=False):
+    """Links that work in the repository (nbs/X.ipynb, docs/facts.md, docs/guide_X.md from the README or a notebook;
+    ../README.md from a page of docs/) made to work on the site, where they are all in one folder and the README is
+    index.md; backticks dropped from headings (mkdocs-jupyter's table of contents and nbconvert's heading ids
+    disagree on them). `md_to_html`: links to the site's Markdown pages point at their .html (a notebook's links are
+    not rewritten by mkdocs, a Markdown page's are)."""
     lines, fence = text.split('\n'), False
     for i, l in enumerate(lines):
         if l.lstrip().startswith('```'): fence = not fence
         elif not fence and re.match(r'#{1,6} ', l): lines[i] = l.replace('`', '')
     text = '\n'.join(lines)
-    text = re.sub(r'\]\((?:\.\./)?docs/facts\.md', '](facts.md', text)
+    text = re.sub(r'\]\((?:\.\./)?docs/([\w-]+\.md)', r'](\1', text)
+    text = re.sub(r'\]\((?:\.\./)?README\.md', '](index.md', text)
+    if md_to_html: text = re.sub(r'\]\(([\w-]+)\.md([#)])', r'](\1.html\2', text)
     return re.sub(r'\]\((?:\.\./)?nbs/([\w-]+)\.ipynb', r'](\1.ipynb', text)
 
 
@@ -134,7 +142,7 @@ def prepare(nb_path: Path):
         if c['cell_type'] == 'markdown' and mod and src.startswith(f'# {mod[0]}\n'):
             src = f'# cellseg_nb.{mod[0]}' + src[len(mod[0]) + 2:]     # the module's page title (and a unique anchor)
         if c['cell_type'] == 'markdown':
-            out.append(md_cell(fix_links(src))); continue
+            out.append(md_cell(fix_links(src, md_to_html=True))); continue
         if c['cell_type'] != 'code': continue
         d = directives(src)
         if 'hide' in d or 'default_exp' in d and not strip_directives(src): continue
@@ -205,7 +213,8 @@ def mkdocs_yml(pages):
     "mkdocs.yml for the build: the committed base config plus the navigation."
     flow = [p for p in pages if p[:2].isdigit() and 20 <= int(p[:2]) < 80]       # the workflow notebooks 20-24
     lib = [p for p in pages if p not in flow]                                      # library: 00-19, 80 pipeline, 90 cli
-    nav = ['  - Home: index.md', '  - Facts: facts.md', '  - Library:'] + [f'    - {p}: {p}.ipynb' for p in lib]
+    nav = ['  - Home: index.md', '  - Guide:'] + [f'    - {title}: {g}.md' for g, title in GUIDE.items()]
+    nav += ['  - Facts: facts.md', '  - Library:'] + [f'    - {p}: {p}.ipynb' for p in lib]
     nav += ['  - Workflow:'] + [f'    - {p}: {p}.ipynb' for p in flow]
     base = (Path(__file__).parent / 'mkdocs.base.yml').read_text()
     return base.replace('{docs_dir}', str(SRC)).replace('{site_dir}', str(SITE)) + '\nnav:\n' + '\n'.join(nav) + '\n'
@@ -217,7 +226,8 @@ def main():
     SRC.mkdir(parents=True)
     index = json.loads((NBS / 'index.ipynb').read_text())
     (SRC / 'index.md').write_text(fix_links('\n\n'.join(t for t in map(cell_markdown, index['cells']) if t)) + '\n')
-    shutil.copy(Path(__file__).parent / 'facts.md', SRC / 'facts.md')
+    for page in ['facts', *GUIDE]:
+        (SRC / f'{page}.md').write_text(fix_links((Path(__file__).parent / f'{page}.md').read_text()))
     pages = []
     for p in sorted(NBS.glob('[0-9]*.ipynb')):
         (SRC / p.name).write_text(json.dumps(prepare(p), indent=1, ensure_ascii=False))

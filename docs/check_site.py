@@ -4,6 +4,8 @@ Needs Debian's `chromium` (`apt-get install chromium`; .ci/run installs it). Ser
 localhost, then:
 - every internal link and resource (href/src of a, img, link, script) of every page points at a file of the site,
   and every `#fragment` of a link to a page exists in that page;
+- the user guide's pages (`readme.GUIDE`, `docs/guide_*.md`) exist, are in the navigation of every page, and are
+  linked from the home page;
 - headless Chromium opens every page; a script added to the served copy records, after the page's `load` event,
   how many images it holds and which did not load (`complete` with a natural width of 0): none may fail;
 - the pages in SHOTS must hold figures (at least one image of an executed cell), and get a screenshot scrolled to
@@ -13,12 +15,14 @@ localhost, then:
   (build/executed.json).
 Exits 1 with the list of problems, prints a summary otherwise.
 """
-import functools, html, http.server, json, re, shutil, socketserver, subprocess, sys, tempfile, threading, time
+import functools, html, http.server, json, os, re, shutil, socketserver, subprocess, sys, tempfile, threading, time
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit, unquote
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from readme import GUIDE
 SITE, SHOTS_DIR = ROOT / 'build' / 'site', ROOT / 'build' / 'screenshots'
 SHOTS = ('20_eda', '16_analysis', '23_inference_analysis')
 DATA_PAGES = ('20_eda', '23_inference_analysis')
@@ -41,12 +45,19 @@ window.addEventListener('load', function () {
 
 
 class Links(HTMLParser):
-    "Collects the href/src of links and resources, and the ids, of one HTML page."
+    """Collects the href/src of links and resources, and the ids, of one HTML page; also the hrefs of its navigation
+    (links of class `md-nav__link`) and of its content (links inside `<article>`)."""
     def __init__(self):
-        super().__init__(); self.urls, self.ids = [], set()
+        super().__init__(); self.urls, self.ids, self.nav, self.content, self._article = [], set(), set(), set(), 0
+    def handle_endtag(self, tag):
+        if tag == 'article': self._article -= 1
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        if tag == 'article': self._article += 1
         if 'id' in a: self.ids.add(a['id'])
+        if tag == 'a' and a.get('href'):
+            if 'md-nav__link' in (a.get('class') or '').split(): self.nav.add(a['href'])
+            if self._article: self.content.add(a['href'])
         if tag == 'a' and 'name' in a: self.ids.add(a['name'])
         for k in ('href', 'src'):
             if a.get(k) and tag in ('a', 'img', 'link', 'script', 'source'): self.urls.append((tag, a[k]))
@@ -74,6 +85,21 @@ def check_links(site: Path) -> list:
             elif u.fragment and target.suffix == '.html' and tag == 'a':
                 ids = pages[target].ids if target in pages else parse(target).ids
                 if unquote(u.fragment) not in ids: problems.append(f"{name} -> no #{u.fragment} in {target.name}")
+    return problems
+
+
+def check_guide(site: Path, guide=GUIDE) -> list:
+    "Pages of the user guide `guide` missing from the site, from the navigation of a page, or from the home page's links."
+    problems = [f"{g}.html: missing (a page of the user guide)" for g in guide if not (site / f'{g}.html').exists()]
+    for page in sorted(site.rglob('*.html')):
+        if page.name == '404.html': continue
+        links = parse(page)
+        rel = lambda g: Path(os.path.relpath(site / f'{g}.html', page.parent)).as_posix()
+        missing = [g for g in guide if rel(g) not in links.nav]
+        if missing: problems.append(f"{page.relative_to(site)}: not in its navigation: {', '.join(missing)}")
+        if page == site / 'index.html':
+            unlinked = [g for g in guide if not any(urlsplit(u).path == rel(g) for u in links.content)]
+            if unlinked: problems.append(f"index.html: the home page does not link to {', '.join(unlinked)}")
     return problems
 
 
@@ -112,7 +138,7 @@ def check_data_pages(site: Path, executed: dict) -> list:
 def main():
     if not (SITE / 'index.html').exists(): sys.exit(f"check_site: {SITE} has no index.html: run python docs/build.py")
     t0 = time.time()
-    problems = check_links(SITE)
+    problems = check_links(SITE) + check_guide(SITE)
     ex = ROOT / 'build' / 'executed.json'
     executed = json.loads(ex.read_text()) if ex.exists() else {}
     problems += check_data_pages(SITE, executed)
@@ -147,8 +173,8 @@ def main():
         print(f"check_site: {len(problems)} problem(s):\n" + '\n'.join(problems)); sys.exit(1)
     n_img = sum(s['n'] for s in stats.values()); n_fig = sum(s['figures'] for s in stats.values())
     ran = ', '.join(f"{n} on {executed.get(n, {}).get('data')} data" for n in DATA_PAGES)
-    print(f"check_site: {len(pages)} pages opened in Chromium, {n_img} images loaded ({n_fig} figures), no broken "
-          f"internal link; {ran}; screenshots: {', '.join(str((SHOTS_DIR / f'{s}.png').relative_to(ROOT)) for s in SHOTS)} "
+    print(f"check_site: {len(pages)} pages opened in Chromium ({len(GUIDE)} of them the user guide, in every page's "
+          f"navigation), {n_img} images loaded ({n_fig} figures), no broken internal link; {ran}; screenshots: {', '.join(str((SHOTS_DIR / f'{s}.png').relative_to(ROOT)) for s in SHOTS)} "
           f"({time.time() - t0:.0f} s)")
 
 

@@ -1,6 +1,6 @@
 """The competitor's path through the `cellseg` command on a tiny synthetic competition folder:
 train maskrcnn -> predict --fold (raw OOF) -> tune -> evaluate -> predict the test images -> validate-submission;
-train cellpose; and the README's path to Kaggle in its own commands: train both -> predict OOF with each ->
+train cellpose; and the user guide's path to Kaggle (docs/guide_prediction.md) in its own commands: train both -> predict OOF with each ->
 tune-ensemble -> bundle -> predict --bundle -> the Kaggle kernel on the bundle. Tiny settings: the point is the
 wiring, files and tables, not the scores."""
 import json, shutil
@@ -127,7 +127,7 @@ def test_cellpose_train_command(cellpose_model):
 
 
 def test_train_tune_bundle_kernel(comp, maskrcnn_ckpt, cellpose_model, tmp_path, capsys, monkeypatch):
-    """The README's path in its own commands: OOF predictions of each model -> tune-ensemble -> bundle ->
+    """The user guide's Kaggle path (docs/guide_prediction.md) in its own commands: OOF predictions of each model -> tune-ensemble -> bundle ->
     predict --bundle, which equals the same models and settings applied in this process, and the Kaggle kernel on the
     bundle, which writes the same submission. Tuned ensemble weights change the submission."""
     from cellseg_nb.ensemble import EnsembleSettings

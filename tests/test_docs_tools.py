@@ -1,5 +1,6 @@
-"The docs and benchmark tooling: README in sync with index.ipynb, API docs in the site, link check, bench discovery."
-import json, sys
+"""The docs and benchmark tooling: README in sync with index.ipynb, a short README whose links to the user guide work,
+marker blocks in the README and the guide pages, API docs in the site, link check, bench discovery."""
+import json, re, sys
 from pathlib import Path
 import pytest
 
@@ -10,6 +11,52 @@ import readme, check_site, check_all
 
 def test_readme_is_generated_from_index():
     assert (ROOT / 'README.md').read_text() == readme.readme_text(), "run python docs/readme.py"
+
+
+def github_anchor(heading):
+    "The anchor GitHub gives a Markdown heading: lower case, punctuation but - and _ dropped, spaces to -."
+    return re.sub(r'[^\w\- ]', '', heading.strip().lower()).replace(' ', '-')
+
+
+def headings(md):
+    "The headings of a Markdown text, outside fenced code."
+    out, fence = [], False
+    for l in md.split('\n'):
+        if l.lstrip().startswith('```'): fence = not fence
+        elif not fence and re.match(r'#{1,6} ', l): out.append(l.lstrip('#').strip())
+    return out
+
+
+def local_links(md):
+    "The relative links of a Markdown text (no scheme), as (path, fragment); links inside fenced code left out."
+    text = re.sub(r'```.*?```', '', md, flags=re.S)
+    return [(u.split('#')[0], u.split('#')[1] if '#' in u else '') for u in re.findall(r'\]\(([^)\s]+)\)', text)
+            if not re.match(r'[a-z]+:', u)]
+
+
+def test_readme_is_short_and_every_guide_page_it_links_exists():
+    """README.md is the front page (under 200 lines); it links every guide page; every relative link of the README and
+    of the guide pages points at a file of the repository, and every #anchor at a heading of the page it names."""
+    text = (ROOT / 'README.md').read_text()
+    assert len(text.splitlines()) < 200, f"README.md has {len(text.splitlines())} lines: move sections to docs/guide_*.md"
+    assert readme.unlinked_guide(text) == []
+    pages = [ROOT / 'README.md'] + [ROOT / 'docs' / f'{g}.md' for g in readme.GUIDE]
+    for page in pages:
+        for path, frag in local_links(page.read_text()):
+            target = (page.parent / path).resolve() if path else page
+            assert target.is_file(), f"{page.relative_to(ROOT)}: link to {path}: no such file"
+            if frag and target.suffix == '.md':
+                assert frag in map(github_anchor, headings(target.read_text())), \
+                    f"{page.relative_to(ROOT)}: link to {path}#{frag}: no such heading"
+    linked = {(ROOT / p).resolve() for p, _ in local_links(text)}
+    assert {ROOT / 'docs' / f'{g}.md' for g in readme.GUIDE} <= linked
+
+
+def test_code_written_blocks_are_where_their_scripts_write():
+    "Each block is in exactly one page: the demo table in the README's notebook, the benchmark tables in the guide."
+    bench = ROOT / 'docs' / 'guide_benchmarks.md'
+    assert readme.block_home('demo-table') == readme.INDEX
+    for name in ('options-table', 'real-bench-table', 'bench-table'): assert readme.block_home(name) == bench, name
 
 
 def test_readme_demo_table_is_the_demo_results():
@@ -43,6 +90,24 @@ def test_marker_blocks_round_trip(tmp_path):
     with pytest.raises(ValueError, match='no <!-- u:start --> marker'): readme.block('u', p)
 
 
+def test_marker_blocks_in_markdown_pages(tmp_path, monkeypatch):
+    "set_block finds and rewrites a block in a guide page (a Markdown file) as in the notebook; one home per block."
+    nb = dict(cells=[dict(cell_type='markdown', metadata={}, source='<!-- n:start -->\nx\n<!-- n:end -->')],
+              metadata={}, nbformat=4, nbformat_minor=5)
+    (tmp_path / 'i.ipynb').write_text(json.dumps(nb))
+    (tmp_path / 'guide_a.md').write_text('# A\n\n<!-- t:start -->\nold\n<!-- t:end -->\n\nafter\n')
+    monkeypatch.setattr(readme, 'INDEX', tmp_path / 'i.ipynb'); monkeypatch.setattr(readme, 'DOCS', tmp_path)
+    monkeypatch.setattr(readme, 'GUIDE', {'guide_a': 'A', 'guide_b': 'B'})
+    assert readme.block_home('t') == tmp_path / 'guide_a.md' and readme.block_home('n') == tmp_path / 'i.ipynb'
+    assert readme.block('t') == 'old'
+    assert readme.set_block('t', '| y |\n|---|') == tmp_path / 'guide_a.md'
+    assert (tmp_path / 'guide_a.md').read_text() == '# A\n\n<!-- t:start -->\n| y |\n|---|\n<!-- t:end -->\n\nafter\n'
+    assert readme.block('n') == 'x' and sorted(p.name for p in tmp_path.iterdir()) == ['guide_a.md', 'i.ipynb']
+    with pytest.raises(ValueError, match='no <!-- u:start --> marker'): readme.set_block('u', 'z')
+    (tmp_path / 'guide_b.md').write_text('<!-- t:start -->\n<!-- t:end -->\n')
+    with pytest.raises(ValueError, match='more than one <!-- t:start --> marker'): readme.block('t')
+
+
 def test_readme_code_cells_and_outputs(tmp_path):
     nb = dict(cells=[dict(cell_type='markdown', metadata={}, source='# T\n\ntext'),
                      dict(cell_type='code', metadata={}, source='#| hide\nx = 1', outputs=[]),
@@ -66,7 +131,28 @@ def test_api_docs_follow_exported_cells():
 def test_fix_links():
     import build
     assert build.fix_links('[a](nbs/20_eda.ipynb) [b](docs/facts.md)') == '[a](20_eda.ipynb) [b](facts.md)'
+    assert build.fix_links('[g](docs/guide_data.md#livecell) [h](../README.md#set-up) [i](../nbs/24_x.ipynb) [f](facts.md)') \
+        == '[g](guide_data.md#livecell) [h](index.md#set-up) [i](24_x.ipynb) [f](facts.md)'
+    assert build.fix_links('[g](../docs/guide_data.md#x) [f](../docs/facts.md) [n](20_eda.ipynb)', md_to_html=True) \
+        == '[g](guide_data.html#x) [f](facts.html) [n](20_eda.ipynb)'
     assert build.fix_links('## The `x` command\n```\n# `y`\n```') == '## The x command\n```\n# `y`\n```'
+
+
+def test_guide_pages_are_in_the_navigation(tmp_path):
+    """The site's navigation holds every guide page (build.mkdocs_yml), and check_site flags a page whose navigation
+    or home page lacks one."""
+    import build
+    yml = build.mkdocs_yml(['00_instances', '20_eda'])
+    assert all(f'- {title}: {g}.md' in yml for g, title in readme.GUIDE.items())
+    nav = lambda *gs: ''.join(f'<a href="{g}.html" class="md-nav__link">{g}</a>' for g in gs)
+    guide, tmp = {'guide_a': 'A', 'guide_b': 'B'}, tmp_path
+    (tmp / 'index.html').write_text(nav('guide_a', 'guide_b') + '<article><a href="guide_a.html#x">a</a></article>')
+    (tmp / 'guide_a.html').write_text(nav('guide_a', 'guide_b'))
+    (tmp / 'guide_b.html').write_text(nav('guide_a'))
+    assert check_site.check_guide(tmp, guide) == ['guide_b.html: not in its navigation: guide_b',
+                                                  'index.html: the home page does not link to guide_b']
+    (tmp / 'guide_b.html').unlink()
+    assert 'guide_b.html: missing (a page of the user guide)' in check_site.check_guide(tmp, guide)
 
 
 def test_link_check_finds_broken_links(tmp_path):
