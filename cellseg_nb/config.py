@@ -281,7 +281,7 @@ def get_recipe(name_or_path) -> Recipe:
         return r if r.name != 'custom' else r.replace(name=str(p))
     raise ConfigError(f"unknown recipe {s!r}: expected one of {list(RECIPES)} or a YAML file")
 
-# %% ../nbs/08_config.ipynb 17
+# %% ../nbs/08_config.ipynb 19
 def override_stages(recipe: Recipe, overrides, stages=('train', 'pretrain')) -> Recipe:
     """`recipe` with `overrides` applied (`{dotted key: value}` or a list of (key, value) pairs, later ones winning;
     a value may be None). One rule for flags and `--set` alike: a `train.KEY` override also sets `pretrain.KEY` (the

@@ -5,10 +5,10 @@ mkdocs-jupyter renders the notebooks with their outputs. Steps:
 1. every notebook of `nbs/` is copied to `build/docs_src/`; in library notebooks (those with `#| default_exp`),
    each exported function and class gets its signature and docstring (what nbdev's `show_doc` gives) in a
    Markdown cell right after the cell that defines it; nbdev directive lines and `#| hide` cells are dropped;
-2. the notebooks in `EXECUTE` (the workflow notebooks 20-24 and the analysis notebook 16, where the figures and
-   tables are the point) are executed, as `nbdev_test` runs them (cells flagged slow / gpu / notest skipped, each
-   notebook in its own process, two at a time); the library notebooks are their tests, already run by
-   `nbdev_test`, and are shown as source. Executing at build time keeps the committed notebooks output-free (small
+2. every numbered notebook (`EXECUTE`: the library notebooks, whose examples and tests then show what they print,
+   a recipe table or a `--help`, and the workflow notebooks 20-24, where the figures and tables are the point) is
+   executed, as `nbdev_test` runs them (cells flagged slow / gpu / notest skipped, each notebook in its own
+   process, two at a time). Executing at build time keeps the committed notebooks output-free (small
    diffs, no stale figures, no merge conflicts in outputs, and no figure of a competition image in the
    repository: those exist only in the built site). The notebooks in `REAL_DATA` (the EDA and the analysis) run
    on the real competition folder: `$CELLSEG_DATA`, else `../shared/realdata/sartorius_train405` beside the
@@ -29,8 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NBS, BUILD = ROOT / 'nbs', ROOT / 'build'
 SRC, SITE = BUILD / 'docs_src', BUILD / 'site'
-EXECUTE = ('16_analysis', '20_eda', '21_train_maskrcnn', '22_train_cellpose', '23_inference_analysis',
-           '24_what_the_winners_did')
+EXECUTE = tuple(p.stem for p in sorted(NBS.glob('[0-9]*.ipynb')))     # every numbered notebook, library ones too
 REAL_DATA = ('20_eda', '23_inference_analysis')      # executed on the real competition folder when there is one
 SHARED_DATA = ROOT.parent / 'shared' / 'realdata' / 'sartorius_train405'
 SKIP_FLAGS = {'slow', 'gpu', 'notest'}

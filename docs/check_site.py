@@ -10,6 +10,8 @@ localhost, then:
   how many images it holds and which did not load (`complete` with a natural width of 0): none may fail;
 - the pages in SHOTS must hold figures (at least one image of an executed cell), and get a screenshot scrolled to
   their first figure: build/screenshots/<page>.png (CI artifacts);
+- the library pages in PRINTS were executed and one of their cell outputs holds the given text (a recipe table,
+  a `--help`);
 - the pages in DATA_PAGES (the EDA and the analysis) must say which data they ran on ("This page ran on: real
   competition images" or "...: the synthetic twin"), and it must be the data `build.py` gave them
   (build/executed.json).
@@ -27,6 +29,23 @@ SITE, SHOTS_DIR = ROOT / 'build' / 'site', ROOT / 'build' / 'screenshots'
 SHOTS = ('20_eda', '16_analysis', '23_inference_analysis')
 DATA_PAGES = ('20_eda', '23_inference_analysis')
 RAN_ON = {'real': 'This page ran on: real competition images', 'synthetic': 'This page ran on: the synthetic twin'}
+PRINTS = {'08_config': 'quick', '90_cli': 'usage: cellseg predict'}   # library pages: text only their executed output holds
+
+
+def check_printed(site: Path, executed: dict, prints=PRINTS) -> list:
+    "Library pages that were not executed by build.py, or whose page lacks the text of `prints` in a cell output."
+    problems = []
+    for name, text in prints.items():
+        f = site / f'{name}.html'
+        if name not in executed: problems.append(f"{name}.html: not executed by build.py (no entry in build/executed.json)")
+        elif not f.is_file(): problems.append(f"{name}.html: missing")
+        else:
+            page = f.read_text()                     # each output: from its opening tag to the next cell's input
+            outs = [re.split(r'jp-InputArea|jp-Cell ', page[m.end():m.end() + 200_000], maxsplit=1)[0]
+                    for m in re.finditer(r'<div[^>]*class="[^"]*jp-OutputArea-output[^"]*"[^>]*>', page)]
+            if not any(text in html.unescape(re.sub('<[^>]+>', '', o)) for o in outs):
+                problems.append(f"{name}.html: no cell output shows {text!r} (the examples were not executed?)")
+    return problems
 PROBE = """<script>
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
@@ -141,7 +160,7 @@ def main():
     problems = check_links(SITE) + check_guide(SITE)
     ex = ROOT / 'build' / 'executed.json'
     executed = json.loads(ex.read_text()) if ex.exists() else {}
-    problems += check_data_pages(SITE, executed)
+    problems += check_data_pages(SITE, executed) + check_printed(SITE, executed)
     pages = sorted(p.relative_to(SITE).as_posix() for p in SITE.rglob('*.html') if p.name != '404.html')
     with tempfile.TemporaryDirectory() as d:
         copy = Path(d) / 'site'; shutil.copytree(SITE, copy)

@@ -204,3 +204,16 @@ def test_docs_build_gives_real_data_to_the_eda_and_analysis_only(monkeypatch, tm
     monkeypatch.delenv('CELLSEG_DATA')
     monkeypatch.setattr(build, 'SHARED_DATA', tmp_path / 'none')
     assert build.real_data_folder() is None
+
+
+def test_library_pages_must_show_their_executed_output(tmp_path):
+    "check_site flags a library page that was not executed, or whose cell outputs lack the text it must print."
+    out = '<div class="jp-RenderedText jp-OutputArea-output" data-mime-type="text/plain"><pre>usage: cellseg predict [-h]</pre></div>'
+    src = '<div class="jp-InputArea">usage: cellseg predict</div>'
+    (tmp_path / 'a.html').write_text(out); (tmp_path / 'b.html').write_text(src)
+    prints = {'a': 'usage: cellseg predict', 'b': 'usage: cellseg predict'}
+    assert check_site.check_printed(tmp_path, {'a': {}, 'b': {}}, prints) == [
+        "b.html: no cell output shows 'usage: cellseg predict' (the examples were not executed?)"]
+    assert check_site.check_printed(tmp_path, {'b': {}}, {'a': 'usage'})[0].startswith('a.html: not executed')
+    import build
+    assert set(check_site.PRINTS) <= set(build.EXECUTE) and '08_config' in build.EXECUTE and '90_cli' in build.EXECUTE
