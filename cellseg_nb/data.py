@@ -117,12 +117,11 @@ def check_class_names(names, what: str = 'class_names') -> tuple:
 def class_names_of(source, what: str | None = None) -> tuple:
     """The class names of a data source (`source.class_names`, label k <-> `class_names[k - 1]`), checked by
     `check_class_names`. ValueError naming the source (or `what`) when it has none or they are malformed."""
-    what = what or repr(source)
     names = getattr(source, 'class_names', None)
     if names is None:
-        raise ValueError(f"{what}: the data source has no class_names; give the names its labels stand for "
-                         f"(label k is class_names[k - 1]), e.g. ArraySource(images, instances, class_names=['cell'])")
-    return check_class_names(names, what)
+        raise ValueError(f"{what or repr(source)}: the data source has no class_names; give the names its labels stand "
+                         f"for (label k is class_names[k - 1]), e.g. ArraySource(images, instances, class_names=['cell'])")
+    return check_class_names(names, what or type(source).__name__)
 
 def count_cells(source: DataSource, ids=None) -> int:
     "Total number of annotated cells of `ids` (default: all) of `source`: `n_cells` where the source has it, else decoded."

@@ -147,7 +147,7 @@ def open_source(root, dataset='competition', fold=0, n_folds=5):
     from cellseg_nb.data import class_names_of
     if isinstance(root, tuple) or not isinstance(root, (str, os.PathLike)):
         src, vsrc = root if isinstance(root, tuple) else (root, None)
-        names = class_names_of(src, f"training source {src!r}")
+        names = class_names_of(src)
         if vsrc is not None and getattr(vsrc, 'class_names', None) is not None and tuple(vsrc.class_names) != names:
             raise ValueError(f"validation source {vsrc!r}: class_names {list(vsrc.class_names)} differ from the training "
                              f"source's {list(names)}")
