@@ -124,6 +124,11 @@ def test_custom_classes_reach_the_model_checkpoint_bundle_and_postprocessing(two
     out = postprocess(raw)
     assert out.meta['cell_type'] == NAMES[int(np.argmax(votes)) - 1]
     assert out.to_rles() == postprocess(raw, out.meta['cell_type'], PostprocessConfig()).to_rles()
+    # ... also after a round trip through a raw predictions CSV, with the bundle's post-processing
+    from cellseg_nb.inference import save_predictions, load_predictions, postprocess_all
+    back = load_predictions(save_predictions({'0': raw}, tmp_path / 'raw.csv'))['0']
+    assert back.meta['classes'] == list(NAMES)
+    assert postprocess_all({'0': back}, got.postprocess, warn_empty=False)['0'].meta['cell_type'] == out.meta['cell_type']
     pred = load_predictor(bundle=b, device='cpu')
     pred.model.roi_heads.score_thresh = 0.0
     assert pred(two_class.image('0')).meta['classes'] == list(NAMES)
