@@ -125,7 +125,10 @@ def write_bundle(out, maskrcnn=None, cellpose=None, postprocess=None, ensemble=N
     (its models must be the bundle's); `cv_scores`: a dict (or JSON text / file) recorded in the manifest; `data`:
     the competition folder the models were trained on (its `data_fingerprint` is recorded); `dataset_id` / `title`:
     the Kaggle data set; `inference`: the predictor's test-time passes (`InferenceSettings` or a YAML path; default
-    none), used wherever the bundle predicts. Returns `out`."""
+    none), used wherever the bundle predicts. The manifest's `classes` records each model's class names (`ModelKind.classes`:
+    a Mask R-CNN checkpoint's, taken from its training data); without `postprocess` and `ensemble`, the
+    post-processing is the defaults of those classes (`PostprocessConfigs.for_classes`: the competition's for
+    competition models), and a given post-processing may name only those classes or the competition types. Returns `out`."""
     from cellseg_nb.inference import InferenceSettings
     from cellseg_nb.postprocess import PostprocessConfigs
     from cellseg_nb.ensemble import EnsembleSettings
@@ -141,10 +144,11 @@ def write_bundle(out, maskrcnn=None, cellpose=None, postprocess=None, ensemble=N
     if ensemble is not None and sorted(ensemble.models) != sorted(named):
         raise ValueError(f"ensemble settings need {'both models' if len(ensemble.models) == 2 else 'every model'} they "
                          f"name ({list(ensemble.models)}); the bundle holds {list(named)}")
-    if postprocess is not None and not isinstance(postprocess, PostprocessConfigs):
-        postprocess = PostprocessConfigs.load(_need(postprocess, 'post-processing settings'))
+    pp_file = None
+    if postprocess is not None and not isinstance(postprocess, PostprocessConfigs):     # its types: checked below
+        pp_file = _need(postprocess, 'post-processing settings'); postprocess = PostprocessConfigs.load(pp_file, None)
     pp_source = 'postprocess' if postprocess is not None else 'ensemble' if ensemble is not None else 'library defaults'
-    postprocess = postprocess or (ensemble.postprocess if ensemble is not None else PostprocessConfigs())
+    postprocess = postprocess or (ensemble.postprocess if ensemble is not None else None)
     if inference is not None and not isinstance(inference, InferenceSettings):
         inference = InferenceSettings.load(_need(inference, 'inference settings'))
     inference = inference or InferenceSettings()
@@ -163,6 +167,12 @@ def write_bundle(out, maskrcnn=None, cellpose=None, postprocess=None, ensemble=N
                 (tmp / f'{name}_recipe.yaml').write_text(yaml.safe_dump(_plain(recipe), sort_keys=False))
                 recipes[name] = f'{name}_recipe.yaml'
             elif k.recipe_companion and (tmp / (file + k.recipe_companion)).is_file(): recipes[name] = file + k.recipe_companion
+        classes = {n: (kinds[n].classes(tmp / e['file']) if kinds[n].classes is not None else None) for n, e in entries.items()}
+        postprocess = postprocess or _default_postprocess(classes)
+        allowed = _postprocess_types(classes)
+        unknown = [t for t in postprocess if t not in allowed]
+        if unknown: raise ValueError(f"{pp_file or 'post-processing settings'}: unknown cell type {unknown[0]!r}; the bundle's "
+                                     f"models know {allowed}")
         postprocess.save(tmp / 'postprocess.yaml')
         inference.save(tmp / 'inference.yaml')
         if ensemble is not None: ensemble.save(tmp / 'ensemble.json')
@@ -174,7 +184,7 @@ def write_bundle(out, maskrcnn=None, cellpose=None, postprocess=None, ensemble=N
         manifest = dict(format='cellseg_nb bundle', format_version=BUNDLE_FORMAT,
                         created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), versions=versions, models=entries,
                         recipes=recipes, postprocess='postprocess.yaml', postprocess_from=pp_source,
-                        inference='inference.yaml',
+                        inference='inference.yaml', classes=classes,
                         ensemble='ensemble.json' if ensemble is not None else None,
                         data_fingerprint=fingerprint, cv_scores=cv, pretrained=_pretrained_records(tmp, entries, kinds), files=files)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + '\n')
@@ -188,13 +198,16 @@ def write_bundle(out, maskrcnn=None, cellpose=None, postprocess=None, ensemble=N
 class Bundle:
     """An opened, checked bundle: `root`, its `manifest` (dict), `models` (`{name: (kind, Path)}`, in the manifest's
     order), the `PostprocessConfigs`, the `EnsembleSettings` (None without) and the `InferenceSettings` (a format-1
-    bundle: none, the defaults). `maskrcnn` / `cellpose`: the path of the model of that name (None when absent)."""
+    bundle: none, the defaults). `maskrcnn` / `cellpose`: the path of the model of that name (None when absent);
+    `classes`: `{model name: class names or None}` as the manifest records them (empty for older bundles)."""
     root: Path
     manifest: dict
     models: dict
     postprocess: object
     ensemble: object = None
     inference: object = None
+    @property
+    def classes(self) -> dict: return dict(self.manifest.get('classes') or {})
     @property
     def maskrcnn(self) -> Path | None: return self.models.get('maskrcnn', (None, None))[1]
     @property
@@ -207,6 +220,18 @@ class Bundle:
         m = self.manifest
         return (f"Bundle({self.root}: {' + '.join(self.models)}, ensemble {'yes' if self.ensemble else 'no'}, "
                 f"post-processing from {m.get('postprocess_from')}, made with {m['versions']})")
+
+def _postprocess_types(classes: dict) -> list:
+    "The cell types a bundle's post-processing may name: the competition's, then the models' own class names (`classes` {model: names or None})."
+    from cellseg_nb.celltypes import CELL_TYPES
+    return list(dict.fromkeys([*CELL_TYPES, *(n for names in classes.values() for n in names or ())]))
+
+def _default_postprocess(classes: dict):
+    """The post-processing of a bundle given none: the defaults of its models' classes, in model order
+    (`PostprocessConfigs.for_classes`); the competition's when no model says its classes."""
+    from cellseg_nb.postprocess import PostprocessConfigs
+    names = list(dict.fromkeys(n for v in classes.values() for n in v or ()))
+    return PostprocessConfigs.for_classes(names) if names else PostprocessConfigs()
 
 def _manifest_models(m: dict) -> dict:
     "`{name: {'kind', 'file'}}` of a manifest; format 1 wrote `{name: file}` with the kind equal to the name."
@@ -247,7 +272,7 @@ def read_bundle(root, check_versions: bool = True) -> Bundle:
     root = Path(root)
     m = check_bundle(root, check_versions)
     models = {n: (v['kind'], root / v['file']) for n, v in _manifest_models(m).items()}
-    return Bundle(root, m, models, PostprocessConfigs.load(root / m['postprocess']),
+    return Bundle(root, m, models, PostprocessConfigs.load(root / m['postprocess'], _postprocess_types(m.get('classes') or {})),
                   EnsembleSettings.load(root / m['ensemble']) if m.get('ensemble') else None,
                   InferenceSettings.load(root / m['inference']) if m.get('inference') else InferenceSettings())
 

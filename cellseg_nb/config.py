@@ -22,7 +22,7 @@ __all__ = ['RECIPES', 'ModelConfig', 'AugmentConfig', 'TrainConfig', 'CellposeCo
 @dataclass
 class ModelConfig(Config):
     "Mask R-CNN architecture and inference settings (`maskrcnn.build_model`)."
-    num_classes: int | None = None          # cell classes without background; None: the data's (3 competition, 8 LIVECell)
+    num_classes: int | None = None          # cell classes without background; None: the training source's (len(class_names))
     backbone: Literal['resnet18', 'resnet34', 'resnet50', 'resnet101'] = 'resnet50'   # FPN backbone
     arch: Literal['maskrcnn_resnet50_fpn', 'maskrcnn_resnet50_fpn_v2'] = 'maskrcnn_resnet50_fpn'   # torchvision's layout
                                             # (v2: BatchNorm in FPN and heads, 4-conv box head; resnet50 only)
@@ -46,7 +46,7 @@ class ModelConfig(Config):
     rpn_post_nms_top_n_test: int = 3000
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 512
-    class_names: list[str] | None = None    # None: the competition types for 3 classes
+    class_names: list[str] | None = None    # None: the training source's class_names (build_model alone: the competition types for 3 classes)
     scale: float = 1.0                      # input scale: train and predict on images upscaled by this factor
     mask_size: Literal[28, 56] = 28         # mask head output (56: finer masks, 4x the mask head's cost)
 

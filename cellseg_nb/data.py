@@ -15,8 +15,8 @@ from .files import write_json
 
 # %% auto 0
 __all__ = ['TRAIN_COLUMNS', 'META_COLUMNS', 'SAMPLE_COLUMNS', 'IMAGE_SHAPE', 'IMAGE_RULE', 'LIVECELL_DIR', 'to_gray_uint8',
-           'as_image_list', 'read_image', 'DataSource', 'CountsCells', 'count_cells', 'SartoriusData',
-           'livecell_cell_type', 'LiveCellData', 'Subset', 'to_coco']
+           'as_image_list', 'read_image', 'DataSource', 'CountsCells', 'check_class_names', 'class_names_of',
+           'count_cells', 'SartoriusData', 'livecell_cell_type', 'LiveCellData', 'Subset', 'to_coco']
 
 # %% ../nbs/05_data.ipynb 5
 TRAIN_COLUMNS = ['id', 'annotation', 'width', 'height', 'cell_type', 'plate_time', 'sample_date', 'sample_id',
@@ -92,9 +92,11 @@ def read_image(path, shape=None, what='', rescale=True) -> np.ndarray:
 @runtime_checkable
 class DataSource(Protocol):
     """Labelled images: `ids` (list of image ids), `image(id)` -> uint8 (H, W), `instances(id)` -> ground-truth
-    `Instances` of shape (H, W), `cell_type(id)` -> the image's cell type (str, or None when the source does not know).
+    `Instances` of shape (H, W), `cell_type(id)` -> the image's cell type (str, or None when the source does not know),
+    `class_names`: tuple of the names the labels stand for (label k <-> `class_names[k - 1]`; None: not known).
     Unknown ids raise a ValueError naming the id and the source."""
     ids: list
+    class_names: tuple | None
     def image(self, id) -> np.ndarray: ...
     def instances(self, id) -> Instances: ...
     def cell_type(self, id) -> str | None: ...
@@ -103,6 +105,23 @@ class DataSource(Protocol):
 class CountsCells(Protocol):
     "A data source that counts the cells of an image without decoding them: `n_cells(id)` -> int."
     def n_cells(self, id) -> int: ...
+
+def check_class_names(names, what: str = 'class_names') -> tuple:
+    "Class names as a tuple of distinct non-empty strings (at least one); ValueError naming `what` otherwise."
+    if names is None or isinstance(names, str) or not all(isinstance(n, str) and n for n in names) or not len(names):
+        raise ValueError(f"{what}: class_names must be a non-empty list of non-empty strings, got {names!r}")
+    names = tuple(names)
+    if len(set(names)) != len(names): raise ValueError(f"{what}: class_names repeat a name: {list(names)}")
+    return names
+
+def class_names_of(source, what: str | None = None) -> tuple:
+    """The class names of a data source (`source.class_names`, label k <-> `class_names[k - 1]`), checked by
+    `check_class_names`. ValueError naming the source (or `what`) when it has none or they are malformed."""
+    names = getattr(source, 'class_names', None)
+    if names is None:
+        raise ValueError(f"{what or repr(source)}: the data source has no class_names; give the names its labels stand "
+                         f"for (label k is class_names[k - 1]), e.g. ArraySource(images, instances, class_names=['cell'])")
+    return check_class_names(names, what or type(source).__name__)
 
 def count_cells(source: DataSource, ids=None) -> int:
     "Total number of annotated cells of `ids` (default: all) of `source`: `n_cells` where the source has it, else decoded."
@@ -185,7 +204,10 @@ class SartoriusData:
     `Instances` (overlaps kept, labels = class ids); `image(id)`: uint8 (H, W); `cell_type(id)`; `n_cells(id)`.
     `meta`: DataFrame indexed by id with `META_COLUMNS` (an empty `SAMPLE_COLUMNS` field is NaN: missing); `data[id]` or `data[i]`: `(image, instances, meta dict)`;
     `subset(ids)`: the same source restricted to `ids`.
-    Every train image file must exist (checked at once); images are read, and their size checked, when asked for."""
+    Every train image file must exist (checked at once); images are read, and their size checked, when asked for.
+    `class_names`: the competition types in the fixed order `CELL_TYPES` (label 1 `shsy5y`, 2 `astro`, 3 `cort`)."""
+    class_names = tuple(CELL_TYPES)
+
     def __init__(self, root):
         self.root = Path(root)
         csv = self.csv = self.root / 'train.csv'
@@ -403,7 +425,9 @@ class LiveCellData:
     by id (file_name, cell_type, n_cells, height, width) with the release's line names; a `DataSource` (`cell_type(id)`,
     `n_cells(id)`, `subset(ids)` as for `SartoriusData`); `instances(id)`: the polygons /
     RLEs rasterized by pycocotools, labels = LIVECell class id (1..8, `LIVECELL_TYPES` order, whatever the selection).
-    `annotations` may be a list or a dict by id; `area`, `bbox` and extra keys are not used (masks are rasterized)."""
+    `annotations` may be a list or a dict by id; `area`, `bbox` and extra keys are not used (masks are rasterized).
+    `class_names`: the eight lines in `LIVECELL_TYPES` order, whatever lines are kept."""
+    class_names = tuple(LIVECELL_TYPES)
     categories = [{'id': i + 1, 'name': t, 'supercategory': 'cell'} for i, t in enumerate(LIVECELL_TYPES)]
 
     def __init__(self, root, split='train', cell_types=None):
@@ -519,13 +543,15 @@ def _valid_segmentation(seg):
 # %% ../nbs/05_data.ipynb 26
 class Subset:
     """The images `ids` of a `DataSource` `source` (in that order; each must be an id of `source`), itself a
-    `DataSource` (and `CountsCells` when `source` is). `source` stays reachable as `.source`."""
+    `DataSource` (and `CountsCells` when `source` is), with its source's `class_names`. `source` stays reachable as `.source`."""
     def __init__(self, source: DataSource, ids):
         self.source, self.ids = source, list(ids)
         have = set(source.ids)
         miss = [i for i in self.ids if i not in have]
         if miss: raise ValueError(f"{source!r}: {len(miss)} of {len(self.ids)} subset ids unknown, e.g. {miss[0]!r}")
         self._ids = set(self.ids)
+    @property
+    def class_names(self): return getattr(self.source, 'class_names', None)
     def __len__(self): return len(self.ids)
     def __repr__(self): return f"Subset({self.source!r}, {len(self)} images)"
     def _k(self, id):
@@ -542,7 +568,7 @@ class Subset:
 # %% ../nbs/05_data.ipynb 28
 def _categories(data):
     return getattr(data, 'categories', None) or [{'id': i + 1, 'name': t, 'supercategory': 'cell'}
-                                                 for i, t in enumerate(CELL_TYPES)]
+                                                 for i, t in enumerate(getattr(data, 'class_names', None) or CELL_TYPES)]
 
 def to_coco(data, path, ids=None) -> Path:
     """Write the ground truth of `data` (SartoriusData or LiveCellData; `ids` default all) as COCO JSON at `path`

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .instances import Instances, pairwise_iou
-from .postprocess import postprocess, image_cell_type, PostprocessConfigs, CLASS_NAMES, candidate_pairs, ious_with, run_keys
+from .postprocess import postprocess, image_cell_type, label_names, PostprocessConfigs, CLASS_NAMES, candidate_pairs, ious_with, run_keys
 from .metric import evaluate
 from .settings import Config, ConfigError, read_settings
 
@@ -168,12 +168,24 @@ def _source(preds: dict, models: list, choice: str, weights: dict | None, vote: 
     if choice not in models: raise ValueError(f"ensemble: choice {choice!r} is neither 'both' nor one of {models}")
     return _with_scores(preds[choice])
 
-def image_type(preds: dict, names=CLASS_NAMES, default=None):
-    "An image's cell type by score-weighted vote of the labels of all models' raw predictions (`preds` {model: Instances})."
+def image_type(preds: dict, names='auto', default=None):
+    """An image's cell type by score-weighted vote of the labels of all models' raw predictions (`preds` {model: Instances}).
+    `names` (see `postprocess.label_names`): 'auto' reads each model's own class names (`meta['classes']`, else the
+    competition's); models of one label set vote their labels together (ties to the lower label), models of
+    different label sets vote by name (ties to the name seen first)."""
     ps = [_with_scores(p) for p in preds.values() if p.labels is not None and len(p)]
     if not ps: return default
-    allc = Instances.concat(ps)
-    return image_cell_type(allc.select(allc.labels > 0), names, default) if (allc.labels > 0).any() else default
+    maps = [label_names(p, names) for p in ps]
+    if all(m == maps[0] for m in maps):
+        allc = Instances.concat(ps)
+        return image_cell_type(allc.select(allc.labels > 0), maps[0], default) if (allc.labels > 0).any() else default
+    votes = {}
+    for p, m in zip(ps, maps):
+        w = np.bincount(p.labels[p.labels > 0], weights=p.scores[p.labels > 0].astype(np.float64))
+        for k in np.flatnonzero(w):
+            if k not in m: raise ValueError(f"image_type: label {k} has no name in {m!r}")
+            votes[m[k]] = votes.get(m[k], 0.0) + float(w[k])
+    return max(votes, key=votes.get) if votes else default
 
 def ensemble_candidates(preds: dict, settings: EnsembleSettings, cell_type: str | None = None) -> Instances:
     """The raw candidates `ensemble` post-processes: of one image's `preds` (`{model name: raw Instances}`), the source

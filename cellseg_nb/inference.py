@@ -209,21 +209,33 @@ def predict_images(predictor, images, tta: bool | tuple = False, progress: bool 
     return out
 
 # %% ../nbs/15_inference.ipynb 31
+def _own_classes(preds: dict) -> bool:
+    "Whether some prediction carries class names (`meta['classes']`) other than the competition's."
+    from cellseg_nb.celltypes import CELL_TYPES
+    return any(p.meta.get('classes') is not None and list(p.meta['classes']) != CELL_TYPES for p in preds.values())
+
 def save_predictions(preds: dict, path) -> Path:
-    "Write `{id: Instances}` with scores/labels to a CSV (temporary file, then renamed). Returns the path."
-    rows = []
+    """Write `{id: Instances}` with scores/labels to a CSV (temporary file, then renamed). Returns the path. When some
+    prediction's labels stand for other classes than the competition's (`meta['classes']`, a model trained on other
+    data), a `classes` column holds each image's class names (a JSON list), so that the labels keep their names."""
+    import json
+    rows, own = [], _own_classes(preds)
     for iid, p in preds.items():
         h, w = p.shape
-        if len(p) == 0: rows.append(dict(id=iid, height=h, width=w, score=np.nan, label=-1, predicted='')); continue
+        extra = {'classes': json.dumps(list(p.meta['classes'])) if p.meta.get('classes') is not None else ''} if own else {}
+        if len(p) == 0: rows.append(dict(id=iid, height=h, width=w, score=np.nan, label=-1, predicted='', **extra)); continue
         sc = p.scores if p.scores is not None else np.full(len(p), np.nan)
         lb = p.labels if p.labels is not None else np.full(len(p), -1)
-        rows += [dict(id=iid, height=h, width=w, score=float(s), label=int(l), predicted=r)
+        rows += [dict(id=iid, height=h, width=w, score=float(s), label=int(l), predicted=r, **extra)
                  for s, l, r in zip(sc, lb, p.to_rles())]
     from cellseg_nb.files import write_csv
-    return write_csv(path, pd.DataFrame(rows, columns=['id', 'height', 'width', 'score', 'label', 'predicted']))
+    cols = ['id', 'height', 'width', 'score', 'label', 'predicted'] + (['classes'] if own else [])
+    return write_csv(path, pd.DataFrame(rows, columns=cols))
 
 def load_predictions(path) -> dict:
-    "Read a CSV written by `save_predictions` back to `{id: Instances}` (scores float32, labels int64 or None)."
+    """Read a CSV written by `save_predictions` back to `{id: Instances}` (scores float32, labels int64 or None;
+    `meta['classes']` from a `classes` column when the file has one)."""
+    import json
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"predictions file not found: {path}")
     df = pd.read_csv(path, dtype={'id': str, 'predicted': str}, keep_default_na=False, na_values={'score': ['']})
@@ -232,12 +244,15 @@ def load_predictions(path) -> dict:
     out = {}
     for iid, g in df.groupby('id', sort=False):
         shape = (int(g.height.iloc[0]), int(g.width.iloc[0]))
+        cls = g['classes'].iloc[0] if 'classes' in g.columns else ''
+        try: meta = {'classes': json.loads(cls)} if cls else None
+        except json.JSONDecodeError: raise ValueError(f"{path}: row {g.index[0] + 2} (image {iid}): classes {cls!r} is not a JSON list") from None
         g = g[g.predicted.str.len() > 0]
-        if len(g) == 0: out[iid] = Instances.empty(shape, scores=True); continue
+        if len(g) == 0: out[iid] = Instances.empty(shape, scores=True).with_(meta=meta); continue
         lab = g.label.to_numpy(np.int64)
         out[iid] = Instances.from_rles(g.predicted.tolist(), shape, scores=g.score.to_numpy(np.float32),
                                        labels=None if (lab < 0).all() else lab,
-                                       ids=[f"{path.name} row {i + 2} (image {iid})" for i in g.index])
+                                       ids=[f"{path.name} row {i + 2} (image {iid})" for i in g.index], meta=meta)
     return out
 
 # %% ../nbs/15_inference.ipynb 34

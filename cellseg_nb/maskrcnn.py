@@ -445,7 +445,8 @@ def predict(model, images, tta: bool = False, tta_scales=None, batch_size: int =
     Returns one `Instances` per image with `scores` (float32), `labels` (1-based class ids) and
     `meta['classes']` (class names). `tta`: also run h/v flips and merge; `tta_scales`: also run at these
     factors of the model's `scale` (e.g. `(0.8, 1, 1.25)`; passes = flips x scales, see `tta_variants`). `postprocess`: False (raw detections),
-    True (`cellseg_nb.postprocess.postprocess` with its default per-type configs) or a config for it, applied with
+    True (`cellseg_nb.postprocess.postprocess` with the default configs of the model's classes,
+    `PostprocessConfigs.for_classes`: the competition's for a competition model) or a config for it, applied with
     `cell_types[i]` (None: the image's score-weighted majority class). The model is run in eval mode on `device`
     (default: where its parameters are) and left in the mode it was in."""
     imgs = [_as_image(im, i) for i, im in enumerate(as_image_list(images))]
@@ -461,7 +462,7 @@ def predict(model, images, tta: bool = False, tta_scales=None, batch_size: int =
     finally: model.train(was_training)
     if postprocess is not False and postprocess is not None:
         from cellseg_nb.postprocess import postprocess as _post
-        cfg = None if postprocess is True else postprocess
+        cfg = None if postprocess is True else postprocess      # None: the defaults of the model's classes (meta['classes'])
         res = [_post(r, None if cell_types is None else cell_types[i], cfg) for i, r in enumerate(res)]
     return res
 

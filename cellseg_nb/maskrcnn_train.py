@@ -23,12 +23,18 @@ from .inference import resize_instances
 
 # %% ../nbs/11_maskrcnn_train.ipynb 10
 class ArraySource:
-    "An in-memory data source: `images` uint8 (H, W) and their `Instances`; `ids` default to '0', '1', ..."
-    def __init__(self, images, instances, ids=None, cell_types=None):
+    """An in-memory data source: `images` uint8 (H, W) and their `Instances`; `ids` default to '0', '1', ...
+    `class_names`: the names the labels stand for (label k <-> `class_names[k - 1]`). Never guessed: without them
+    the source can be read and scored, but `train` refuses it (`data.class_names_of`), rather than silently giving
+    it the competition's three classes (pass `class_names=CELL_TYPES` for competition labels)."""
+    def __init__(self, images, instances, ids=None, cell_types=None, class_names=None):
         if len(images) != len(instances): raise ValueError(f"{len(images)} images but {len(instances)} Instances")
+        from cellseg_nb.data import check_class_names
+        self.class_names = None if class_names is None else check_class_names(class_names, 'ArraySource')
         self.ids = [str(i) for i in (ids if ids is not None else range(len(images)))]
         self._img, self._inst = dict(zip(self.ids, images)), dict(zip(self.ids, instances))
         self.cell_types = dict(zip(self.ids, cell_types)) if cell_types is not None else {}
+    def __repr__(self): return f"ArraySource({len(self.ids)} images, classes {self.class_names})"
     def image(self, id): return self._img[id]
     def instances(self, id): return self._inst[id]
     def cell_type(self, id): return self.cell_types.get(id)
@@ -53,9 +59,11 @@ class CellDataset(torch.utils.data.Dataset):
     target)` with target `{'boxes': float32 (N, 4), 'labels': int64 (N,), 'masks': Instances}`.
     `augment=False` (or a dict overriding `AUGMENT_DEFAULTS`) controls augmentation; labels missing from the
     source become 1. `scale`: the model's input scale (images and masks are resampled by it, on top of the
-    augmentation's scale jitter; `train` sets it from the model's config)."""
-    def __init__(self, source, ids=None, augment=True, cache=True, scale: float = 1.0):
+    augmentation's scale jitter; `train` sets it from the model's config). `num_classes`: when given, a label
+    outside 1..num_classes is a ValueError naming the image (`train` sets it from the model)."""
+    def __init__(self, source, ids=None, augment=True, cache=True, scale: float = 1.0, num_classes: int | None = None):
         self.source, self.ids, self.scale = source, list(ids if ids is not None else source.ids), float(scale)
+        self.num_classes = num_classes
         if not self.ids: raise ValueError("CellDataset: no images")
         self.augment = None if augment is False else {**AUGMENT_DEFAULTS, **(augment if isinstance(augment, dict) else {})}
         unknown = set(self.augment or {}) - set(AUGMENT_DEFAULTS)
@@ -69,6 +77,11 @@ class CellDataset(torch.utils.data.Dataset):
         if self.cache is not None and id in self.cache: return self.cache[id]
         img, inst = _load(self.source, id)
         if inst.labels is None: inst = inst.with_(labels=np.ones(len(inst), np.int64))
+        n = self.num_classes
+        if n is not None and len(inst) and (inst.labels.min() < 1 or inst.labels.max() > n):
+            bad = int(inst.labels[(inst.labels < 1) | (inst.labels > n)][0])
+            raise ValueError(f"image id {id!r}: label {bad} outside 1..{n}, the classes of the training source "
+                             f"({getattr(self.source, 'class_names', None)})")
         if self.cache is not None: self.cache[id] = (img, inst)
         return img, inst
 
@@ -123,27 +136,38 @@ def augment_sample(img, inst, rng, flip=True, rot90=True, scale_range=(0.8, 1.25
 
 # %% ../nbs/11_maskrcnn_train.ipynb 15
 def open_source(root, dataset='competition', fold=0, n_folds=5):
-    """Training and validation ids of a data root. `dataset`: 'competition' (`SartoriusData(root)`; validation =
-    fold `fold` of its `n_folds` folds grouped by sample, None: all images train, no validation) or 'livecell'
-    (`LiveCellData(root, 'train')` and `'val'`; `root` is the LIVECell folder or the competition folder holding it);
-    `'livecell:SHSY5Y,A172'` keeps those lines only (`livecell_dataset`; the classes stay the 8 LIVECell lines).
-    Returns `(train_source, train_ids, val_source, val_ids, class_names)`."""
+    """Training and validation ids of a data root, and the training source's class names. `root`: a folder, read
+    as `dataset` says: 'competition' (`SartoriusData(root)`; validation = fold `fold` of its `n_folds` folds grouped
+    by sample, None: all images train, no validation) or 'livecell' (`LiveCellData(root, 'train')` and `'val'`;
+    `root` is the LIVECell folder or the competition folder holding it); `'livecell:SHSY5Y,A172'` keeps those lines
+    only (`livecell_dataset`; the classes stay the 8 LIVECell lines). Or data sources as they are (`dataset` unused):
+    a `DataSource` (all its ids train, no validation) or a pair `(train_source, val_source or None)`.
+    Returns `(train_source, train_ids, val_source, val_ids, class_names)`: `class_names` (a list) is the training
+    source's (`data.class_names_of`, an error for a source without them); a validation source must have the same."""
+    from cellseg_nb.data import class_names_of
+    if isinstance(root, tuple) or not isinstance(root, (str, os.PathLike)):
+        src, vsrc = root if isinstance(root, tuple) else (root, None)
+        names = class_names_of(src)
+        if vsrc is not None and getattr(vsrc, 'class_names', None) is not None and tuple(vsrc.class_names) != names:
+            raise ValueError(f"validation source {vsrc!r}: class_names {list(vsrc.class_names)} differ from the training "
+                             f"source's {list(names)}")
+        return src, list(src.ids), vsrc, list(vsrc.ids) if vsrc is not None else [], list(names)
     root = Path(root)
     if not root.exists(): raise FileNotFoundError(f"data root not found: {root}")
     if dataset == 'competition':
         from cellseg_nb.data import SartoriusData
         src = SartoriusData(root)
-        ids = list(src.ids)
-        if fold is None: return src, ids, src, [], list(CELL_TYPES)
+        ids, names = list(src.ids), list(class_names_of(src))
+        if fold is None: return src, ids, src, [], names
         fold_of = src.folds(n_folds)['fold'].to_dict()
         val = [i for i in ids if fold_of.get(i) == fold]
         if not val: raise ValueError(f"{root}: fold {fold} has no images (folds: {sorted(set(fold_of.values()))})")
-        return src, [i for i in ids if fold_of.get(i) != fold], src, val, list(CELL_TYPES)
+        return src, [i for i in ids if fold_of.get(i) != fold], src, val, names
     if dataset == 'livecell' or str(dataset).startswith('livecell:'):
         from cellseg_nb.data import LiveCellData
         types = dataset.split(':', 1)[1] if ':' in dataset else None
         tr, va = LiveCellData(root, 'train', types), LiveCellData(root, 'val', types)
-        return tr, list(tr.ids), va, list(va.ids), list(LIVECELL_TYPES)
+        return tr, list(tr.ids), va, list(va.ids), list(class_names_of(tr))
     raise ValueError(f"dataset must be 'competition', 'livecell' or 'livecell:<lines>', got {dataset!r}")
 
 def livecell_dataset(cell_types=None) -> str:
@@ -241,12 +265,14 @@ def _gather(obj):
 def _barrier():
     if _world() > 1: dist.barrier()
 
-def _val_config(v):
-    "Validation post-processing from a plain setting: 'default', None, or a dict (per cell type, or one config)."
+def _val_config(v, class_names=()):
+    """Validation post-processing from a plain setting: 'default', None, or a dict (per cell type: keys among the
+    competition types or the model's `class_names`; else one config)."""
     if v is None or v == 'default': return v
     from cellseg_nb.postprocess import PostprocessConfig, PostprocessConfigs
     if isinstance(v, dict):
-        return PostprocessConfigs.from_dict(v) if set(v) <= set(CELL_TYPES) else PostprocessConfig(**v)
+        types = [*CELL_TYPES, *(n for n in class_names if n not in CELL_TYPES)]
+        return PostprocessConfigs.from_dict(v, types) if set(v) <= set(types) else PostprocessConfig(**v)
     raise ValueError(f"val_postprocess must be 'default', None or a dict, got {type(v).__name__}")
 
 def _rewrite_log(path, upto):
@@ -475,10 +501,8 @@ def _resume_state(ckpt_path, resume, cfg):
     return state
 
 def _open_data(root, dataset, cfg):
-    "(train source, train ids, validation source, validation ids, class names) of `root` (a data root or a source pair)."
-    if isinstance(root, tuple):
-        src, vsrc = root
-        return src, list(src.ids), vsrc, list(vsrc.ids) if vsrc is not None else [], list(CELL_TYPES)
+    """(train source, train ids, validation source, validation ids, class names) of `root` (a data root or a source
+    pair): `open_source`, so the class names are the training source's own."""
     return open_source(root, dataset, cfg['fold'], cfg['n_folds'])
 
 def _count_cells(src, ds, train_ids) -> int:
@@ -491,9 +515,16 @@ def _make_model(cfg, state, backbone, weights, class_names, download=False):
     torch.manual_seed(cfg['seed'])
     if state:      # the checkpoint's config (e.g. norm chosen by 'auto' from the first run's weights)
         mc = dict(state['config']); return build_model(mc.pop('num_classes'), mc.pop('backbone'), **mc)
-    mo = dict(cfg['model_options']); nc = mo.pop('num_classes', len(class_names))
-    if mo.get('class_names') is None: mo['class_names'] = class_names[:nc] if len(class_names) >= nc else None
-    return build_model(nc, backbone, weights=weights, download=download, **mo)
+    mo = dict(cfg['model_options']); nc = mo.pop('num_classes', None)
+    given = mo.get('class_names')
+    if given is not None and list(given) != list(class_names):
+        raise ValueError(f"model_options class_names {list(given)} differ from the training data's {list(class_names)} "
+                         f"(the labels mean the data's classes: drop class_names from the model options)")
+    if nc is not None and int(nc) != len(class_names):
+        raise ValueError(f"model_options num_classes={nc} but the training data has {len(class_names)} classes "
+                         f"{list(class_names)} (drop num_classes: it is taken from the data)")
+    mo['class_names'] = list(class_names)
+    return build_model(len(class_names), backbone, weights=weights, download=download, **mo)
 
 def _make_optimizer(model, cfg):
     params = [p for p in model.parameters() if p.requires_grad]
@@ -520,11 +551,13 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     """Train Mask R-CNN on a data root and write `out_dir/checkpoint.pt` and `out_dir/log.csv`.
 
     `root`: competition folder (`dataset='competition'`), LIVECell folder (`dataset='livecell'`), or a pair
-    `(train_source, val_source_or_None)` of in-memory sources (`ArraySource`, all their ids used).
+    `(train_source, val_source_or_None)` of data sources (`ArraySource`, a `Subset`, ...; all their ids used), read
+    by `open_source`: the model's class count and names are the training source's `class_names` (recorded in
+    `model.config` and the checkpoint's `config`; a source without them is an error).
     `backbone`, `weights` ('coco', 'imagenet' or a local file; `download=True` lets torchvision fetch a named file
     missing from its cache), `model_options` (`config.ModelConfig` fields): passed to `build_model`; what the
     pretrained start loaded is stored as `checkpoint['pretrained']` (kept when resuming); the
-    class count defaults to the dataset's (3 or 8). `options`: any `config.TrainConfig` field (iterations, batch_size per
+    class count is the data's (`model_options` num_classes / class_names, when given, must agree). `options`: any `config.TrainConfig` field (iterations, batch_size per
     process, optimizer 'sgd'/'adamw', lr, warmup, schedule 'cosine'/'step'/'constant', clip_grad, amp (True: float16 autocast + GradScaler on CUDA only; 'any': on every device, slow on CPU, a way to step the AMP path without a GPU),
     checkpoint_every, val_every (iterations; validation = our competition metric on fold `fold` after
     post-processing), val_images (cap), log_every, seed, num_workers, augment (bool or dict of
@@ -550,6 +583,7 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     model = _make_model(cfg, state, backbone, weights, class_names, download).to(device)
     pretrained = state.get('pretrained') if state else getattr(model, 'pretrained', None)
     ds.scale = float(model.config.get('scale', 1.0))         # training images at the model's input scale
+    ds.num_classes = int(model.config['num_classes'])         # a label outside the model's classes: an error naming the image
     opt = _make_optimizer(model, cfg)
     use_amp = cfg['amp'] == 'any' or (bool(cfg['amp']) and device.type == 'cuda')
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
@@ -574,7 +608,7 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     model.train()
     run_recipe = _run_recipe(recipe, model, {**cfg, 'num_workers': num_workers})
     trainer = Trainer(model, opt, batches, device, n, start, net, scaler, use_amp, cfg['clip_grad'], rank=rank, hooks=[
-        LRSchedule(cfg), Validation(vsrc, val_ids, cfg['val_every'], _val_config(cfg['val_postprocess'])),
+        LRSchedule(cfg), Validation(vsrc, val_ids, cfg['val_every'], _val_config(cfg['val_postprocess'], model.config.get('class_names') or ())),
         CSVLog(log_path, cfg['log_every'], resume=state is not None), ProgressBar(progress), *hooks,
         Checkpoint(ckpt_path, cfg['checkpoint_every'], {'train_config': cfg, 'recipe': run_recipe, 'pretrained': pretrained})])
     if state: trainer.load_hook_states(state.get('hooks') or {'log': {'acc': state['log_acc']}})

@@ -15,8 +15,8 @@ from .settings import Config, read_settings
 
 # %% auto 0
 __all__ = ['CLASS_NAMES', 'DEFAULT_CONFIGS', 'random_candidates', 'score_order', 'filter_scores', 'min_area', 'candidate_pairs',
-           'run_keys', 'ious_with', 'mask_nms', 'remove_overlaps', 'fill_holes', 'image_cell_type', 'PostprocessConfig',
-           'PostprocessConfigs', 'postprocess', 'postprocess_report', 'why_no_cells']
+           'run_keys', 'ious_with', 'mask_nms', 'remove_overlaps', 'fill_holes', 'label_names', 'image_cell_type',
+           'PostprocessConfig', 'PostprocessConfigs', 'postprocess', 'postprocess_report', 'why_no_cells']
 
 # %% ../nbs/03_postprocess.ipynb 6
 def _ellipse_pixels(cy, cx, a, b, theta, shape):
@@ -313,10 +313,21 @@ def fill_holes(instances: Instances) -> Instances:
 # %% ../nbs/03_postprocess.ipynb 41
 CLASS_NAMES = {i + 1: name for i, name in enumerate(CELL_TYPES)}
 
+def label_names(instances: Instances | None = None, names='auto'):
+    """`{label: name}` for voting a type: `names` as given (a dict, None, or a list / tuple: label k <-> `names[k - 1]`);
+    `'auto'`: the instances' own class names (`meta['classes']`, as a model records them) when they carry them, else
+    `CLASS_NAMES` (the competition default)."""
+    if isinstance(names, str) and names == 'auto':
+        names = (instances.meta.get('classes') if instances is not None else None) or CLASS_NAMES
+    if names is None or isinstance(names, dict): return names
+    return {i + 1: n for i, n in enumerate(names)}
+
 # %% ../nbs/03_postprocess.ipynb 42
-def image_cell_type(instances: Instances, names=CLASS_NAMES, default=None):
+def image_cell_type(instances: Instances, names='auto', default=None):
     """The image's cell type by score-weighted vote of `instances.labels`: `names[label]` (or the int label when
-    `names` is None); `default` when there are no instances. Ties go to the lower label."""
+    `names` is None; `'auto'`: the instances' own class names, else `CLASS_NAMES`, see `label_names`); `default` when
+    there are no instances. Ties go to the lower label."""
+    names = label_names(instances, names)
     if instances.labels is None: raise ValueError("image_cell_type: these Instances have no labels")
     if len(instances) == 0: return default
     wt = instances.scores.astype(np.float64) if instances.scores is not None else None
@@ -387,6 +398,13 @@ class PostprocessConfigs(Config):
     def to_dict(self) -> dict: return {k: asdict(v) for k, v in self.configs.items()}
 
     @classmethod
+    def for_classes(cls, names) -> 'PostprocessConfigs':
+        """The default configs of a model's classes `names` (in their order): a competition type gets its docs/facts.md
+        defaults, any other name `PostprocessConfig()`. `for_classes(CELL_TYPES)` is `PostprocessConfigs()`."""
+        if not names: raise ValueError("PostprocessConfigs.for_classes: no class names")
+        return cls({n: PostprocessConfig(**DEFAULT_CONFIGS.get(n, {})) for n in names})
+
+    @classmethod
     def from_dict(cls, d, cell_types=CELL_TYPES, source='config'):
         """From `{cell_type: {field: value}}`; missing fields take that type's defaults. Unknown cell types (when
         `cell_types` is given) and unknown fields raise `ValueError` naming `source`."""
@@ -411,8 +429,10 @@ class PostprocessConfigs(Config):
 # %% ../nbs/03_postprocess.ipynb 50
 def _steps(instances: Instances, cell_type, config, names):
     """The chain of `postprocess`, counting what each step removes: `(Instances, indices into the input, report)`
-    (`report`: see `postprocess_report`)."""
-    if config is None: config = PostprocessConfigs()
+    (`report`: see `postprocess_report`). Default `config`: the defaults of the instances' own classes
+    (`meta['classes']`, `PostprocessConfigs.for_classes`) when `names` is 'auto' and they carry them, else the competition's."""
+    own = instances.meta.get('classes') if isinstance(names, str) and names == 'auto' else None
+    if config is None: config = PostprocessConfigs.for_classes(own) if own else PostprocessConfigs()
     if isinstance(config, PostprocessConfigs):
         if cell_type is None and instances.labels is None and len(instances):
             raise ValueError("postprocess: pass cell_type (these Instances have no labels to vote)")
@@ -438,16 +458,17 @@ def _steps(instances: Instances, cell_type, config, names):
     rep.update(removed_min_area=small, removed_overlap=n - len(x) - small, kept=len(x))
     return x.with_(meta={**x.meta, 'cell_type': cell_type}), idx, rep
 
-def postprocess(instances: Instances, cell_type: str | None = None, config=None, names=CLASS_NAMES,
+def postprocess(instances: Instances, cell_type: str | None = None, config=None, names='auto',
                 return_index=False):
     """Raw candidates -> non-overlapping cells in descending score order. `config`: a `PostprocessConfig`, or a
-    `PostprocessConfigs` (default) indexed by `cell_type`, which is voted from the labels when None.
+    `PostprocessConfigs` (default: the defaults of the instances' own classes, else the competition's) indexed by
+    `cell_type`, which is voted from the labels when None (`names`: see `image_cell_type`).
     Returns `Instances` (and indices into the input when `return_index`)."""
     x, idx, _ = _steps(instances, cell_type, config, names)
     return (x, idx) if return_index else x
 
 # %% ../nbs/03_postprocess.ipynb 53
-def postprocess_report(instances: Instances, cell_type: str | None = None, config=None, names=CLASS_NAMES):
+def postprocess_report(instances: Instances, cell_type: str | None = None, config=None, names='auto'):
     """`postprocess` with the count each step removed: `(Instances, report)`; `report` a dict: `cell_type`, `raw`,
     `max_score` (NaN without scores or cells), `score_threshold` (None without scores), `removed_score`, `nms_iou`,
     `removed_nms`, `min_area`, `removed_min_area`, `min_kept`, `removed_overlap`, `kept`

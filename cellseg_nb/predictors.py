@@ -107,7 +107,9 @@ class ModelKind:
     `packages`: libraries whose versions must match when a bundle of this kind is read; `train`: how it is trained;
     `what`: the model's description in messages; `own_tta`: `load` takes `inference` (`inference.InferenceSettings`)
     and runs those passes itself (else the loader wraps the generic fusion, `inference.with_inference`); `start(path)
-    -> dict | None`: the pretrained-start record a model file carries (`cellseg_nb.pretrained`), or None."""
+    -> dict | None`: the pretrained-start record a model file carries (`cellseg_nb.pretrained`), or None; `classes(path)
+    -> list | None`: the class names its labels stand for (label k <-> `classes[k - 1]`; None: not known), which a
+    bundle's manifest records."""
     name: str
     load: Callable
     suffix: str = ''
@@ -119,6 +121,7 @@ class ModelKind:
     what: str = ''
     own_tta: bool = False
     start: Callable | None = None
+    classes: Callable | None = None
 
     def pack_files(self, src, dst) -> dict | None:
         "Write model `src` as `dst` plus its companions (`dst` + ending, those present); returns `pack`'s recipe."
@@ -163,6 +166,21 @@ def _maskrcnn_start(path):
     ck = torch.load(path, map_location='cpu', weights_only=True)
     return ck.get('pretrained') if isinstance(ck, dict) else None
 
+def _maskrcnn_classes(path):
+    "The class names of a Mask R-CNN checkpoint (its `config['class_names']`; the 3-class default: the competition's)."
+    from cellseg_nb.maskrcnn import read_checkpoint
+    from cellseg_nb.celltypes import CELL_TYPES
+    ck = read_checkpoint(path)
+    cfg = (ck.get('config') if isinstance(ck, dict) else None) or {}
+    names = cfg.get('class_names')
+    if names is None and cfg.get('num_classes', 3) == len(CELL_TYPES): names = CELL_TYPES   # as build_model names them
+    return list(names) if names is not None else None
+
+def _cellpose_classes(path):
+    "Cellpose labels every cell with its image's competition class id (0: another type): the competition's names."
+    from cellseg_nb.celltypes import CELL_TYPES
+    return list(CELL_TYPES)
+
 def _cellpose_start(path):
     "The `pretrained` record in a Cellpose model's `.json` (None: from scratch or no record)."
     import json
@@ -183,11 +201,11 @@ def _load_cellpose(path, device='auto', inference=None):
 
 register_model_kind(ModelKind('maskrcnn', _load_maskrcnn, '.pth', pack=_pack_maskrcnn, packages=('torch', 'torchvision'),
                               train='cellseg train maskrcnn', what='Mask R-CNN checkpoint', own_tta=True,
-                              start=_maskrcnn_start))
+                              start=_maskrcnn_start, classes=_maskrcnn_classes))
 register_model_kind(ModelKind('cellpose', _load_cellpose, '',
                               companions=('.json', '_size.npy', '_types.json'), recipe_companion='.json',
                               packages=('torch', 'torchvision', 'cellpose'), train='cellseg train cellpose',
-                              what='Cellpose model', own_tta=True, start=_cellpose_start))
+                              what='Cellpose model', own_tta=True, start=_cellpose_start, classes=_cellpose_classes))
 
 # %% ../nbs/14_predictors.ipynb 22
 def ensemble_predictor(predictors: list, weights=None, iou_threshold: float = 0.5, vote: float = 0.5,
@@ -216,8 +234,9 @@ def ensemble_predictor(predictors: list, weights=None, iou_threshold: float = 0.
 
 def _labelled(raw: Instances, cell_type) -> Instances:
     """`raw` with every label set to `cell_type`'s class id: the type the ensemble chose the source for is then the
-    type post-processing votes (one type per image; Cellpose's labels are the image's type in the same way)."""
-    from cellseg_nb.postprocess import CLASS_NAMES
-    ids = {name: i for i, name in CLASS_NAMES.items()}
+    type post-processing votes (one type per image; Cellpose's labels are the image's type in the same way). The class
+    ids are those of `raw`'s own class names (`meta['classes']`), else the competition's (`postprocess.label_names`)."""
+    from cellseg_nb.postprocess import label_names
+    ids = {name: i for i, name in label_names(raw).items()}
     if cell_type not in ids or raw.labels is None: return raw
     return raw.with_(labels=np.full(len(raw), ids[cell_type], raw.labels.dtype))

@@ -79,7 +79,9 @@ def write_pseudo_labels(df: pd.DataFrame, path) -> Path:
 # %% ../nbs/17_pseudo.ipynb 11
 class PseudoLabelData:
     """Pseudo-labelled images as a data source: `csv` written by `write_pseudo_labels`, images from
-    `root/train_semi_supervised/`. `instances(id)` has labels = class id of the image's cell type."""
+    `root/train_semi_supervised/`. `instances(id)` has labels = class id of the image's cell type (`class_names`:
+    the competition types, as `SartoriusData`)."""
+    class_names = tuple(CELL_TYPES)
     def __init__(self, csv, root):
         self.csv, self.root = Path(csv), Path(root)
         if not self.csv.is_file(): raise FileNotFoundError(f"pseudo-label file not found: {self.csv}")
@@ -106,8 +108,13 @@ class PseudoLabelData:
         return inst.with_(labels=np.full(len(inst), class_id(ct), np.int64), meta={'id': id, 'cell_type': ct, 'pseudo': True})
 
 class CombinedSource:
-    "Several data sources as one: `parts` a list of `(source, ids)`; an id in two parts is an error."
+    """Several data sources as one: `parts` a list of `(source, ids)`; an id in two parts is an error, and so are
+    parts whose `class_names` differ (their labels would mean different classes)."""
     def __init__(self, parts):
+        parts = list(parts)
+        names = {(tuple(n) if (n := getattr(s, 'class_names', None)) is not None else None) for s, _ in parts}
+        if len(names) > 1: raise ValueError(f"data sources with different class_names cannot be combined: {sorted(names, key=str)}")
+        self.class_names = names.pop() if names else None
         self._of = {}
         for src, ids in parts:
             for i in ids:

@@ -7,6 +7,7 @@ from cellseg_nb.instances import Instances
 from cellseg_nb.maskrcnn import build_model, predict, load_model
 from cellseg_nb.maskrcnn_train import train, validate, CellDataset, ArraySource
 from cellseg_nb.config import get_recipe
+from cellseg_nb.celltypes import CELL_TYPES
 
 torch.set_num_threads(1)
 
@@ -71,7 +72,7 @@ def test_images_without_cells(tmp_path):
     empty = Instances.empty((64, 64), labels=True)
     # a training set without any cell is an error ...
     with pytest.raises(ValueError, match='no annotated cells'):
-        train((ArraySource([img, img], [empty, empty]), None), tmp_path / 'run', iterations=1, **FAST)
+        train((ArraySource([img, img], [empty, empty], class_names=['cell']), None), tmp_path / 'run', iterations=1, **FAST)
     # ... but an image without cells inside a training set is a valid negative: finite losses, gradients flow
     torch.manual_seed(0)
     m = build_model(3, 'resnet18', **TINY).train()
@@ -92,7 +93,8 @@ def test_wrong_architecture_weights(tmp_path):
     with pytest.raises(ValueError, match='does not fit this model'):
         build_model(3, 'resnet18', weights=tmp_path / 'r34.pt', **TINY)
     with pytest.raises(ValueError, match='does not fit this model'):
-        train((ArraySource([np.zeros((64, 64), np.uint8)], [Instances.from_masks(np.ones((1, 64, 64), bool))]), None),
+        train((ArraySource([np.zeros((64, 64), np.uint8)], [Instances.from_masks(np.ones((1, 64, 64), bool))],
+                           class_names=CELL_TYPES), None),
               tmp_path / 'run', weights=tmp_path / 'r34.pt', iterations=1, **FAST)
     with pytest.raises(FileNotFoundError, match='not found'):
         build_model(3, 'resnet18', weights=tmp_path / 'missing.pt', **TINY)

@@ -10,6 +10,7 @@ import numpy as np, pytest, torch, torchvision
 
 from cellseg_nb.maskrcnn import build_model
 from cellseg_nb.maskrcnn_train import train, ArraySource
+from cellseg_nb.celltypes import CELL_TYPES
 from cellseg_nb.instances import Instances
 from cellseg_nb.pretrained import (MissingWeights, resolve_maskrcnn_weights, resolve_cellpose_model, cellpose_models_dir,
                                    torch_cache_dir, CELLPOSE_MODEL_NAMES)
@@ -94,7 +95,7 @@ def test_coco_by_name_loads_every_fitting_tensor_and_trains(caches, tmp_path):
         assert sorted(r['new_keys']) == sorted(COCO_HEADS) == sorted(r['skipped_keys'])
         # one training step from it; the checkpoint keeps the record
         img, inst = _one_image()
-        res = train((ArraySource([img], [inst]), None), tmp_path / 'run', backbone='resnet50', weights='coco', iterations=1,
+        res = train((ArraySource([img], [inst], class_names=CELL_TYPES), None), tmp_path / 'run', backbone='resnet50', weights='coco', iterations=1,
                     batch_size=1, optimizer='adamw', lr=1e-4, warmup=0, augment=False, val_every=10, model_options=SMALL,
                     progress=False, device='cpu')
         assert np.isfinite(res['log'].loss.iloc[-1])
