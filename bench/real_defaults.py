@@ -14,7 +14,8 @@ is the one with the best mean over the two models; the shipped value is kept unl
 The settings so chosen are then scored on the 24 test images beside the shipped ones (the gain on data the choice
 never saw). Writes `results/real_defaults.csv` (the sweep), `results/real_defaults_chosen.csv` (per type and setting:
 shipped, best, chosen) and `results/real_defaults_test.csv` (shipped vs chosen on the test split, per model and type)
-with `--write`; prints them otherwise. CPU: about a minute.
+with `--write`; prints them otherwise. CPU: about a minute. `--cellpose` also sweeps Cellpose's cell-probability
+and flow thresholds on the tune split (`cellpose_thresholds`: `results/real_defaults_cellpose.csv`).
 """
 # not in CI
 # (it needs the real benchmark's cache: `bench/bench_real.py --cache DIR` first)
@@ -112,10 +113,58 @@ def calibration(scorer) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+CELLPOSE_THRESHOLDS = [dict(cellprob_threshold=c, flow_threshold=0.4) for c in (-1.0, 0.0, 1.0, 2.0)] + \
+                      [dict(cellprob_threshold=0.0, flow_threshold=f) for f in (0.2, 0.6, 0.8)]
+
+
+def cellpose_thresholds(scorer, cache, grid=CELLPOSE_THRESHOLDS) -> pd.DataFrame:
+    """Cellpose's cell-probability and flow thresholds (`cpose.predict`, shipped 0.0 / 0.4) swept one at a time on
+    the tune split with our trained model, each image at its true type's training diameter (`diameter='cell_type'`,
+    one network pass per setting; the shipped SizeModel path costs several), post-processed with the shipped
+    defaults. One row per (setting, cell type)."""
+    import torch
+    from cellseg_nb import cpose
+    from cellseg_nb.data import SartoriusData
+    from cellseg_nb.postprocess import PostprocessConfigs
+    torch.set_num_threads(1)
+    ds = SartoriusData(B.DATA)
+    bundle = cpose.load_model(cache / 'runs' / 'ours' / 'cellpose', mkldnn=False)
+    ids = list(scorer.gt['tune'])
+    rows = []
+    for g in grid:
+        raw = {i: cpose.predict(bundle, [ds.image(i)], diameter='cell_type', cell_types=[scorer.types[i]], **g)[0] for i in ids}
+        d = type_scores(scorer.gt['tune'], raw, scorer.types, PostprocessConfigs())
+        for ct in B.TYPES: rows.append(dict(**g, cell_type=ct, tune_mAP=d[ct]))
+        print(g, {k: round(v, 4) for k, v in d.items()}, flush=True)
+    return pd.DataFrame(rows)
+
+
+def tables_markdown(chosen: pd.DataFrame, test: pd.DataFrame, cal: pd.DataFrame, thr=None) -> str:
+    "The guide's block (Markdown): the settings that changed, the test-split check, the calibration, the Cellpose sweep."
+    from table import csv_markdown
+    ch = chosen[chosen.changed]
+    out = ('Settings the real tune split changed (best value by the two models\' mean; `MIN_GAIN` rule):\n\n'
+           + (csv_markdown(ch, ['setting', 'cell_type', 'shipped', 'shipped_mAP', 'chosen', 'best_mAP', 'gain'])
+              if len(ch) else 'none: no setting gained at least 0.005 on the mean without a loss on either model.')
+           + f"\n\n{len(chosen) - len(ch)} of {len(chosen)} (setting, cell type) pairs keep their shipped value. On the test split:\n\n"
+           + csv_markdown(test, list(test.columns))
+           + "\n\nScore calibration of the raw candidates (tune split): why score thresholds stay per model:\n\n"
+           + csv_markdown(cal, list(cal.columns)))
+    if thr is not None:
+        wide = thr.pivot_table(index=['cellprob_threshold', 'flow_threshold'], columns='cell_type', values='tune_mAP').reset_index()
+        wide['mean'] = wide[list(B.TYPES)].mean(axis=1)
+        out += ("\n\nCellpose's thresholds on the tune split (our model, true type's diameter, shipped post-processing; "
+                "shipped: cell probability 0.0, flow 0.4):\n\n" + csv_markdown(wide, list(wide.columns)))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--cache', required=True, help="bench_real.py's --cache folder (its run_* folder is found)")
     ap.add_argument('--write', action='store_true', help='write results/real_defaults*.csv')
+    ap.add_argument('--readme', action='store_true', help="rewrite the guide's real-defaults-table block")
+    ap.add_argument('--cellpose', action='store_true', help="also sweep Cellpose's cell-probability and flow thresholds "
+                    "(re-predicts the tune split: about 15 CPU-minutes)")
     a = ap.parse_args(argv)
     from cellseg_nb.postprocess import PostprocessConfigs
     runs = sorted(Path(a.cache).glob('run_*'), key=lambda p: p.stat().st_mtime)
@@ -128,14 +177,21 @@ def main(argv=None):
     chosen = choose(table, shipped)
     test = test_gain(scorer, shipped, chosen_configs(chosen, shipped))
     cal = calibration(scorer)
+    thr = cellpose_thresholds(scorer, cache) if a.cellpose else None
     pd.set_option('display.width', 250)
     print(chosen.round(4).to_string(index=False)); print(test.round(4).to_string(index=False)); print(cal.round(3).to_string(index=False))
     if a.write:
         from cellseg_nb.files import write_csv
         for name, df in (('real_defaults', table), ('real_defaults_chosen', chosen), ('real_defaults_test', test),
-                         ('real_defaults_calibration', cal)):
-            write_csv(REPO / 'results' / f'{name}.csv', df.round(5))
+                         ('real_defaults_calibration', cal), ('real_defaults_cellpose', thr)):
+            if df is not None: write_csv(REPO / 'results' / f'{name}.csv', df.round(5))
         print(f"wrote results/real_defaults*.csv from {cache}")
+    if a.readme:
+        sys.path.insert(0, str(REPO / 'docs'))
+        import readme
+        if thr is None and (REPO / 'results' / 'real_defaults_cellpose.csv').is_file():
+            thr = pd.read_csv(REPO / 'results' / 'real_defaults_cellpose.csv')
+        print(f"wrote {readme.set_block('real-defaults-table', tables_markdown(chosen, test, cal, thr))}")
 
 
 if __name__ == '__main__':
