@@ -139,6 +139,13 @@ def cellpose_thresholds(scorer, cache, grid=CELLPOSE_THRESHOLDS) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def read_results(folder=REPO / 'results') -> tuple:
+    "(chosen, test, calibration, Cellpose sweep or None) as written by `--write`: what the guide's block is made from."
+    read = lambda n: pd.read_csv(Path(folder) / f'real_defaults_{n}.csv', keep_default_na=False, na_values=[''])
+    thr = read('cellpose') if (Path(folder) / 'real_defaults_cellpose.csv').is_file() else None
+    return read('chosen'), read('test'), read('calibration'), thr
+
+
 def tables_markdown(chosen: pd.DataFrame, test: pd.DataFrame, cal: pd.DataFrame, thr=None) -> str:
     "The guide's block (Markdown): the settings that changed, the test-split check, the calibration, the Cellpose sweep."
     from table import csv_markdown
@@ -189,9 +196,7 @@ def main(argv=None):
     if a.readme:
         sys.path.insert(0, str(REPO / 'docs'))
         import readme
-        if thr is None and (REPO / 'results' / 'real_defaults_cellpose.csv').is_file():
-            thr = pd.read_csv(REPO / 'results' / 'real_defaults_cellpose.csv')
-        print(f"wrote {readme.set_block('real-defaults-table', tables_markdown(chosen, test, cal, thr))}")
+        print(f"wrote {readme.set_block('real-defaults-table', tables_markdown(*read_results()))}")
 
 
 if __name__ == '__main__':

@@ -56,7 +56,7 @@ def test_code_written_blocks_are_where_their_scripts_write():
     "Each block is in exactly one page: the demo table in the README's notebook, the benchmark tables in the guide."
     bench = ROOT / 'docs' / 'guide_benchmarks.md'
     assert readme.block_home('demo-table') == readme.INDEX
-    for name in ('options-table', 'real-bench-table', 'bench-table'): assert readme.block_home(name) == bench, name
+    for name in ('options-table', 'real-bench-table', 'real-defaults-table', 'bench-table'): assert readme.block_home(name) == bench, name
 
 
 def test_readme_demo_table_is_the_demo_results():
@@ -70,6 +70,13 @@ def test_readme_demo_table_is_the_demo_results():
 def test_readme_real_benchmark_table_is_its_csv():
     import bench_real
     assert readme.block('real-bench-table') == bench_real.table_markdown(ROOT / 'results' / 'bench_real.csv').strip('\n')
+
+
+def test_real_defaults_tables_are_their_csvs():
+    "The guide's tables of defaults chosen on real images are what bench/real_defaults.py's CSVs give, not typed."
+    import real_defaults
+    want = real_defaults.tables_markdown(*real_defaults.read_results(ROOT / 'results'))
+    assert readme.block('real-defaults-table') == want.strip('\n'), "run python bench/real_defaults.py --cache DIR --write --readme"
 
 
 def test_readme_options_table_is_its_csv():
