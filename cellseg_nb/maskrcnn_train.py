@@ -15,8 +15,9 @@ from .config import AugmentConfig, TrainConfig
 
 # %% auto 0
 __all__ = ['AUGMENT_DEFAULTS', 'TRAIN_DEFAULTS', 'LOSSES', 'ArraySource', 'CellDataset', 'augment_sample', 'open_source',
-           'livecell_dataset', 'lr_at', 'KeySampler', 'save_checkpoint', 'validate', 'Hook', 'Trainer', 'LRSchedule',
-           'Validation', 'CSVLog', 'ProgressBar', 'Checkpoint', 'TimeUp', 'TimeBudget', 'train', 'transfer']
+           'livecell_dataset', 'lr_at', 'KeySampler', 'save_checkpoint', 'validate', 'Hook', 'EventStorage', 'Trainer',
+           'LRSchedule', 'Validation', 'CSVLog', 'ProgressBar', 'Checkpoint', 'TimeUp', 'TimeBudget', 'train',
+           'transfer']
 
 # %% ../nbs/11_maskrcnn_train.ipynb 6
 from .inference import resize_instances
@@ -299,7 +300,8 @@ LOSSES = ['loss_classifier', 'loss_box_reg', 'loss_mask', 'loss_objectness', 'lo
 # %% ../nbs/11_maskrcnn_train.ipynb 25
 class Hook:
     """One behaviour of a training run. The `Trainer` calls `before_run`, then `before_step` / `after_step` around
-    every step, then `after_run`; `state_dict` / `load_state_dict` carry the hook's state through checkpoints."""
+    every step, then `after_run`; `state_dict` / `load_state_dict` carry the hook's state through checkpoints.
+    Hooks exchange numbers through the trainer's `storage` (`EventStorage`), not through each other."""
     name = 'hook'
     def before_run(self, trainer): pass
     def before_step(self, trainer): pass
@@ -308,10 +310,47 @@ class Hook:
     def state_dict(self) -> dict: return {}
     def load_state_dict(self, state: dict): pass
 
+class EventStorage:
+    """The one place a run's scalars go (after detectron2's `EventStorage`): the trainer puts each step's losses,
+    hooks put theirs (the learning rate, the validation score) and read the others' with `latest` / `at` /
+    `history`. A value's `iteration` is the number of steps done after the step it belongs to (the trainer's
+    `iteration` after that step). `put_scalars(iteration, **values)` averages the values across processes when a
+    process group is up (one `all_reduce` of all of them: every process must put the same names at the same point,
+    as the trainer does with its losses); `reduce=False` keeps this process's value (the learning rate, the same
+    on every process; the validation score, computed on process 0 only). On one process values are stored as
+    given. Nothing here is checkpointed: a hook carries what it needs across a resume in its own state, and
+    `history` holds the last `max_history` values of each name put by this process."""
+    def __init__(self, max_history: int = 10_000):
+        self.max_history, self._latest, self._history = int(max_history), {}, {}
+    def put_scalar(self, name: str, value: float, iteration: int, reduce: bool = True):
+        self.put_scalars(iteration, reduce=reduce, **{name: value})
+    def put_scalars(self, iteration: int, reduce: bool = True, **values):
+        values = {k: float(v) for k, v in values.items()}
+        world = _world()
+        if reduce and world > 1 and values:
+            dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+            buf = torch.tensor(list(values.values()), dtype=torch.float64, device=dev)
+            dist.all_reduce(buf)                                 # the sum over processes
+            values = dict(zip(values, (buf / world).tolist()))
+        from collections import deque
+        for k, v in values.items():
+            self._latest[k] = (v, int(iteration))
+            self._history.setdefault(k, deque(maxlen=self.max_history)).append((v, int(iteration)))
+    def latest(self) -> dict:
+        "`{name: (value, iteration)}`: the last value put under each name."
+        return dict(self._latest)
+    def at(self, iteration: int) -> dict:
+        "`{name: value}` of the latest values put with `iteration` (the step that made `iteration` steps done)."
+        return {k: v for k, (v, i) in self._latest.items() if i == iteration}
+    def history(self, name: str) -> list:
+        "`[(value, iteration), ...]` of `name`, oldest first (empty when never put)."
+        return list(self._history.get(name, ()))
+
 class Trainer:
     """The training loop: `run_step` between the hooks, from iteration `start` to `n`. `batches`: an iterator of
     lists of `(image (1, H, W) tensor, target)`; `net`: the model to call (the DDP wrapper), `model` the plain one.
-    After each step `iteration` counts the steps done, `loss` / `losses` hold its loss (floats)."""
+    After each step `iteration` counts the steps done, `loss` / `losses` hold this process's loss (floats) and
+    `storage` (`EventStorage`) holds them averaged over the processes, under `'loss'` and each loss's name."""
     def __init__(self, model, optimizer, batches, device, n: int, start: int = 0, net=None, scaler=None,
                  use_amp: bool = False, clip_grad: float | None = None, hooks=(), rank: int = 0):
         self.model, self.net, self.optimizer, self.batches, self.device = model, net or model, optimizer, batches, device
@@ -319,9 +358,10 @@ class Trainer:
         self.scaler = scaler or torch.amp.GradScaler(device.type, enabled=use_amp)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.hooks, self.lr, self.loss, self.losses = list(hooks), None, None, {}
+        self.storage = EventStorage()
 
     def run_step(self):
-        "One optimisation step on the next batch."
+        "One optimisation step on the next batch; its losses go to `storage`."
         batch = next(self.batches)
         imgs = [x.to(self.device, non_blocking=True) for x, _ in batch]
         tgts = [{'boxes': t['boxes'].to(self.device), 'labels': t['labels'].to(self.device), 'masks': t['masks']} for _, t in batch]
@@ -338,6 +378,7 @@ class Trainer:
         self.scaler.step(self.optimizer); self.scaler.update()
         self.iteration += 1
         self.losses, self.loss = {k: float(v.detach()) for k, v in losses.items()}, float(loss.detach())
+        self.storage.put_scalars(self.iteration, **self.losses, loss=self.loss)
 
     def run(self):
         "Run the hooks and steps until `n` steps are done."
@@ -357,71 +398,87 @@ class Trainer:
         "The hook called `name` (None when absent)."
         return next((h for h in self.hooks if h.name == name), None)
 
-# %% ../nbs/11_maskrcnn_train.ipynb 26
+# %% ../nbs/11_maskrcnn_train.ipynb 29
 class LRSchedule(Hook):
-    "Sets the learning rate of every parameter group to `lr_at(iteration, cfg)` before each step (no state: a function of the iteration)."
+    """Sets the learning rate of every parameter group to `lr_at(iteration, cfg)` before each step and puts it in
+    the storage as `'lr'` of that step (no state: a function of the iteration)."""
     name = 'lr'
     def __init__(self, cfg: dict): self.cfg = cfg
     def before_step(self, t):
         t.lr = lr_at(t.iteration, self.cfg)
         for g in t.optimizer.param_groups: g['lr'] = t.lr
+        t.storage.put_scalar('lr', t.lr, t.iteration + 1, reduce=False)     # the lr of the step about to run
 
+# %% ../nbs/11_maskrcnn_train.ipynb 33
 class Validation(Hook):
-    """Every `every` steps and after the last one, process 0 scores the model on `ids` of `source` (`validate`,
-    after `postprocess`). Sets `trainer.val_due`; state: the last score."""
+    """Every `every` steps and after the last one, process 0 scores the model on `ids` of `source` (`scorer`, default
+    `validate`, after `postprocess`) and puts the score in the storage as `'val_score'` of that step. State: the
+    last score."""
     name = 'validation'
-    def __init__(self, source, ids, every: int, postprocess='default'):
+    def __init__(self, source, ids, every: int, postprocess='default', scorer=None):
         self.source, self.ids, self.every, self.postprocess, self.score = source, list(ids), int(every), postprocess, float('nan')
+        self.scorer = scorer or validate
     def after_step(self, t):
         done = t.iteration
-        t.val_due = bool(self.ids) and (done % self.every == 0 or done == t.n)
-        if t.val_due and t.rank == 0: self.score = validate(t.model, self.source, self.ids, self.postprocess)
+        if self.ids and (done % self.every == 0 or done == t.n) and t.rank == 0:
+            self.score = self.scorer(t.model, self.source, self.ids, self.postprocess)
+            t.storage.put_scalar('val_score', self.score, done, reduce=False)
     def state_dict(self): return {'score': self.score}
     def load_state_dict(self, state): self.score = float(state.get('score', float('nan')))
 
 class CSVLog(Hook):
-    """Process 0 appends a row to the CSV `path` every `every` steps, at the end and when validation ran: iteration,
-    lr, mean losses since the last row, seconds per iteration, validation score. State: the partial loss sums.
-    On resume the log is cut back to the checkpoint's iteration (rows after it are written again)."""
+    """Process 0 appends a row to the CSV `path` every `every` steps, at the end and when a validation score was put
+    for the step: iteration, lr, mean losses since the last row, seconds per iteration, validation score, all read
+    from the storage. State: the partial loss sums. On resume the log is cut back to the checkpoint's iteration
+    (rows after it are written again)."""
     name = 'log'
     def __init__(self, path, every: int, resume: bool = False):
-        self.path, self.every, self.resume, self.acc, self.row = Path(path), int(every), resume, {}, None
+        self.path, self.every, self.resume, self.acc = Path(path), int(every), resume, {}
     def before_run(self, t):
         if t.rank == 0:
             if self.resume: _rewrite_log(self.path, t.iteration)
             elif self.path.exists(): self.path.unlink()
         self.t_last, self.it_last = time.time(), t.iteration
     def after_step(self, t):
-        acc, done, self.row = self.acc, t.iteration, None
-        for k, v in t.losses.items(): acc[k] = acc.get(k, 0.0) + v
-        acc['loss'] = acc.get('loss', 0.0) + t.loss; acc['n'] = acc.get('n', 0) + 1
-        val_due = getattr(t, 'val_due', False)
-        if t.rank == 0 and (done % self.every == 0 or done == t.n or val_due):
+        acc, done = self.acc, t.iteration
+        step = t.storage.at(done)
+        for k in (*LOSSES, 'loss'):
+            if k in step: acc[k] = acc.get(k, 0.0) + step[k]
+        acc['n'] = acc.get('n', 0) + 1
+        score = step.get('val_score')
+        if t.rank == 0 and (done % self.every == 0 or done == t.n or score is not None):
             now = time.time()
-            score = t.hook('validation').score if val_due else None
-            self.row = {'iteration': done, 'lr': t.lr, 'loss': acc['loss'] / acc['n'],
-                        **{k: acc.get(k, 0.0) / acc['n'] for k in LOSSES},
-                        'sec_per_iter': (now - self.t_last) / max(done - self.it_last, 1), 'val_score': score}
-            _append_row(self.path, self.row)
+            row = {'iteration': done, 'lr': step.get('lr'), 'loss': acc['loss'] / acc['n'],
+                   **{k: acc.get(k, 0.0) / acc['n'] for k in LOSSES},
+                   'sec_per_iter': (now - self.t_last) / max(done - self.it_last, 1), 'val_score': score}
+            _append_row(self.path, row)
             self.acc, self.t_last, self.it_last = {}, time.time(), done
     def state_dict(self): return {'acc': dict(self.acc)}
     def load_state_dict(self, state): self.acc = dict(state.get('acc', {}))
 
 class ProgressBar(Hook):
-    "A tqdm bar on process 0: iteration, time left, and at each log row the loss, lr (3 significant digits) and validation score."
+    """A tqdm bar on process 0: iteration, time left, and every `every` steps, at the end and at each validation the
+    mean loss since the last update, the lr (3 significant digits) and the validation score, read from the storage
+    (`postfix`: what it last showed)."""
     name = 'progress'
-    def __init__(self, enabled: bool = True, desc: str = 'train maskrcnn'): self.enabled, self.desc = enabled, desc
+    def __init__(self, enabled: bool = True, desc: str = 'train maskrcnn', every: int = 20):
+        self.enabled, self.desc, self.every, self.postfix = enabled, desc, int(every), {}
     def before_run(self, t):
         from tqdm.auto import tqdm
         self.bar = tqdm(total=t.n, initial=t.iteration, disable=not (self.enabled and t.rank == 0), desc=self.desc)
+        self.last = t.iteration
     def after_step(self, t):
         self.bar.update(1)
-        row = getattr(t.hook('log'), 'row', None)
-        if row is not None:
-            self.bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.3g}",
-                                 **({'val': f"{row['val_score']:.3f}"} if row['val_score'] is not None else {}))
+        done, step = t.iteration, t.storage.at(t.iteration)
+        if done % self.every == 0 or done == t.n or 'val_score' in step:
+            losses = [v for v, i in t.storage.history('loss') if i > self.last]
+            self.postfix = {**({'loss': f"{np.mean(losses):.3f}"} if losses else {}),
+                            **({'lr': f"{step['lr']:.3g}"} if 'lr' in step else {}),
+                            **({'val': f"{step['val_score']:.3f}"} if 'val_score' in step else {})}
+            self.bar.set_postfix(**self.postfix); self.last = done
     def after_run(self, t): self.bar.close()
 
+# %% ../nbs/11_maskrcnn_train.ipynb 37
 class Checkpoint(Hook):
     """Every `every` steps and after the last one, writes `path` atomically (process 0; every process's RNG states
     gathered): model, model config, optimizer, AMP scaler, iteration, RNG states, every hook's state (`hooks`) and
@@ -440,7 +497,7 @@ class Checkpoint(Hook):
                                             'hooks': hooks, **self.extra})
             _barrier()
 
-# %% ../nbs/11_maskrcnn_train.ipynb 28
+# %% ../nbs/11_maskrcnn_train.ipynb 41
 class TimeUp(Exception):
     "Training stopped by `TimeBudget`: `iteration` steps done, checkpoint `path` written (continue with resume=True)."
     def __init__(self, iteration: int, path):
@@ -468,7 +525,7 @@ class TimeBudget(Hook):
         raise TimeUp(t.iteration, ck.path)
     def state_dict(self): return {}
 
-# %% ../nbs/11_maskrcnn_train.ipynb 29
+# %% ../nbs/11_maskrcnn_train.ipynb 45
 def _train_config(options: dict, root, dataset, backbone, model_options, world) -> dict:
     "The run's full training config as plain JSON values (a resumed run must match it)."
     unknown = set(options) - set(TRAIN_DEFAULTS)
@@ -544,7 +601,7 @@ def _run_recipe(recipe, model, cfg) -> dict:
                         augment=AugmentConfig.from_dict(aug if isinstance(aug, dict) else {}, source='augment'),
                         train=TrainConfig.from_dict(tc, source='train')).to_dict()
 
-# %% ../nbs/11_maskrcnn_train.ipynb 30
+# %% ../nbs/11_maskrcnn_train.ipynb 49
 def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50', weights=None, resume: bool = False,
           model_options: dict | None = None, progress: bool = True, device=None, threads: int | None = None,
           recipe=None, hooks=(), download: bool = False, **options) -> dict:
@@ -609,7 +666,7 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     run_recipe = _run_recipe(recipe, model, {**cfg, 'num_workers': num_workers})
     trainer = Trainer(model, opt, batches, device, n, start, net, scaler, use_amp, cfg['clip_grad'], rank=rank, hooks=[
         LRSchedule(cfg), Validation(vsrc, val_ids, cfg['val_every'], _val_config(cfg['val_postprocess'], model.config.get('class_names') or ())),
-        CSVLog(log_path, cfg['log_every'], resume=state is not None), ProgressBar(progress), *hooks,
+        CSVLog(log_path, cfg['log_every'], resume=state is not None), ProgressBar(progress, every=cfg['log_every']), *hooks,
         Checkpoint(ckpt_path, cfg['checkpoint_every'], {'train_config': cfg, 'recipe': run_recipe, 'pretrained': pretrained})])
     if state: trainer.load_hook_states(state.get('hooks') or {'log': {'acc': state['log_acc']}})
     trainer.run()
@@ -621,7 +678,7 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     return {'model': model, 'checkpoint': ckpt_path, 'log': log, 'val_score': score, 'recipe': run_recipe,
             'pretrained': pretrained}
 
-# %% ../nbs/11_maskrcnn_train.ipynb 32
+# %% ../nbs/11_maskrcnn_train.ipynb 53
 def transfer(root, out_dir, livecell_root=None, backbone: str = 'resnet50', weights=None, resume: bool = False,
              pretrain: dict | None = None, finetune: dict | None = None, model_options: dict | None = None,
              progress: bool = True, device=None, threads: int | None = None, livecell_types=None, recipe=None,
