@@ -51,6 +51,20 @@ def test_split_folder_reads_as_the_competition_folder(tmp_path):
         assert np.array_equal(sub.image(i), full.image(i))
 
 
+@needs_real
+def test_pseudo_folder_offers_every_unlabelled_image(tmp_path):
+    "The pseudo-label option's folder: the train split as before plus every real unlabelled image to label."
+    from cellseg_nb.data import SartoriusData
+    ids = bench_real.load_splits(bench_real.CHECK['sizes'])['train']
+    d = SartoriusData(bench_real.pseudo_folder(tmp_path / 'p', ids))
+    unlabelled = sorted(f.stem for sub in bench_real.UNLABELLED for f in (REAL / sub).glob('*.png'))
+    assert sorted(d.ids) == sorted(ids) and sorted(d.semi_supervised_ids) == unlabelled and len(unlabelled) == 85
+    i = unlabelled[0]
+    src = next(REAL / sub / f'{i}.png' for sub in bench_real.UNLABELLED if (REAL / sub / f'{i}.png').is_file())
+    assert (tmp_path / 'p' / 'train_semi_supervised' / f'{i}.png').resolve() == src.resolve()
+    assert bench_real.pseudo_folder(tmp_path / 'p', ids) == tmp_path / 'p'          # made once, then reused
+
+
 def _row(model, option, per_type):
     d = {'model': model, 'option': option, **{f'mAP {t}': v for t, v in per_type.items()}}
     d['mAP'] = float(np.mean(list(per_type.values())))
