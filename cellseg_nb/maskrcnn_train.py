@@ -602,9 +602,9 @@ def _run_recipe(recipe, model, cfg) -> dict:
                         train=TrainConfig.from_dict(tc, source='train')).to_dict()
 
 # %% ../nbs/11_maskrcnn_train.ipynb 49
-def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50', weights=None, resume: bool = False,
+def train(root, out_dir, dataset: str = 'competition', backbone: str | None = None, weights=None, resume: bool = False,
           model_options: dict | None = None, progress: bool = True, device=None, threads: int | None = None,
-          recipe=None, hooks=(), download: bool = False, **options) -> dict:
+          recipe=None, hooks=(), download: bool = False, stage: str = 'train', **options) -> dict:
     """Train Mask R-CNN on a data root and write `out_dir/checkpoint.pt` and `out_dir/log.csv`.
 
     `root`: competition folder (`dataset='competition'`), LIVECell folder (`dataset='livecell'`), or a pair
@@ -619,12 +619,21 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
     checkpoint_every, val_every (iterations; validation = our competition metric on fold `fold` after
     post-processing), val_images (cap), log_every, seed, num_workers, augment (bool or dict of
     `config.AugmentConfig` fields), val_postprocess, fold, n_folds); `Recipe.maskrcnn_options()` gives all of them.
-    `recipe`: the `config.Recipe` the run comes from; the resolved recipe (its model, augmentation and training
-    settings replaced by the ones used) is stored as `checkpoint['recipe']`. `hooks`: extra `Hook`s (run before the
+    `recipe`: the `config.Recipe` the run comes from: every setting not given as a keyword (`backbone`,
+    `model_options`, `options`) is the recipe's for `stage` ('train', or 'pretrain' for a LIVECell stage:
+    `Recipe.maskrcnn_options(stage)`), so `train(root, out, recipe=r)` trains `r`; without a recipe they are the
+    defaults (`backbone` resnet50). The resolved recipe (its model, augmentation and training settings replaced by
+    the ones used) is stored as `checkpoint['recipe']`. `hooks`: extra `Hook`s (run before the
     checkpoint hook; their state is checkpointed).
     `resume=True` continues the run in `out_dir` exactly (a finished run returns at once; no checkpoint: fresh
     start); an existing checkpoint with `resume=False` is an error. Runs under torchrun as DistributedDataParallel.
     Returns `{'model', 'checkpoint', 'log' (DataFrame), 'val_score', 'recipe'}` (the model unwrapped, in eval mode)."""
+    if recipe is not None:                                  # keywords win; the rest is the recipe's stage
+        ro = recipe.maskrcnn_options(stage)
+        backbone = ro.pop('backbone') if backbone is None else backbone
+        model_options = ro.pop('model_options') if model_options is None else model_options
+        options = {**{k: v for k, v in ro.items() if k not in ('backbone', 'model_options')}, **options}
+    backbone = backbone or 'resnet50'
     options.setdefault('n_folds', 5)
     out_dir = Path(out_dir); ckpt_path, log_path = out_dir / 'checkpoint.pt', out_dir / 'log.csv'
     rank, world, device, joined = _init_distributed(device)
@@ -679,7 +688,7 @@ def train(root, out_dir, dataset: str = 'competition', backbone: str = 'resnet50
             'pretrained': pretrained}
 
 # %% ../nbs/11_maskrcnn_train.ipynb 53
-def transfer(root, out_dir, livecell_root=None, backbone: str = 'resnet50', weights=None, resume: bool = False,
+def transfer(root, out_dir, livecell_root=None, backbone: str | None = None, weights=None, resume: bool = False,
              pretrain: dict | None = None, finetune: dict | None = None, model_options: dict | None = None,
              progress: bool = True, device=None, threads: int | None = None, livecell_types=None, recipe=None,
              download: bool = False, hooks=()) -> dict:
@@ -696,7 +705,7 @@ def transfer(root, out_dir, livecell_root=None, backbone: str = 'resnet50', weig
     common = dict(backbone=backbone, resume=resume, model_options=model_options, progress=progress, device=device, threads=threads,
                   recipe=recipe, hooks=hooks)
     a = train(livecell_root, out_dir / 'livecell', livecell_dataset(livecell_types), weights=weights, download=download,
-              **common, **(pretrain or {}))
+              stage='pretrain', **common, **(pretrain or {}))
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*re-initialized.*')
         b = train(root, out_dir / 'competition', 'competition', weights=a['checkpoint'], **common, **(finetune or {}))

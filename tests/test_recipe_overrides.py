@@ -75,3 +75,19 @@ def test_checkpoint_older_than_a_settings_field_still_resumes(tmp_path):
     # a setting that really differs is still refused, naming it
     with pytest.raises(ValueError, match="'lr'"):
         train(root, out, resume=True, **{**run, 'lr': 5e-3})
+
+
+def test_a_recipe_alone_trains_its_settings_and_keywords_win(tmp_path):
+    "`train(root, out, recipe=r)` trains r's settings (they were ignored unless also passed as keywords); a keyword wins."
+    torch.set_num_threads(1)
+    root = make_competition(tmp_path / 'data', n_images=4, seed=3, image_shape=(96, 96), n_test=0, n_semi=0)
+    r = get_recipe('tiny')
+    r = r.replace(train=r.train.replace(iterations=2, lr=3e-4, warmup=1, checkpoint_every=1, val_every=10 ** 6, fold=None))
+    res = train(root, tmp_path / 'a', recipe=r, progress=False)
+    cfg = read_checkpoint(res['checkpoint'])['train_config']
+    for k in ('iterations', 'lr', 'warmup', 'batch_size', 'optimizer', 'checkpoint_every'):
+        assert cfg[k] == getattr(r.train, k), k
+    assert cfg['backbone'] == r.model.backbone == 'resnet18'
+    assert cfg['model_options']['fpn_channels'] == r.model.fpn_channels != get_recipe('default').model.fpn_channels
+    res = train(root, tmp_path / 'b', recipe=r, progress=False, lr=1e-4)
+    assert read_checkpoint(res['checkpoint'])['train_config']['lr'] == 1e-4
