@@ -508,8 +508,8 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
                        out: str = 'runs/cellpose',  # folder for the model file (+ SizeModel, type files, recipe.yaml)
                        recipe: str = None,  # named recipe (tiny, demo, quick, competition, default) or a recipe YAML file (default: default)
                        set: Param(_SET_HELP.replace('train.lr=0.01 --set model.backbone=resnet18', 'cellpose.epochs=200'), str, action='append') = None,
-                       fold: int = 0,  # held-out fold (grouped by sample); -1: train on all images
-                       n_folds: int = 5,  # number of folds
+                       fold: int = None,  # held-out fold (grouped by sample); -1: train on all images (default: recipe, 0)
+                       n_folds: int = None,  # number of folds (default: recipe, 5)
                        livecell: str = None,  # LIVECell root (or the competition folder holding it): train on its train split first
                        livecell_types: str = None,  # LIVECell lines to use, e.g. shsy5y,a172 (release or paper names, any case; default all)
                        livecell_epochs: int = None,  # LIVECell epochs (with --livecell and competition data) (default: recipe)
@@ -528,11 +528,13 @@ def train_cellpose_cmd(data: str = None,  # competition folder (default: $CELLSE
     from cellseg_nb.pipeline import train_cellpose_run
     from cellseg_nb.config import resolve_recipe
     td = _train_data(data, livecell, livecell_types, pseudo_labels)
-    r = resolve_recipe(recipe, given({'cellpose.livecell_epochs': livecell_epochs, 'cellpose.epochs': epochs,
-                                      'cellpose.learning_rate': lr, 'cellpose.bsize': bsize,
-                                      'cellpose.size_epochs': 0 if no_size_model else None, 'pretrained.cellpose': pretrained,
-                                      'pretrained.download': True if download else None}), set)
-    res = train_cellpose_run(r, td, out, fold=_fold(fold), n_folds=n_folds, device=device)
+    flags = given({'cellpose.livecell_epochs': livecell_epochs, 'cellpose.epochs': epochs, 'cellpose.learning_rate': lr,
+                   'cellpose.bsize': bsize, 'cellpose.size_epochs': 0 if no_size_model else None,
+                   'pretrained.cellpose': pretrained, 'pretrained.download': True if download else None,
+                   'cellpose.n_folds': n_folds})
+    if fold is not None: flags['cellpose.fold'] = _fold(fold)          # -1: None (every image), told apart from not given
+    r = resolve_recipe(recipe, flags, set)
+    res = train_cellpose_run(r, td, out, device=device)
     if res['diameters'] is not None: print_table(res['diameters'], f"diameters on {res['held_out']}")
 
 # %% ../nbs/90_cli.ipynb 44

@@ -113,6 +113,8 @@ class CellposeConfig(Config):
     SGD: bool = False                       # SGD instead of AdamW
     size_epochs: int = 10                   # SizeModel (diameter per image) epochs after the U-Net; 0: no SizeModel
     save_every: int = 0                     # keep a U-Net snapshot every N epochs (<model>_epoch_NNNN); 0: none
+    fold: int | None = 0                    # held-out fold (`cellseg train cellpose`: grouped by sample); None: every image trains
+    n_folds: int = 5                        # number of folds
 
     def train_options(self) -> dict:
         "Keyword arguments of `cpose.train_cellpose` (besides data, folders, device)."

@@ -569,16 +569,16 @@ def _cellpose_pseudo_set(data: TrainData, ds, ids, fold, n_folds, c):
     return cpose.TrainingSet.from_arrays([tr.image(i) for i in tr.ids], [tr.instances(i) for i in tr.ids], types, tr.ids,
                                          c.overlap, c.min_train_masks)
 
-def train_cellpose_run(recipe: Recipe, data: TrainData, out, fold: int | None = 0, n_folds: int = 5,
-                       device: str = 'auto') -> dict:
+def train_cellpose_run(recipe: Recipe, data: TrainData, out, device: str = 'auto') -> dict:
     """Train a Cellpose 3 U-Net and its SizeModel with the recipe's `cellpose` settings (and `pretrained.cellpose`
-    start) on `data` into the folder `out` (`cellseg train cellpose`): the competition images outside fold `fold`
-    of `n_folds` (None: all), after LIVECell's train split when `data.livecell` is given; LIVECell alone without
+    start) on `data` into the folder `out` (`cellseg train cellpose`): the competition images outside the recipe's
+    fold (`cellpose.fold` of `cellpose.n_folds`; None: all), after LIVECell's train split when `data.livecell` is given; LIVECell alone without
     `data.root`. Pseudo-labelled images join training. The SizeModel's diameters are then compared on the held-out
     images (the fold, or LIVECell's val split; none with `fold=None`). Returns `{'model': path, 'size_model': path
     or None, 'diameters': cpose.diameter_summary table or None, 'held_out': what it was computed on}`."""
     from cellseg_nb import cpose
     c = recipe.cellpose
+    fold, n_folds = c.fold, c.n_folds
     lcd = None if data.livecell is None else data.livecell_split('train')
     if data.root is None:                              # LIVECell alone: train split, held-out = val split
         ds, lcd = lcd, None

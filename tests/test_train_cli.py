@@ -73,3 +73,22 @@ def test_train_cellpose_recipe_and_pseudo_labels(comp, tmp_path, capsys):
     held = set(data.folds(2).query('fold == 1').index)
     assert {f'semi{k}' for k in range(3)} <= set(info['train_ids']) and not held & set(info['train_ids'])
     assert info['stages'][-1]['n_images'] == n_train + 3
+
+
+def test_train_cellpose_fold_lives_in_the_recipe(comp, tmp_path, capsys):
+    "--fold / --n_folds are recipe settings (cellpose.fold, cellpose.n_folds): a recipe file's fold trains when no flag is given, --fold -1 is None (every image)."
+    import json, torch
+    torch.set_num_threads(1)
+    root, _, data = comp
+    r = get_recipe('tiny')
+    r = r.replace(cellpose=r.cellpose.replace(epochs=1, bsize=64, size_epochs=0, fold=1, n_folds=3))
+    rec = r.save(tmp_path / 'r.yaml')
+    rc, o, e = run(capsys, 'train', 'cellpose', '--data', root, '--out', tmp_path / 'a', '--recipe', rec, '--device', 'cpu')
+    assert rc == 0, e
+    trained = set(json.loads((tmp_path / 'a' / 'cellpose.json').read_text())['train_ids'])
+    assert trained == set(data.folds(3).query('fold != 1').index)                    # the recipe's fold held out
+    assert Recipe.load(tmp_path / 'a' / 'recipe.yaml').cellpose.fold == 1
+    rc, o, e = run(capsys, 'train', 'cellpose', '--data', root, '--out', tmp_path / 'b', '--recipe', rec, '--fold', -1, '--device', 'cpu')
+    assert rc == 0, e
+    assert set(json.loads((tmp_path / 'b' / 'cellpose.json').read_text())['train_ids']) == set(data.ids)
+    assert Recipe.load(tmp_path / 'b' / 'recipe.yaml').cellpose.fold is None
