@@ -54,7 +54,7 @@ Tasks (one per trained model) run `--jobs` at a time; with `--cache DIR` every f
 predictions of the tune and test splits) is kept there, a rerun reuses it and only re-scores, so re-scoring and
 tuning never retrain. Writes `results/bench_real.csv` (one row per model: AP@0.5, AP@0.75, AP@0.9, mAP, mAP per
 cell type, train CPU-s, predict CPU-s per image, cells predicted and true) and `results/bench_real_curves.csv`;
-`--readme` rewrites its table in `docs/guide_benchmarks.md`. `--check` (CI, about 5 minutes and 8 CPU-minutes on 2 cores, 2 jobs): 2 / 1 / 1
+`--readme` rewrites its table in `docs/guide_benchmarks.md` and the README's short table (`HEADLINE` rows). `--check` (by hand, not in CI: see below; about 5 minutes and 8 CPU-minutes on 2 cores, 2 jobs): 2 / 1 / 1
 images per type, 30 epochs and 40 Mask R-CNN iterations, everything in a temporary folder (nothing committed is written), exits 1 when
 ours (shipped) is below the peer on the mean. Every figure is CPU time (user + sys), not wall time: the machine may
 be shared.
@@ -630,6 +630,27 @@ def table_markdown(table) -> str:
     return out
 
 
+HEADLINE = [(NAMES['otsu'], 'tuned post-processing', 'classical baseline (Otsu, tuned)'),
+            (NAMES['peer'], 'its own output', "cellpose's own training and eval (peer)"),
+            (NAMES['ours'], 'default post-processing', 'Cellpose, ours (cellseg train cellpose, SizeModel)'),
+            (NAMES['ours_lc'], 'default post-processing', 'Cellpose, ours, LIVECell stage first'),
+            (NAMES['maskrcnn'], 'tuned post-processing', 'Mask R-CNN (resnet18 FPN, tuned)'),
+            (NAMES['maskrcnn'] + ' + flip TTA', 'tuned on flip-TTA predictions', 'Mask R-CNN + flip TTA'),
+            (ENSEMBLE, None, 'ensemble, tuned on the tune split')]
+
+
+def headline_markdown(table) -> str:
+    "The README's short real-image table (Markdown) from `results/bench_real.csv` (a path or its DataFrame): `HEADLINE` rows."
+    from cellseg_nb.pipeline import markdown_table
+    df = pd.read_csv(table, keep_default_na=False, na_values=['']) if isinstance(table, (str, os.PathLike)) else table
+    rows = []
+    for model, option, label in HEADLINE:
+        r = df[(df.model == model) & ((df.option == option) if option else True)]
+        if len(r): rows.append({'model (24 real test images)': label, **{c: r[c].iloc[0] for c in
+                                ('mAP', 'mAP astro', 'mAP cort', 'mAP shsy5y', 'train CPU s')}})
+    return markdown_table(pd.DataFrame(rows), index=False)
+
+
 # ---------------------------------------------------------------- main
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -638,7 +659,7 @@ def main(argv=None):
     ap.add_argument('--options', action='store_true', help='also the Mask R-CNN training options (3 more trainings)')
     ap.add_argument('--no-livecell', action='store_true', help='leave out the LIVECell-stage Cellpose')
     ap.add_argument('--check', action='store_true', help='small split and budget, temporary folder; exit 1 when ours < peer')
-    ap.add_argument('--readme', action='store_true', help='also rewrite the table of the user guide (docs/guide_benchmarks.md)')
+    ap.add_argument('--readme', action='store_true', help="also rewrite the user guide's table (docs/guide_benchmarks.md) and the README's short one")
     ap.add_argument('--out', default=str(REPO / 'results' / 'bench_real.csv'))
     ap.add_argument('--curves', default=str(REPO / 'results' / 'bench_real_curves.csv'))
     ap.add_argument('--tables-only', action='store_true', help='no training: the tables from the tasks the cache holds (a partial run)')
@@ -702,7 +723,8 @@ def main(argv=None):
     if a.readme:
         sys.path.insert(0, str(REPO / 'docs'))
         import readme
-        readme.set_block('real-bench-table', table_markdown(a.out)); readme.main()
+        readme.set_block('real-bench-table', table_markdown(a.out))
+        readme.set_block('real-bench-headline', headline_markdown(a.out)); readme.main()
     if failed: sys.exit(1)
 
 

@@ -70,6 +70,8 @@ def test_readme_demo_table_is_the_demo_results():
 def test_readme_real_benchmark_table_is_its_csv():
     import bench_real
     assert readme.block('real-bench-table') == bench_real.table_markdown(ROOT / 'results' / 'bench_real.csv').strip('\n')
+    assert readme.block_home('real-bench-headline') == readme.INDEX                  # the front page's short table
+    assert readme.block('real-bench-headline') == bench_real.headline_markdown(ROOT / 'results' / 'bench_real.csv').strip('\n')
 
 
 def test_real_defaults_tables_are_their_csvs():
