@@ -38,8 +38,9 @@ of ours (shipped) and Mask R-CNN tuned on the tune split (`ensemble.tune_ensembl
 runs) against the best single model; flip TTA for Mask R-CNN (`cellseg predict --tta`). With `--options`, Mask
 R-CNN trained again with one setting changed (input scale 1.5, 56 x 56 masks, anchors from the train split's
 boxes), and Mask R-CNN trained on the train split plus pseudo-labels (`cellseg pseudo-label` with the Mask R-CNN row's
-model on the folder's 85 unlabelled images (`unlabelled/` + `train_semi_supervised/`), then `cellseg train maskrcnn
---pseudo_labels`; its training CPU counts the labelling, not the first model). Flip TTA is also predicted on the tune
+model on the folder's 85 unlabelled images (`unlabelled/` + `train_semi_supervised/`) with a score bar from that model's
+own calibration (`pseudo_rules`), then `cellseg train maskrcnn --pseudo_labels`; its training CPU counts the
+labelling, not the first model). Flip TTA is also predicted on the tune
 split, so that tuning on the TTA output can be compared with tuning on plain predictions for a TTA submission.
 The LIVECell-only rows of the earlier bench are dropped.
 
@@ -391,8 +392,9 @@ def task_maskrcnn(cache, splits, mr, curve, option=None):
             time.sleep(10)
         folder = pseudo_folder(cache / 'data' / 'train_pseudo', splits['train'])
         out.mkdir(parents=True, exist_ok=True)
+        rules = json.dumps(pseudo_rules(cache))
         pseudo_cpu, _ = run_measured(_cli('pseudo-label', '--maskrcnn', base, '--data', folder, '--out', out.parent / 'mr_pseudo.csv',
-                                          '--device', 'cpu'), cache / 'logs' / 'mr_pseudo_label.log')
+                                          '--rules', rules, '--device', 'cpu'), cache / 'logs' / 'mr_pseudo_label.log')
         cmd[cmd.index('--data') + 1] = folder
         cmd += ['--pseudo_labels', out.parent / 'mr_pseudo.csv']
     elif option:
@@ -422,6 +424,21 @@ def task_maskrcnn(cache, splits, mr, curve, option=None):
                                  predict_cpu_s=round(res['predict_cpu_s_test'], 2), preds='maskrcnn_test'))
         shutil.rmtree(snaps, ignore_errors=True)          # full checkpoints (optimizer state): scored, not kept
     return res
+
+
+def pseudo_rules(cache, q=0.9) -> dict:
+    """`cellseg pseudo-label --rules` for the Mask R-CNN row's model: per type, `min_score` = the `q` quantile of its
+    raw candidates' scores on the tune split (the library's `PSEUDO_RULES` ask 0.6-0.7, made for trained models; at
+    this budget 5% of the candidates score above 0.5, and those rules keep no cell); minimum area and cell count as
+    shipped."""
+    from cellseg_nb.inference import load_predictions
+    raw = load_predictions(cache / 'preds' / 'maskrcnn_tune.csv')
+    types = json.loads(SPLITS.read_text())['tune']
+    out = {}
+    for t in TYPES:
+        s = np.concatenate([raw[i].scores for i in types[t] if i in raw and len(raw[i])] or [np.zeros(0)])
+        if len(s): out[t] = {'min_score': round(float(np.quantile(s, q)), 4)}
+    return out
 
 
 def task_otsu(cache, splits):
