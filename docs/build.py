@@ -144,11 +144,15 @@ def prepare(nb_path: Path):
             out.append(md_cell(fix_links(src, md_to_html=True))); continue
         if c['cell_type'] != 'code': continue
         d = directives(src)
-        if 'hide' in d or 'default_exp' in d and not strip_directives(src): continue
+        if 'default_exp' in d and not strip_directives(src): continue
         skip = sorted(SKIP_FLAGS & d.keys())
         code = strip_directives(src)
         if not code: continue
         cell = dict(c, source=code, outputs=[], execution_count=None, metadata=dict(c.get('metadata', {})))
+        if 'hide' in d:                       # run (later cells may need it), then dropped from the page (`drop_hidden`)
+            cell['metadata']['docs_hide'] = True
+            if not skip: out.append(cell)
+            continue
         if skip or (d.get('eval', [''])[0].lower() == 'false'): cell['metadata']['docs_skip'] = True
         out.append(cell)
         if skip: out.append(md_cell(f"*Not run in the docs build (`{'`, `'.join(skip)}`).*"))
@@ -184,6 +188,11 @@ def real_data_folder():
     return str(SHARED_DATA) if (SHARED_DATA / 'train.csv').is_file() else None
 
 
+def drop_hidden(cells) -> list:
+    "The cells a page shows: those `prepare` marked `docs_hide` (`#| hide` cells, executed for what they define) left out."
+    return [c for c in cells if not c.get('metadata', {}).get('docs_hide')]
+
+
 def execute(args):
     """Execute the prepared notebook `dst` (made from `src`) in place, in `src`'s folder, as nbdev_test does, with
     `CELLSEG_DATA` = `data` (unset when None). Returns (name, seconds, CPU-seconds, data)."""
@@ -201,6 +210,7 @@ def execute(args):
     try: shell.run_all(nb, exc_stop=True, preproc=lambda c: c.cell_type != 'code' or c.metadata.get('docs_skip'))
     except Exception as e: raise RuntimeError(f"{src.name}: a cell failed while building the docs:\n{shell.prettytb(fname=src)}") from e
     finally: os.chdir(cwd)
+    nb['cells'] = drop_hidden(nb['cells'])
     write_nb(nb, dst)
     import resource
     cpu = sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
@@ -242,6 +252,10 @@ def main():
         for name, dt, cpu, data in ex.map(execute, todo):
             executed[name] = dict(data='real' if data else 'synthetic', folder=data, seconds=round(dt, 1), cpu_seconds=round(cpu, 1))
             print(f"executed {name} in {dt:.0f} s ({cpu:.0f} s CPU) on {'the real data ' + data if data else 'its synthetic data'}", flush=True)
+    for s in pages:                                    # pages not executed: their hidden cells dropped here
+        if s not in executed:
+            f = SRC / f'{s}.ipynb'; nb = json.loads(f.read_text()); nb['cells'] = drop_hidden(nb['cells'])
+            f.write_text(json.dumps(nb, indent=1, ensure_ascii=False))
     (BUILD / 'executed.json').write_text(json.dumps(executed, indent=1) + '\n')
     (BUILD / 'mkdocs.yml').write_text(mkdocs_yml(pages))
     subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '--strict', '-q', '-f', str(BUILD / 'mkdocs.yml')], check=True,

@@ -226,3 +226,17 @@ def test_library_pages_must_show_their_executed_output(tmp_path):
     assert check_site.check_printed(tmp_path, {'b': {}}, {'a': 'usage'})[0].startswith('a.html: not executed')
     import build
     assert set(check_site.PRINTS) <= set(build.EXECUTE) and '08_config' in build.EXECUTE and '90_cli' in build.EXECUTE
+
+
+def test_hidden_cells_run_but_are_not_shown(tmp_path):
+    "A `#| hide` cell (often the imports later cells need) is executed by the docs build, then left off the page."
+    import build
+    nb = dict(cells=[dict(cell_type='code', metadata={}, outputs=[], source='#| hide\nimport tempfile'),
+                     dict(cell_type='code', metadata={}, outputs=[], source='print(tempfile.gettempdir() != "")'),
+                     dict(cell_type='code', metadata={}, outputs=[], source='#| hide\n#| slow\nx = 1')],
+              metadata={}, nbformat=4, nbformat_minor=5)
+    p = tmp_path / '99_x.ipynb'; p.write_text(json.dumps(nb))
+    cells = build.prepare(p)['cells']
+    assert [c['source'] for c in cells] == ['import tempfile', 'print(tempfile.gettempdir() != "")']
+    assert cells[0]['metadata'].get('docs_hide') and not cells[1]['metadata'].get('docs_hide')
+    assert [c['source'] for c in build.drop_hidden(cells)] == ['print(tempfile.gettempdir() != "")']
