@@ -50,13 +50,16 @@ def sweep(scorer, shipped) -> pd.DataFrame:
     rows = []
     for model, key in MODELS.items():
         raw = scorer.raw(f'{key}_tune')
-        for setting, grid in GRIDS.items():
-            for v in grid:
-                for ct in B.TYPES:
+        for ct in B.TYPES:
+            gt = {i: g for i, g in scorer.gt['tune'].items() if scorer.types[i] == ct}     # scored on its own images only
+            for setting, grid in GRIDS.items():
+                for v in grid:
                     cfg = shipped.replace(ct, **{setting: v})
-                    s = type_scores(scorer.gt['tune'], raw, scorer.types, cfg)[ct]
+                    s = type_scores(gt, raw, scorer.types, cfg)[ct]
                     rows.append(dict(setting=setting, value=str(v), model=model, cell_type=ct, tune_mAP=s,
                                      shipped=str(getattr(shipped[ct], setting)) == str(v)))
+    rows.sort(key=lambda r: (list(MODELS).index(r['model']), list(GRIDS).index(r['setting']),
+                             [str(v) for v in GRIDS[r['setting']]].index(r['value']), B.TYPES.index(r['cell_type'])))
     return pd.DataFrame(rows)
 
 
