@@ -16,8 +16,10 @@ train.csv) and trains through the real CLI on it with `--fold -1` (every image o
 Every model: the train split, seed 0, one CPU thread, from scratch (no pretrained weights are on this machine).
 Budget (`BUDGET`, `MASKRCNN`), about 2 CPU-hours for the whole run (`--jobs 2`: about an hour on 2 free cores):
 - Cellpose, ours and the peer alike: 160 epochs x 8 random crops of 128 px, batch 8 (160 optimizer steps), cells
-  seen at 17 px (`diam_mean`), AdamW at 0.005 (both defaults); cellpose's own schedule (10-epoch linear warm-up,
-  the last 50 epochs decaying). About 2.5 CPU-s per step here.
+  seen at 17 px (`diam_mean`), AdamW at 0.005 (both defaults). The peer: cellpose's own schedule (10-epoch linear
+  warm-up from 0, the last 50 epochs halving), float32, about 2.4 CPU-s per step here; ours: the library's defaults
+  (`cellpose.schedule='budget'`: 5 % warm-up then a cosine to 0; `cellpose.amp='auto'`: bfloat16 autocast where the
+  CPU computes it natively, as this machine's does: about 1.4 CPU-s per step).
   - ours: `python -m cellseg_nb.cli train cellpose --data <train split> --fold -1 ...` (the U-Net, then the
     SizeModel (10 epochs) and the per-type style centroids, all in its training CPU), predicted as `cellseg predict`
     does (`bundle.load_predictor`: the SizeModel's diameter, the cell type from the style), post-processed with
@@ -45,7 +47,7 @@ split, so that tuning on the TTA output can be compared with tuning on plain pre
 The LIVECell-only rows of the earlier bench are dropped.
 
 Learning curves (`results/bench_real_curves.csv`): snapshots of the same runs (Cellpose `cellpose.save_every=20`,
-the ones after 41 and 81 of the 160 epochs scored; Mask R-CNN `--checkpoint_every 100`, after 100, 200 and 400 of
+the ones after 41, 81 and 121 of the 160 epochs scored; Mask R-CNN `--checkpoint_every 100`, after 100, 200 and 400 of
 the 800 iterations), each scored on the test split, plus the final models; a snapshot's CPU is the training process's
 user + system CPU when the snapshot file appeared (read from /proc by a watcher thread). Cellpose snapshots are
 predicted at their `diam_labels` and scored as the network gives them (no SizeModel, no post-processing: ours and
@@ -80,7 +82,7 @@ SEED = 0
 BUDGET = dict(epochs=160, bsize=128, batch_size=8, nimg_per_epoch=8, diam_mean=17., size_epochs=10, save_every=20,
               livecell_epochs=40)
 MASKRCNN = dict(iters=800, batch_size=2, crop=256, checkpoint_every=100)
-CURVE_CELLPOSE = (40, 80)              # snapshot epoch indices scored (cellpose's names: index + 1 epochs done) + the final
+CURVE_CELLPOSE = (40, 80, 120)              # snapshot epoch indices scored (cellpose's names: index + 1 epochs done) + the final
 CURVE_MASKRCNN = (100, 200, 400)       # iterations scored + the final
 CHECK = dict(sizes=dict(train=2, tune=1, test=1), budget=dict(epochs=30, save_every=10, size_epochs=2),
              maskrcnn=dict(iters=40, checkpoint_every=20), curve_cellpose=(10,), curve_maskrcnn=(20,))

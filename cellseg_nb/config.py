@@ -111,6 +111,8 @@ class CellposeConfig(Config):
     diam_mean: float = 30.                  # diameter the network sees cells at (from scratch only)
     overlap: str = 'smaller'                # rule for overlapping training labels (`label_image`)
     SGD: bool = False                       # SGD instead of AdamW
+    schedule: Literal['budget', 'cellpose'] = 'budget'   # learning rate per step: warm-up 5 % + cosine, or train_seg's
+    amp: bool | Literal['auto'] = 'auto'    # bfloat16 autocast of the forward pass; auto: where the device has it natively
     size_epochs: int = 10                   # SizeModel (diameter per image) epochs after the U-Net; 0: no SizeModel
     save_every: int = 0                     # keep a U-Net snapshot every N epochs (<model>_epoch_NNNN); 0: none
     fold: int | None = 0                    # held-out fold (`cellseg train cellpose`: grouped by sample); None: every image trains
@@ -119,7 +121,8 @@ class CellposeConfig(Config):
     def train_options(self) -> dict:
         "Keyword arguments of `cpose.train_cellpose` (besides data, folders, device)."
         d = {k: getattr(self, k) for k in ('livecell_epochs', 'learning_rate', 'weight_decay', 'batch_size', 'bsize',
-                                           'nimg_per_epoch', 'min_train_masks', 'diam_mean', 'overlap', 'SGD', 'save_every')}
+                                           'nimg_per_epoch', 'min_train_masks', 'diam_mean', 'overlap', 'SGD', 'schedule', 'amp',
+                                           'save_every')}
         return {'n_epochs': self.epochs, **d}
 
 @dataclass

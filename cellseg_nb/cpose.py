@@ -16,11 +16,11 @@ from .config import CellposeConfig
 _CP = CellposeConfig()     # the training defaults live in `config.CellposeConfig`
 
 # %% auto 0
-__all__ = ['OVERLAP_RULES', 'BUILTIN_MODEL_NAMES', 'DIAMETER_MODES', 'DIAMETER_RANGE', 'label_image', 'cell_diameters',
-           'image_diameter', 'cell_type_diameters', 'TrainingSet', 'training_set', 'check_model_path',
-           'pretrained_start', 'training_progress', 'train_cellpose', 'CellposeBundle', 'load_model', 'clamp_diameter',
-           'to_instances', 'predict', 'type_styles', 'type_centroids', 'train_size_model', 'compare_diameters',
-           'diameter_summary']
+__all__ = ['OVERLAP_RULES', 'BUILTIN_MODEL_NAMES', 'LR_SCHEDULES', 'DIAMETER_MODES', 'DIAMETER_RANGE', 'label_image',
+           'cell_diameters', 'image_diameter', 'cell_type_diameters', 'TrainingSet', 'training_set', 'check_model_path',
+           'pretrained_start', 'training_progress', 'lr_schedule', 'autocast_dtype', 'fit_unet', 'train_cellpose',
+           'CellposeBundle', 'load_model', 'clamp_diameter', 'to_instances', 'predict', 'type_styles', 'type_centroids',
+           'train_size_model', 'compare_diameters', 'diameter_summary']
 
 # %% ../nbs/12_cpose.ipynb 6
 OVERLAP_RULES = ('smaller', 'larger', 'order', 'drop')
@@ -223,6 +223,44 @@ class training_progress:
 
 
 # %% ../nbs/12_cpose.ipynb 32
+LR_SCHEDULES = ('cellpose', 'budget')
+
+def lr_schedule(kind: str, learning_rate: float, n_epochs: int, n_batches: int = 1, warmup: float = 0.05) -> np.ndarray:
+    """The learning rate of every optimizer step: float64 `(n_epochs * n_batches,)`.
+    'cellpose': `cellpose.train.train_seg`'s list per epoch (linear warm-up from 0 over 10 epochs, constant, halvings
+    over the last 50 or 100 epochs of runs longer than 100 or 300 epochs), each epoch's value for its `n_batches`
+    steps. 'budget': a linear warm-up over `warmup` of the steps (at least one step; the first step already learns),
+    then a cosine decay to 0 at the last step."""
+    n_epochs, n_batches = int(n_epochs), max(1, int(n_batches))
+    if kind == 'cellpose':
+        lr = np.linspace(0, learning_rate, 10)
+        lr = np.append(lr, learning_rate * np.ones(max(0, n_epochs - 10)))
+        if n_epochs > 300:
+            lr = lr[:-100]
+            for _ in range(10): lr = np.append(lr, lr[-1] / 2 * np.ones(10))
+        elif n_epochs > 100:
+            lr = lr[:-50]
+            for _ in range(10): lr = np.append(lr, lr[-1] / 2 * np.ones(5))
+        return np.repeat(lr[:n_epochs], n_batches)
+    if kind != 'budget': raise ValueError(f"unknown learning-rate schedule {kind!r}: one of {LR_SCHEDULES}")
+    n = n_epochs * n_batches
+    w = min(n, max(1, int(round(warmup * n))))
+    step = np.arange(n, dtype=np.float64)
+    cosine = 0.5 * (1 + np.cos(np.pi * (step - w + 1) / max(1, n - w + 1)))
+    return learning_rate * np.where(step < w, (step + 1) / w, cosine)
+
+def autocast_dtype(amp, device):
+    """The autocast dtype of `fit_unet`'s forward pass, or None (float32). `amp`: 'auto' (bfloat16 where `device`
+    computes it natively: a CPU with AVX512-BF16 or AMX, a CUDA GPU with bfloat16), True (bfloat16) or False."""
+    import torch
+    if amp is False or amp is None: return None
+    if amp is True: return torch.bfloat16
+    if amp != 'auto': raise ValueError(f"amp must be 'auto', True or False, not {amp!r}")
+    if torch.device(device).type == 'cuda':                  # native only (Ampere and later), never emulated
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
+    return torch.bfloat16 if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+# %% ../nbs/12_cpose.ipynb 35
 def _as_training_set(x, ids, overlap, min_masks):
     return x if isinstance(x, TrainingSet) else training_set(x, ids, overlap, min_masks)
 
@@ -230,27 +268,70 @@ def _write_json(path, obj):
     from cellseg_nb.files import write_json
     write_json(path, obj, indent=1, default=float)
 
+def fit_unet(net, images, labels, n_epochs: int, learning_rate: float = 0.005, weight_decay: float = 1e-5,
+             batch_size: int = 8, bsize: int = 224, nimg_per_epoch: int | None = None, SGD: bool = False,
+             schedule: str = 'cellpose', amp=False, save_dir=None, name: str = 'cellpose', save_every: int = 0):
+    """Train cellpose's U-Net `net` in place on uint8 `images` (H, W) and int32 label images `labels` (H, W) as
+    `cellpose.train.train_seg` does (its flows, normalisation, crops, loss, per-epoch random draws), with the
+    learning-rate `schedule` (`lr_schedule`) and the forward pass's autocast `amp` (`autocast_dtype`) as settings.
+    `save_every` > 0 writes the network after epoch index e (e % save_every == 0, e not first or last) to
+    `save_dir/{name}_epoch_{e:04d}`, as `train_seg(save_each=True)` names it.
+    Returns (losses: float64 (n_epochs,) mean loss per epoch, [snapshot paths])."""
+    import torch
+    from cellpose import train, transforms, models
+    device = net.device
+    (data, lbls, _, _, probs, diam, *_rest) = train._process_train_test(
+        train_data=images, train_labels=labels, min_train_masks=0, compute_flows=False, channels=list(_CHANNELS),
+        normalize_params={**models.normalize_default, **_NORMALIZE}, device=device)
+    net.diam_labels.data = torch.Tensor([diam.mean()]).to(device)
+    nimg = len(data)
+    per_epoch = nimg if nimg_per_epoch is None else int(nimg_per_epoch)
+    lr = lr_schedule(schedule, learning_rate, n_epochs, -(-per_epoch // int(batch_size)))
+    opt = (torch.optim.SGD(net.parameters(), lr=learning_rate, weight_decay=weight_decay, momentum=0.9) if SGD else
+           torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=weight_decay))
+    dtype = autocast_dtype(amp, device)
+    losses, snaps, step = np.zeros(int(n_epochs)), [], 0
+    for epoch in range(int(n_epochs)):
+        np.random.seed(epoch)                                   # train_seg's draws: the same crops whatever the seed
+        perm = (np.random.choice(np.arange(nimg), size=(per_epoch,), p=probs) if nimg != per_epoch
+                else np.random.permutation(np.arange(nimg)))
+        net.train()
+        for k in range(0, per_epoch, int(batch_size)):
+            for g in opt.param_groups: g['lr'] = lr[step]
+            inds = perm[k:k + int(batch_size)]
+            x, y = transforms.random_rotate_and_resize([data[j] for j in inds], Y=[lbls[j][1:] for j in inds],
+                                                       rescale=diam[inds] / net.diam_mean.item(), scale_range=0.5,
+                                                       xy=(bsize, bsize))[:2]
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = net(torch.from_numpy(x).to(device))[0]
+            loss = train._loss_fn_seg(y, out.float(), device)   # looked up on the module: training_progress sees it
+            opt.zero_grad(); loss.backward(); opt.step()
+            losses[epoch] += loss.item() * len(x)
+            step += 1
+        losses[epoch] /= per_epoch
+        if save_dir is not None and save_every and epoch % int(save_every) == 0 and 0 < epoch < int(n_epochs) - 1:
+            f = Path(save_dir) / f'{name}_epoch_{epoch:04d}'; net.save_model(str(f)); snaps.append(f)
+    return losses, snaps
+
 def _train_stage(net, ts: TrainingSet, out_dir: Path, name: str, n_epochs, learning_rate, weight_decay, batch_size,
-                 bsize, nimg_per_epoch, SGD, progress=True, save_every: int = 0):
-    from cellpose import train
+                 bsize, nimg_per_epoch, SGD, schedule='cellpose', amp=False, progress=True, save_every: int = 0):
     if len(ts) == 0: raise ValueError(f"train_cellpose: no training images left for {name!r} (all skipped: {ts.skipped[:5]})")
     work = Path(tempfile.mkdtemp(dir=out_dir, prefix=f'.{name}.'))
     t0 = time.time()
     n_batches = -(-int(nimg_per_epoch or len(ts)) // int(batch_size))
     try:
         with training_progress(n_epochs, n_batches, desc=f'cellpose {name}', disable=not progress):
-            path, losses, _ = train.train_seg(net, train_data=ts.images, train_labels=ts.labels, channels=list(_CHANNELS),
-                normalize=dict(_NORMALIZE), n_epochs=int(n_epochs), learning_rate=float(learning_rate),
-                weight_decay=float(weight_decay), batch_size=int(batch_size), bsize=int(bsize), SGD=bool(SGD),
-                nimg_per_epoch=nimg_per_epoch, min_train_masks=0, rescale=True, save_path=work,
-                save_every=int(save_every) if save_every else int(n_epochs) + 1, save_each=bool(save_every), model_name=name)
+            losses, snaps = fit_unet(net, ts.images, ts.labels, int(n_epochs), learning_rate=float(learning_rate),
+                                     weight_decay=float(weight_decay), batch_size=int(batch_size), bsize=int(bsize),
+                                     nimg_per_epoch=nimg_per_epoch, SGD=bool(SGD), schedule=schedule, amp=amp,
+                                     save_dir=work, name=name, save_every=int(save_every or 0))
+        net.save_model(str(work / name))
         final = out_dir / name
-        os.replace(path, final)
-        snaps = sorted(Path(path).parent.glob(f'{name}_epoch_*'))      # cellpose's names: after epoch index NNNN (0-based)
+        os.replace(work / name, final)
         for f in snaps: os.replace(f, out_dir / f.name)
     finally: shutil.rmtree(work, ignore_errors=True)
     return final, dict(model=final.name, n_images=len(ts), skipped=list(map(str, ts.skipped)), n_epochs=int(n_epochs),
-                       learning_rate=float(learning_rate), seconds=round(time.time() - t0, 2),
+                       learning_rate=float(learning_rate), schedule=schedule, seconds=round(time.time() - t0, 2),
                        losses=[round(float(x), 5) for x in losses], snapshots=[f.name for f in snaps])
 
 def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pretrained_model=None,
@@ -258,7 +339,7 @@ def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pr
                    learning_rate: float = _CP.learning_rate, weight_decay: float = _CP.weight_decay,
                    batch_size: int = _CP.batch_size, bsize: int = _CP.bsize, nimg_per_epoch: int | None = _CP.nimg_per_epoch,
                    min_train_masks: int = _CP.min_train_masks, diam_mean: float = _CP.diam_mean, overlap: str = _CP.overlap,
-                   SGD: bool = _CP.SGD, save_every: int = _CP.save_every,
+                   SGD: bool = _CP.SGD, schedule: str = _CP.schedule, amp=_CP.amp, save_every: int = _CP.save_every,
                    model_name: str = 'cellpose', seed: int = 0, gpu: bool = False, progress: bool = True,
                    download: bool = False) -> Path:
     """Train a cellpose-3 U-Net and return the path of the saved model file `out_dir/model_name`.
@@ -272,6 +353,8 @@ def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pr
     `bsize`: training crop size; `nimg_per_epoch`: images drawn per epoch (default the training set size);
     `min_train_masks`: images with fewer cells are left out (and reported); `diam_mean`: the diameter the network
     sees cells at (from scratch only; a pretrained file keeps its own); `overlap`: rule of `label_image`.
+    `schedule`: the learning rate per step (`lr_schedule`: 'budget' or 'cellpose', `train_seg`'s); `amp`:
+    bfloat16 autocast of the forward pass ('auto': where the device computes it natively; `autocast_dtype`).
     `progress`: a bar per stage with epoch, loss and time left (`training_progress`). `save_every` > 0 keeps a
     snapshot of the U-Net every `save_every` epochs of each stage, as cellpose's `train_seg(save_each=True)` names
     it: `out_dir/{model_name}_epoch_NNNN` is the network after epoch index NNNN (0-based: NNNN + 1 epochs done), for
@@ -293,7 +376,8 @@ def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pr
     torch.manual_seed(seed); np.random.seed(seed)
     model = _cellpose_model(pre, diam_mean=diam_mean, gpu=gpu, mkldnn=False)
     kw = dict(learning_rate=learning_rate, weight_decay=weight_decay, batch_size=batch_size, bsize=bsize,
-              nimg_per_epoch=nimg_per_epoch, SGD=SGD, progress=progress, save_every=save_every)
+              nimg_per_epoch=nimg_per_epoch, SGD=SGD, schedule=schedule, amp=amp, progress=progress,
+              save_every=save_every)
     stages = []
     if lc is not None:
         _, info = _train_stage(model.net, lc, out_dir, f'{model_name}_livecell', livecell_epochs, **kw)
@@ -306,11 +390,12 @@ def train_cellpose(data, out_dir, ids=None, livecell=None, livecell_ids=None, pr
                 diam_mean=float(model.net.diam_mean.item()), overlap=overlap, min_train_masks=min_train_masks,
                 type_diameters=comp.type_diameters(), train_ids=list(map(str, comp.ids)), stages=stages,
                 settings=dict(bsize=bsize, batch_size=batch_size, nimg_per_epoch=nimg_per_epoch, SGD=SGD, seed=seed,
+                              schedule=schedule, amp=amp, autocast=str(autocast_dtype(amp, model.net.device)),
                               save_every=save_every))
     _write_json(out_dir / f'{model_name}.json', meta)
     return path
 
-# %% ../nbs/12_cpose.ipynb 34
+# %% ../nbs/12_cpose.ipynb 37
 @dataclass
 class CellposeBundle:
     """A trained cellpose model and its companions: `cp` (`cellpose.models.CellposeModel`), `path`, `size`
@@ -346,7 +431,7 @@ def load_model(path, gpu: bool = False, mkldnn: bool = True) -> CellposeBundle:
     cents = {k: np.asarray(v, np.float32) for k, v in json.loads(types.read_text()).items()} if types.is_file() else {}
     return CellposeBundle(cp, path, size, dict(info.get('type_diameters', {})), cents)
 
-# %% ../nbs/12_cpose.ipynb 36
+# %% ../nbs/12_cpose.ipynb 39
 DIAMETER_MODES = (None, 'size_model', 'cell_type')
 DIAMETER_RANGE = (8.0, 100.0)      # px: the diameters cells have in the competition and LIVECell images
 
@@ -478,7 +563,7 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
         out = [_post(r, r.meta.get('cell_type'), cfg) for r in out]
     return out
 
-# %% ../nbs/12_cpose.ipynb 48
+# %% ../nbs/12_cpose.ipynb 51
 def _normalized(images) -> list:
     "uint8 (H, W) images -> cellpose's normalized float32 (2, H, W) arrays, as its training and `eval` make them."
     from cellpose import train, models

@@ -224,9 +224,9 @@ def test_training_shows_progress(capfd, tmp_path):
 
 
 def test_training_equals_cellpose_train_seg(tmp_path):
-    """Our training is cellpose's own: same seed, same images and labels (no overlaps, so every label rule agrees)
-    -> bit-identical network weights after `train_cellpose` and after a direct `train.train_seg` at cellpose's
-    documented defaults (learning rate, normalization, rescaling, crops)."""
+    """With cellpose's schedule in float32, our training loop is cellpose's own: same seed, same images and labels
+    (no overlaps, so every label rule agrees) -> bit-identical network weights after `train_cellpose` and after a
+    direct `train.train_seg` at cellpose's documented defaults (learning rate, normalization, rescaling, crops)."""
     import inspect
     from cellpose import models, train
     defaults = {k: v.default for k, v in inspect.signature(train.train_seg).parameters.items()}
@@ -239,7 +239,7 @@ def test_training_equals_cellpose_train_seg(tmp_path):
     kw = dict(n_epochs=3, bsize=64, batch_size=2, nimg_per_epoch=4)
     ts = TrainingSet.from_arrays([x[1] for x in items], clean, [x[0] for x in items])
     for lab, other in zip(ts.labels, labels): assert np.array_equal(lab, other)
-    path = train_cellpose(ts, tmp_path / 'ours', diam_mean=12., seed=3, progress=False, **kw)
+    path = train_cellpose(ts, tmp_path / 'ours', diam_mean=12., seed=3, progress=False, schedule='cellpose', amp=False, **kw)
     (tmp_path / 'peer').mkdir()                                            # cellpose needs save_path to exist
     torch.manual_seed(3); np.random.seed(3)
     m = models.CellposeModel(gpu=False, pretrained_model=False, model_type=None, nchan=2, diam_mean=12., mkldnn=False)
@@ -299,3 +299,46 @@ def test_size_model_prediction_reuses_its_pass(sets, trained):
     at_d = b.cp.eval(img, diameter=d, **kw)[0]
     assert np.array_equal(again.to_label_image(), Instances.from_label_image(at_d).to_label_image())
     print(f"\nstyle estimate {ds:.2f} px, its cells' diameter {d:.2f} px ({len(keep)} / {len(again)} cells)")
+
+
+def test_lr_schedules():
+    """'cellpose' is train_seg's list as its docstring-free code defines it: linear from 0 over 10 epochs, constant,
+    then ten halvings over the last 50 (more than 100 epochs) or 100 epochs (more than 300); 'budget' warms up over
+    5 % of the steps, never at 0, then falls monotonically to 0 at the last step."""
+    from cellseg_nb.cpose import lr_schedule
+    lr = 0.005
+    for n in (3, 10, 60, 101, 160, 301, 500):
+        cp = lr_schedule('cellpose', lr, n)
+        assert cp.shape == (n,)
+        np.testing.assert_allclose(cp[:min(n, 10)], np.linspace(0, lr, 10)[:min(n, 10)])
+        tail = 100 if n > 300 else 50 if n > 100 else 0
+        assert np.all(cp[10:n - tail] == lr)
+        if tail:
+            blocks = cp[n - tail:].reshape(10, tail // 10)
+            np.testing.assert_allclose(blocks[:, 0], lr / 2 ** np.arange(1, 11))
+            assert np.all(blocks == blocks[:, :1])
+        b = lr_schedule('budget', lr, n, 3)
+        w = max(1, round(0.05 * 3 * n))
+        assert b.shape == (3 * n,) and b[0] > 0 and b.max() == pytest.approx(lr) and b[-1] < lr * 0.05
+        np.testing.assert_allclose(b[:w], lr * np.arange(1, w + 1) / w)
+        assert np.all(np.diff(b[w - 1:]) <= 0)
+    np.testing.assert_array_equal(lr_schedule('cellpose', lr, 20, 4), np.repeat(lr_schedule('cellpose', lr, 20), 4))
+    with pytest.raises(ValueError, match='schedule'): lr_schedule('onecycle', lr, 10)
+
+
+def test_budget_schedule_and_bfloat16_train(tmp_path):
+    """`schedule` and `amp` reach the loop: the budget schedule and bfloat16 autocast each give other weights than
+    cellpose's float32 run from the same seed, the losses stay finite, and the model file records both."""
+    from cellseg_nb.cpose import autocast_dtype
+    items = _images([8], shape=(96, 96))
+    ts = TrainingSet.from_arrays([x[1] for x in items], [x[2] for x in items], [x[0] for x in items])
+    kw = dict(n_epochs=3, bsize=64, batch_size=2, nimg_per_epoch=4, diam_mean=12., seed=3, progress=False)
+    paths = {k: train_cellpose(ts, tmp_path / k, schedule=s, amp=a, **kw)
+             for k, s, a in (('ref', 'cellpose', False), ('budget', 'budget', False), ('bf16', 'cellpose', True))}
+    w = {k: torch.load(p, weights_only=True) for k, p in paths.items()}
+    for k in ('budget', 'bf16'): assert any(not torch.equal(w[k][n], w['ref'][n]) for n in w['ref']), k
+    meta = json.loads(Path(str(paths['bf16']) + '.json').read_text())
+    assert meta['settings']['schedule'] == 'cellpose' and meta['settings']['autocast'] == 'torch.bfloat16'
+    assert all(np.isfinite(meta['stages'][-1]['losses']))
+    assert autocast_dtype(False, 'cpu') is None and autocast_dtype(True, 'cpu') == torch.bfloat16
+    with pytest.raises(ValueError, match='amp'): autocast_dtype('fp16', 'cpu')
