@@ -56,7 +56,7 @@ def test_code_written_blocks_are_where_their_scripts_write():
     "Each block is in exactly one page: the demo table in the README's notebook, the benchmark tables in the guide."
     bench = ROOT / 'docs' / 'guide_benchmarks.md'
     assert readme.block_home('demo-table') == readme.INDEX
-    for name in ('options-table', 'real-bench-table', 'real-defaults-table', 'bench-table'): assert readme.block_home(name) == bench, name
+    for name in ('options-table', 'real-bench-table', 'real-defaults-table', 'real-schedule-table', 'bench-table'): assert readme.block_home(name) == bench, name
 
 
 def test_readme_demo_table_is_the_demo_results():
@@ -79,6 +79,15 @@ def test_real_defaults_tables_are_their_csvs():
     import real_defaults
     want = real_defaults.tables_markdown(*real_defaults.read_results(ROOT / 'results'))
     assert readme.block('real-defaults-table') == want.strip('\n'), "run python bench/real_defaults.py --cache DIR --write --readme"
+
+
+def test_real_schedule_table_is_its_csv():
+    "The guide's table of Cellpose schedule and precision variants is what bench/real_schedule.py's CSV gives."
+    import real_schedule
+    assert readme.block('real-schedule-table') == real_schedule.table_markdown().strip('\n'), \
+        "run python bench/real_schedule.py --cache DIR --write --readme"
+    t = __import__('pandas').read_csv(real_schedule.OUT)
+    assert list(t.variant) == list(real_schedule.VARIANTS)
 
 
 def test_readme_options_table_is_its_csv():
