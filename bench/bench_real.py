@@ -64,7 +64,8 @@ be shared.
 """
 # not in CI
 # (its --check trains two Cellpose models for about 8 CPU-minutes, and at the budget that fits CI both score
-#  0.000, so ours >= peer holds trivially: run it by hand with the full budget instead)
+#  0.000, so ours >= peer holds trivially: run it by hand with the full budget instead; measured with train_seg's
+#  schedule in float32, not yet with the budget schedule and bfloat16 defaults)
 import argparse, hashlib, json, os, shutil, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 import numpy as np

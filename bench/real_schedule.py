@@ -66,7 +66,8 @@ def run_variant(name, cache: Path) -> list:
                  **{'crops per epoch': npe or len(splits['train'])},
                  **{'train CPU s': round(train_cpu, 1), 'train CPU s per epoch': round(train_cpu / epochs, 2)},
                  **{k: s[k] for k in ('mAP', 'mAP astro', 'mAP cort', 'mAP shsy5y', 'cells predicted')})]
-    res_file.write_text(json.dumps(dict(train_cpu_s=train_cpu, rows=rows)))
+    from cellseg_nb.files import write_json
+    write_json(res_file, dict(train_cpu_s=train_cpu, rows=rows))     # temporary name, then renamed
     return rows
 
 
