@@ -1,7 +1,9 @@
 """Run every benchmark's `--check` (CI): `python bench/check_all.py [name ...]`.
 
 The rule: every `bench/bench_*.py` whose source mentions `--check` is run as `python bench/bench_X.py --check`,
-except a file holding the line `# not in CI` (a check that trains models for minutes, run by hand). Each check
+except a file holding the line `# not in CI` (a check that trains models for minutes, run by hand). A file holding
+the line `# CI: alone` (a check that runs its own parallel jobs: `bench_real.py`) runs after the others, by itself,
+so that it does not disturb their timed ratios. Each check
 asserts identical outputs between ours and the peer and its ratio bound, and exits non-zero when one is missed.
 Prints each check's wall and CPU time, and exits 1 if any check failed. `-j N` (default 2) runs N checks at a
 time: each check times single-threaded work in CPU time (or, for Mask R-CNN, one torch thread), so checks on
@@ -12,6 +14,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 SKIP_MARK = '# not in CI'
+ALONE_MARK = '# CI: alone'
 
 
 def checks(names=()):
@@ -45,8 +48,10 @@ def main(names=(), jobs=2):
     failed, t_all = [], time.time()
     todo = checks(names)
     from concurrent.futures import ThreadPoolExecutor
+    alone = [p for p in todo if any(line.strip() == ALONE_MARK for line in p.read_text().splitlines())]
     with ThreadPoolExecutor(jobs) as ex:
-        results = list(ex.map(lambda p: run_one(p, env), todo))
+        results = list(ex.map(lambda p: run_one(p, env), [p for p in todo if p not in alone]))
+    results += [run_one(p, env) for p in alone]
     for p, r, wall in results:
         lines = [l for l in r.stdout.splitlines() if l.startswith(('OK', 'MISSED'))]
         print(f"{'passed' if r.returncode == 0 else 'FAILED'} {p.name} --check: {wall:.0f} s wall", flush=True)
