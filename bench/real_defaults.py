@@ -116,6 +116,53 @@ def calibration(scorer) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+TUNE_RULE = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)             # tune.tune's min_gain_se values compared (shipped: 2.0)
+
+
+def tune_rule(scorer, values=TUNE_RULE) -> pd.DataFrame:
+    """`cellseg tune`'s rule for leaving a type's default (`min_gain_se`: a setting must beat the default by that many
+    standard errors of the per-image gains; 0 = the plain best grid point), measured on real data in both directions
+    of a two-fold cross-fit: tuned on the tune split and scored on the test split (as the benchmark's tuned rows:
+    types voted from the predictions; per-type columns), and tuned on the test split and scored on the tune split
+    (`mAP swapped`). Both models and their ensemble (`tune_ensemble`). One row per (model, min_gain_se) plus the
+    defaults; `types_changed`: the cell types (tune -> test direction) whose settings left the default."""
+    from cellseg_nb.tune import tune
+    from cellseg_nb.ensemble import tune_ensemble, ensemble
+    from cellseg_nb.postprocess import PostprocessConfigs
+    start, rows = PostprocessConfigs(), []
+    fwd, back = ('tune', 'test'), ('test', 'tune')
+    def score(split, preds): return B._score(scorer.gt[split], preds, scorer.types)
+    def add(model, z, d, swapped, changed):
+        rows.append(dict(model=model, min_gain_se=z, types_changed=changed, **{k: d[k] for k in ('mAP', 'mAP astro', 'mAP cort', 'mAP shsy5y')},
+                         **{'mAP swapped': swapped}))
+    for model, key in MODELS.items():
+        raw = {s: scorer.raw(f'{key}_{s}') for s in fwd}
+        add(model, 'defaults', score('test', scorer.post(raw['test'])), score('tune', scorer.post(raw['tune']))['mAP'], '-')
+        for z in values:
+            cfg = {a: tune(raw[a], scorer.gt[a], scorer.types, min_gain_se=z, progress=False).best for a in fwd}
+            add(model, z, score('test', scorer.post(raw['test'], cfg['tune'])), score('tune', scorer.post(raw['tune'], cfg['test']))['mAP'],
+                ' '.join(t for t in B.TYPES if cfg['tune'][t] != start[t]) or 'none')
+    raw = {s: {'maskrcnn': scorer.raw(f'maskrcnn_{s}'), 'cellpose': scorer.raw(f'ours_{s}')} for s in fwd}
+    for z in values:
+        st = {a: tune_ensemble(raw[a], scorer.gt[a], scorer.types, min_gain_se=z).settings for a in fwd}
+        ens = {(a, b): {i: ensemble({m: raw[b][m][i] for m in raw[b]}, st[a]) for i in scorer.gt[b]} for a, b in (fwd, back)}
+        add('ensemble', z, score('test', ens[fwd]), score('tune', ens[back])['mAP'],
+            ', '.join(f'{k} {v}' for k, v in sorted(st['tune'].choice.items())))
+    return pd.DataFrame(rows)
+
+
+def rule_choice(rule: pd.DataFrame) -> float:
+    "The smallest `min_gain_se` whose tuned settings score at or above the defaults for both models in both directions."
+    ok = {}
+    for model in MODELS:
+        g = rule[rule.model == model].set_index('min_gain_se')
+        d = g.loc['defaults']
+        for z, r in g.drop(index='defaults').iterrows():
+            ok[float(z)] = ok.get(float(z), True) and r['mAP'] >= d['mAP'] - 1e-12 and r['mAP swapped'] >= d['mAP swapped'] - 1e-12
+    good = [z for z, v in sorted(ok.items()) if v]
+    return good[0] if good else float('nan')
+
+
 CELLPOSE_THRESHOLDS = [dict(cellprob_threshold=c, flow_threshold=0.4) for c in (-1.0, 0.0, 1.0, 2.0)] + \
                       [dict(cellprob_threshold=0.0, flow_threshold=f) for f in (0.2, 0.6, 0.8)]
 
@@ -143,13 +190,13 @@ def cellpose_thresholds(scorer, cache, grid=CELLPOSE_THRESHOLDS) -> pd.DataFrame
 
 
 def read_results(folder=REPO / 'results') -> tuple:
-    "(chosen, test, calibration, Cellpose sweep or None) as written by `--write`: what the guide's block is made from."
+    "(chosen, test, calibration, Cellpose sweep or None, tune rule or None) as written by `--write`: the guide's block."
     read = lambda n: pd.read_csv(Path(folder) / f'real_defaults_{n}.csv', keep_default_na=False, na_values=[''])
-    thr = read('cellpose') if (Path(folder) / 'real_defaults_cellpose.csv').is_file() else None
-    return read('chosen'), read('test'), read('calibration'), thr
+    opt = lambda n: read(n) if (Path(folder) / f'real_defaults_{n}.csv').is_file() else None
+    return read('chosen'), read('test'), read('calibration'), opt('cellpose'), opt('tune_rule')
 
 
-def tables_markdown(chosen: pd.DataFrame, test: pd.DataFrame, cal: pd.DataFrame, thr=None) -> str:
+def tables_markdown(chosen: pd.DataFrame, test: pd.DataFrame, cal: pd.DataFrame, thr=None, rule=None) -> str:
     "The guide's block (Markdown): the settings that changed, the test-split check, the calibration, the Cellpose sweep."
     from table import csv_markdown
     ch = chosen[chosen.changed]
@@ -165,6 +212,11 @@ def tables_markdown(chosen: pd.DataFrame, test: pd.DataFrame, cal: pd.DataFrame,
         wide['mean'] = wide[list(B.TYPES)].mean(axis=1)
         out += ("\n\nCellpose's thresholds on the tune split (our model, true type's diameter, shipped post-processing; "
                 "shipped: cell probability 0.0, flow 0.4):\n\n" + csv_markdown(wide, list(wide.columns)))
+    if rule is not None:
+        out += ("\n\n`cellseg tune`'s rule for leaving a default (`min_gain_se`), tuned on the tune split and scored on the "
+                "test split (`mAP` and per type), and the other way round (`mAP swapped`); `defaults`: no tuning. The "
+                f"smallest value that loses to the defaults for neither model in either direction: {rule_choice(rule)}"
+                "\n\n" + csv_markdown(rule, list(rule.columns)))
     return out
 
 
@@ -187,13 +239,16 @@ def main(argv=None):
     chosen = choose(table, shipped)
     test = test_gain(scorer, shipped, chosen_configs(chosen, shipped))
     cal = calibration(scorer)
+    rule = tune_rule(scorer)
     thr = cellpose_thresholds(scorer, cache) if a.cellpose else None
     pd.set_option('display.width', 250)
     print(chosen.round(4).to_string(index=False)); print(test.round(4).to_string(index=False)); print(cal.round(3).to_string(index=False))
+    print(rule.round(4).to_string(index=False)); print(f"min_gain_se chosen by the rule: {rule_choice(rule)}")
     if a.write:
         from cellseg_nb.files import write_csv
         for name, df in (('real_defaults', table), ('real_defaults_chosen', chosen), ('real_defaults_test', test),
-                         ('real_defaults_calibration', cal), ('real_defaults_cellpose', thr)):
+                         ('real_defaults_calibration', cal), ('real_defaults_tune_rule', rule),
+                         ('real_defaults_cellpose', thr)):
             if df is not None: write_csv(REPO / 'results' / f'{name}.csv', df.round(5))
         print(f"wrote results/real_defaults*.csv from {cache}")
     if a.readme:

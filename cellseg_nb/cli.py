@@ -287,6 +287,7 @@ def predict_cmd(maskrcnn: str = None,  # Mask R-CNN checkpoint (.pth) from `cell
 def tune_cmd(raw: str,  # raw out-of-fold predictions of train images (`cellseg predict --fold K --raw FILE`)
              data: str = None,  # competition folder (default: $CELLSEG_DATA)
              out: str = 'postprocess.yaml',  # where to write the tuned settings (YAML)
+             min_gain_se: float = 2.0,  # a type keeps its default unless a setting beats it by this many standard errors (0: plain best)
              n_jobs: int = 1):  # parallel workers over images
     "Search per cell type the score threshold and minimum area that maximize the metric on OOF predictions."
     from cellseg_nb.data import SartoriusData
@@ -298,7 +299,7 @@ def tune_cmd(raw: str,  # raw out-of-fold predictions of train images (`cellseg 
     unknown = [i for i in preds if i not in known]
     if unknown: raise ValueError(f"{raw}: {len(unknown)} image id(s) not in {ds.csv}, e.g. {unknown[:3]}")
     gt = {i: ds.instances(i) for i in preds}
-    res = tune(preds, gt, ds.meta.cell_type.to_dict(), n_jobs=n_jobs)
+    res = tune(preds, gt, ds.meta.cell_type.to_dict(), min_gain_se=min_gain_se, n_jobs=n_jobs)
     res.best.save(out)
     print_table(res.summary, f"tuned on {len(gt)} images: mean score before -> after, per cell type")
     print(f"\nsettings: {out}")
@@ -319,6 +320,7 @@ def tune_ensemble_cmd(maskrcnn: str = None,  # raw OOF predictions of Mask R-CNN
                       out: str = 'ensemble.json',  # where to write the ensemble settings (JSON)
                       weights: str = '0.3,0.5,0.7',  # weights of the first model to try in 'both' (the others share 1 - w)
                       votes: str = '0.5',  # pixel-vote fractions to try in 'both'
+                      min_gain_se: float = 2.0,  # each source keeps its default post-processing unless a setting beats it by this many standard errors
                       n_jobs: int = 1):  # parallel workers over images
     "Choose per cell type one model or all merged (weights, vote, post-processing) on OOF predictions of 2+ models."
     from cellseg_nb.data import SartoriusData
@@ -342,7 +344,8 @@ def tune_ensemble_cmd(maskrcnn: str = None,  # raw OOF predictions of Mask R-CNN
     if not ids: raise ValueError(f"{', '.join(map(str, paths.values()))} share no image id")
     gt = {i: ds.instances(i) for i in ids}
     res = tune_ensemble({n: {i: p[i] for i in ids} for n, p in preds.items()}, gt, ds.meta.cell_type.to_dict(),
-                        weights=_floats(weights, '--weights'), votes=_floats(votes, '--votes'), n_jobs=n_jobs)
+                        weights=_floats(weights, '--weights'), votes=_floats(votes, '--votes'),
+                        min_gain_se=min_gain_se, n_jobs=n_jobs)
     res.settings.save(out)
     print_table(res.summary, f"tuned on {len(gt)} images: per cell type each model alone, all merged, and the choice")
     print(f"\nensemble settings: {out}")

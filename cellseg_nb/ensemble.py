@@ -217,12 +217,13 @@ class EnsembleTuneResult:
     summary: pd.DataFrame
 
 def tune_ensemble(preds: dict, gt: dict, cell_types: dict, weights=(0.3, 0.5, 0.7), votes=(0.5,),
-                  iou_threshold: float = 0.5, score_thresholds=None, min_areas=None, n_jobs: int = 1,
-                  progress: bool = False) -> EnsembleTuneResult:
+                  iou_threshold: float = 0.5, score_thresholds=None, min_areas=None, min_gain_se: float = 2.0,
+                  n_jobs: int = 1, progress: bool = False) -> EnsembleTuneResult:
     """Choose per cell type between each model alone and 'both' (weights x votes grid) on out-of-fold predictions.
     `preds`: `{model name: {image id: raw Instances}}`; `gt`: `{image id: Instances}`; `cell_types`: `{id: type}`.
     `weights`: weights of the *first* model in 'both' (the second gets 1 - w; more models: equal shares of the rest).
-    Every source's post-processing is tuned with `cellseg_nb.tune.tune` (`score_thresholds`, `min_areas`: its grids)."""
+    Every source's post-processing is tuned with `cellseg_nb.tune.tune` (`score_thresholds`, `min_areas`: its grids;
+    `min_gain_se`: how clearly a setting must beat the source's start to replace it)."""
     from cellseg_nb.tune import tune, SCORE_THRESHOLDS, MIN_AREAS
     models = list(preds)
     if not models: raise ValueError("tune_ensemble: no models")
@@ -230,7 +231,7 @@ def tune_ensemble(preds: dict, gt: dict, cell_types: dict, weights=(0.3, 0.5, 0.
         miss = [k for k in gt if k not in preds[m]]
         if miss: raise ValueError(f"tune_ensemble: model {m!r} has no prediction for {len(miss)} image(s), e.g. {miss[:3]}")
     grid = dict(score_thresholds=score_thresholds or SCORE_THRESHOLDS, min_areas=min_areas or MIN_AREAS, n_jobs=n_jobs,
-                progress=progress)
+                min_gain_se=min_gain_se, progress=progress)
     sources = [(m, None, None) for m in models]
     if len(models) > 1: sources += [('both', w, v) for w in weights for v in votes]
     rows, results = [], {}

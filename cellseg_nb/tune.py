@@ -138,19 +138,38 @@ def _check_inputs(preds, gt, cell_types):
         if preds[k].scores is None: raise ValueError(f"tune: image {k}: predictions have no scores")
         if preds[k].shape != gt[k].shape: raise ValueError(f"tune: image {k}: prediction shape {preds[k].shape} != ground truth {gt[k].shape}")
 
-# %% ../nbs/07_tune.ipynb 19
+# %% ../nbs/07_tune.ipynb 20
+def _choose(grid: np.ndarray, before: np.ndarray, min_gain_se: float) -> tuple | None:
+    """The chosen grid point of one cell type, or None (keep the start). `grid`: float64 (n_images, *grid shape),
+    each image's score at every setting; `before`: float64 (n_images,), each image's score with the start."""
+    mean = grid.mean(0)
+    if min_gain_se == 0: return tuple(int(v) for v in np.unravel_index(int(np.argmax(mean)), mean.shape))
+    n = len(grid)
+    if n < 2: return None
+    gain = grid - before.reshape(-1, *[1] * (grid.ndim - 1))
+    m, se = gain.mean(0), gain.std(0, ddof=1) / np.sqrt(n)
+    ok = (m > 0) & (m >= min_gain_se * se)
+    if not ok.any(): return None
+    return tuple(int(v) for v in np.unravel_index(int(np.argmax(np.where(ok, mean, -np.inf))), mean.shape))
+
+# %% ../nbs/07_tune.ipynb 21
 def tune(preds: dict, gt: dict, cell_types: dict, score_thresholds=SCORE_THRESHOLDS, min_areas=MIN_AREAS,
-         nms_ious=None, min_kepts=None, base: PostprocessConfigs | None = None, n_jobs: int = 1,
-         progress: bool = True) -> TuneResult:
+         nms_ious=None, min_kepts=None, base: PostprocessConfigs | None = None, min_gain_se: float = 2.0,
+         n_jobs: int = 1, progress: bool = True) -> TuneResult:
     """Grid search per cell type of the post-processing settings maximizing the mean competition score.
     `preds`: `{id: Instances}` raw out-of-fold candidates with scores; `gt`: `{id: Instances}`; `cell_types`:
     `{id: cell type}` (the true type of each image). Grids: `score_thresholds`, `min_areas`, `nms_ious` (None
     entries switch NMS off) and `min_kepts`, the last two defaulting to each type's `base` value. `base`
-    (default `PostprocessConfigs()`) gives the starting scores and `fill_holes`. Ties go to the first setting in
-    grid order (NMS, min_kept, min area, threshold). `n_jobs` > 1 spreads images over joblib workers."""
+    (default `PostprocessConfigs()`) gives the starting scores and `fill_holes`. A type leaves its starting config
+    only for a setting whose mean gain over it is positive and at least `min_gain_se` standard errors of the
+    per-image gains (paired; a type with one image keeps its start): the best of those settings is chosen, ties
+    to the first in grid order (NMS, min_kept, min area, threshold). `min_gain_se=0`: the plain best grid point.
+    `n_jobs` > 1 spreads images over joblib workers."""
     from tqdm.auto import tqdm
     from joblib import Parallel, delayed
     _check_inputs(preds, gt, cell_types)
+    if isinstance(min_gain_se, bool) or not isinstance(min_gain_se, (int, float)) or not min_gain_se >= 0:
+        raise ValueError(f"tune: min_gain_se={min_gain_se!r}: expected a number >= 0")
     base = base or PostprocessConfigs()
     ids = list(gt)
     types = sorted({cell_types[k] for k in ids}, key=lambda t: (t not in CELL_TYPES, CELL_TYPES.index(t) if t in CELL_TYPES else 0, t))
@@ -172,19 +191,27 @@ def tune(preds: dict, gt: dict, cell_types: dict, score_thresholds=SCORE_THRESHO
     rows, best, summary, per_image = [], {}, [], []
     for ct in types:
         kk = [k for k in ids if cell_types[k] == ct]
-        mean = np.mean([scores[k] for k in kk], axis=0)
+        grid = np.stack([scores[k] for k in kk])                     # (images, NMS, min_kept, min area, threshold)
+        mean = grid.mean(0)
         nms_g, mk_g = grids[ct]
-        a, b, c, d = np.unravel_index(int(np.argmax(mean)), mean.shape)
-        best[ct] = base_of(ct).replace(nms_iou=nms_g[a], min_kept=mk_g[b], min_area=int(min_areas[c]), score_threshold=ts[d])
+        chosen = _choose(grid, np.array([before[k] for k in kk]), min_gain_se)
+        if chosen is None:                  # no setting beats the start clearly: keep it (marked in the table if a grid point)
+            best[ct] = b0 = base_of(ct)
+            at = [(nms_g, b0.nms_iou), (mk_g, b0.min_kept), (tuple(min_areas), b0.min_area), (ts, b0.score_threshold)]
+            mark = tuple(g.index(v) for g, v in at) if all(v in g for g, v in at) else None
+        else:
+            mark = chosen
+            a, b, c, d = chosen
+            best[ct] = base_of(ct).replace(nms_iou=nms_g[a], min_kept=mk_g[b], min_area=int(min_areas[c]), score_threshold=ts[d])
         for ia, nms in enumerate(nms_g):
             for ib, mk in enumerate(mk_g):
                 for ic, ma in enumerate(min_areas):
                     for id_, t in enumerate(ts):
                         rows.append(dict(cell_type=ct, nms_iou=nms, min_kept=mk, min_area=int(ma), score_threshold=t,
-                                         score=mean[ia, ib, ic, id_], n_images=len(kk), best=(ia, ib, ic, id_) == (a, b, c, d)))
-        after = {k: scores[k][a, b, c, d] for k in kk}
+                                         score=mean[ia, ib, ic, id_], n_images=len(kk), best=(ia, ib, ic, id_) == mark))
+        after = {k: (before[k] if chosen is None else scores[k][chosen]) for k in kk}
         summary.append(dict(cell_type=ct, n_images=len(kk), before=np.mean([before[k] for k in kk]),
-                            after=mean[a, b, c, d], **{f: getattr(best[ct], f) for f in
+                            after=np.mean(list(after.values())), **{f: getattr(best[ct], f) for f in
                                                        ('score_threshold', 'min_area', 'nms_iou', 'min_kept')}))
         per_image += [dict(id=k, cell_type=ct, before=before[k], after=after[k]) for k in kk]
     summary = pd.DataFrame(summary).set_index('cell_type')

@@ -74,7 +74,7 @@ def test_grid_scores_equal_direct_postprocess(seed):
 
 def test_tune_table_matches_direct_and_parallel():
     gt, preds, types = simulate_dataset({'shsy5y': 1, 'astro': 1, 'cort': 2}, shape=(128, 160), seed=3)
-    kw = dict(score_thresholds=(0.1, 0.3, 0.5), min_areas=(0, 50, 120), nms_ious=(None, 0.5), progress=False)
+    kw = dict(score_thresholds=(0.1, 0.3, 0.5), min_areas=(0, 50, 120), nms_ious=(None, 0.5), min_gain_se=0, progress=False)
     res = tune(preds, gt, types, **kw)
     assert len(res.table) == 3 * 3 * 3 * 2 and res.table.groupby('cell_type')['best'].sum().eq(1).all()
     for _, r in res.table.iterrows():
@@ -90,6 +90,33 @@ def test_tune_table_matches_direct_and_parallel():
     par = tune(preds, gt, types, n_jobs=2, **kw)
     pd.testing.assert_frame_equal(par.table, res.table)
     assert par.best == res.best
+
+
+@pytest.mark.parametrize('z', [0.0, 0.5, 1.0, 2.0, 1e9])
+def test_min_gain_se_rule_against_direct_statistics(z):
+    "The chosen setting per type, recomputed from postprocess + score_image per image and the statistics module."
+    import statistics
+    gt, preds, types = simulate_dataset({'shsy5y': 3, 'astro': 2, 'cort': 4}, shape=(128, 160), seed=5)
+    ts, mas = (0.15, 0.35, 0.55, 0.75), (0, 75, 150)                   # every type's default is a grid point
+    res = tune(preds, gt, types, score_thresholds=ts, min_areas=mas, min_gain_se=z, progress=False)
+    start = PostprocessConfigs()
+    for ct in ('shsy5y', 'astro', 'cort'):
+        kk = [k for k in gt if types[k] == ct]
+        before = [score_image(gt[k], postprocess(preds[k], ct, start)) for k in kk]
+        best, best_mean = start[ct], None
+        for ma in mas:                                                   # tune's grid order: min area, then threshold
+            for t in ts:
+                cfgs = start.replace(ct, score_threshold=t, min_area=ma)
+                gains = [score_image(gt[k], postprocess(preds[k], ct, cfgs)) - b for k, b in zip(kk, before)]
+                mean = statistics.fmean(gains)
+                ok = mean > 0 and mean >= z * statistics.stdev(gains) / len(kk) ** 0.5 if z else True
+                if ok and (best_mean is None or mean > best_mean + 1e-12): best, best_mean = cfgs[ct], mean
+        assert res.best[ct] == best, (ct, z, res.best[ct], best)
+        after = res.summary.loc[ct, 'after']
+        assert after >= res.summary.loc[ct, 'before'] - 1e-12 or z == 0
+        assert abs(after - statistics.fmean(before) - (best_mean if best != start[ct] else 0.0)) < 1e-9
+        assert res.table[res.table.cell_type == ct].best.sum() == 1      # the start is a grid point: always marked
+    if z >= 1e9: assert res.best == start and (res.summary['after'] == res.summary['before']).all()
 
 
 def test_threshold_scores_and_errors():
