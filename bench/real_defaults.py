@@ -167,11 +167,12 @@ CELLPOSE_THRESHOLDS = [dict(cellprob_threshold=c, flow_threshold=0.4) for c in (
                       [dict(cellprob_threshold=0.0, flow_threshold=f) for f in (0.2, 0.6, 0.8)]
 
 
-def cellpose_thresholds(scorer, cache, grid=CELLPOSE_THRESHOLDS) -> pd.DataFrame:
-    """Cellpose's cell-probability and flow thresholds (`cpose.predict`, shipped 0.0 / 0.4) swept one at a time on
-    the tune split with our trained model, each image at its true type's training diameter (`diameter='cell_type'`,
-    one network pass per setting; the shipped SizeModel path costs several), post-processed with the shipped
-    defaults. One row per (setting, cell type)."""
+def cellpose_thresholds(scorer, cache, grid=CELLPOSE_THRESHOLDS, splits=('tune', 'test')) -> pd.DataFrame:
+    """Cellpose's cell-probability and flow thresholds (`cpose.predict`, shipped 0.0 / 0.4) swept one at a time with
+    our trained model, each image at its true type's training diameter (`diameter='cell_type'`, one network pass per
+    setting; the shipped SizeModel path costs several), post-processed with the shipped defaults; on the tune split
+    (where a choice would be made) and on the test split (whether it carries over). One row per (split, setting,
+    cell type)."""
     import torch
     from cellseg_nb import cpose
     from cellseg_nb.data import SartoriusData
@@ -179,13 +180,14 @@ def cellpose_thresholds(scorer, cache, grid=CELLPOSE_THRESHOLDS) -> pd.DataFrame
     torch.set_num_threads(1)
     ds = SartoriusData(B.DATA)
     bundle = cpose.load_model(cache / 'runs' / 'ours' / 'cellpose', mkldnn=False)
-    ids = list(scorer.gt['tune'])
     rows = []
-    for g in grid:
-        raw = {i: cpose.predict(bundle, [ds.image(i)], diameter='cell_type', cell_types=[scorer.types[i]], **g)[0] for i in ids}
-        d = type_scores(scorer.gt['tune'], raw, scorer.types, PostprocessConfigs())
-        for ct in B.TYPES: rows.append(dict(**g, cell_type=ct, tune_mAP=d[ct]))
-        print(g, {k: round(v, 4) for k, v in d.items()}, flush=True)
+    for split in splits:
+        ids = list(scorer.gt[split])
+        for g in grid:
+            raw = {i: cpose.predict(bundle, [ds.image(i)], diameter='cell_type', cell_types=[scorer.types[i]], **g)[0] for i in ids}
+            d = type_scores(scorer.gt[split], raw, scorer.types, PostprocessConfigs())
+            for ct in B.TYPES: rows.append(dict(split=split, **g, cell_type=ct, mAP=d[ct]))
+            print(split, g, {k: round(v, 4) for k, v in d.items()}, flush=True)
     return pd.DataFrame(rows)
 
 
@@ -208,10 +210,12 @@ def tables_markdown(chosen: pd.DataFrame, test: pd.DataFrame, cal: pd.DataFrame,
            + "\n\nScore calibration of the raw candidates (tune split): why score thresholds stay per model:\n\n"
            + csv_markdown(cal, list(cal.columns)))
     if thr is not None:
-        wide = thr.pivot_table(index=['cellprob_threshold', 'flow_threshold'], columns='cell_type', values='tune_mAP').reset_index()
-        wide['mean'] = wide[list(B.TYPES)].mean(axis=1)
-        out += ("\n\nCellpose's thresholds on the tune split (our model, true type's diameter, shipped post-processing; "
-                "shipped: cell probability 0.0, flow 0.4):\n\n" + csv_markdown(wide, list(wide.columns)))
+        if 'split' not in thr: thr = thr.rename(columns={'tune_mAP': 'mAP'}).assign(split='tune')   # an older file: tune only
+        wide = thr.pivot_table(index=['cellprob_threshold', 'flow_threshold'], columns=['split', 'cell_type'], values='mAP', sort=False)
+        wide.columns = [f'{sp} {ct}' for sp, ct in wide.columns]
+        wide = wide.reset_index()
+        out += ("\n\nCellpose's thresholds (our model, true type's diameter, shipped post-processing; shipped: cell probability "
+                "0.0, flow 0.4), mAP per split and cell type: chosen on tune, checked on test:\n\n" + csv_markdown(wide, list(wide.columns)))
     if rule is not None:
         out += ("\n\n`cellseg tune`'s rule for leaving a default (`min_gain_se`), tuned on the tune split and scored on the "
                 "test split (`mAP` and per type), and the other way round (`mAP swapped`); `defaults`: no tuning. The "
