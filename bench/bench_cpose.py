@@ -4,7 +4,8 @@ Run: `python bench/bench_cpose.py [--model PATH] [--images N] [--repeats R] [--t
 Without `--model`, a small cellpose U-Net is first trained from scratch on dense synthetic images (not timed) so that
 the images give real masks (an untrained net finds none, which would hide the cost of converting masks).
 Inputs: N synthetic 520 x 704 images (the competition size) of the three cell types (`cellseg_nb.synth`).
-Peer: `model.cp.eval(img, channels=[0, 0], normalize=..., diameter=None)` per image, returning cellpose's label image.
+Peer: `model.cp.eval(img, channels=[0, 0], normalize=..., diameter=None, flow_threshold=...)` per image (the flow
+threshold ours uses for the image's cell type, `FLOW_THRESHOLDS`), returning cellpose's label image.
 Ours: `predict(model, images)` -> list[Instances] with per-cell scores (mean cell probability) and labels.
 Both run with the same settings; each is timed R times, interleaved, and the best time is kept.
 Prints the per-image times and the ratio ours / peer (the issue's bound: <= 1.10).
@@ -27,7 +28,8 @@ def main():
     shape = (256, 256) if a.check else (520, 704)
     import torch
     torch.set_num_threads(a.threads)
-    from cellseg_nb.cpose import train_cellpose, load_model, predict, to_instances, TrainingSet, _CHANNELS, _NORMALIZE
+    from cellseg_nb.cpose import (train_cellpose, load_model, predict, to_instances, TrainingSet, _CHANNELS, _NORMALIZE,
+                                  FLOW_THRESHOLDS, FLOW_THRESHOLD, type_threshold)
     from cellseg_nb.synth import synth_image
     from cellseg_nb.celltypes import CELL_TYPES
     path = a.model
@@ -43,7 +45,8 @@ def main():
     types = [CELL_TYPES[i % 3] for i in range(a.images)]
 
     def peer():
-        return [model.cp.eval(im, channels=list(_CHANNELS), normalize=dict(_NORMALIZE), diameter=None)[0] for im in imgs]
+        return [model.cp.eval(im, channels=list(_CHANNELS), normalize=dict(_NORMALIZE), diameter=None,
+                              flow_threshold=type_threshold(FLOW_THRESHOLDS, t, FLOW_THRESHOLD))[0] for im, t in zip(imgs, types)]
     def ours():
         return predict(model, imgs, cell_types=types)
 

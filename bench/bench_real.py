@@ -277,12 +277,13 @@ def peer_predictor(path):
 
 
 def unet_predictor(path):
-    "Our network file alone at its `diam_labels` (no SizeModel, no post-processing): `cpose.predict`."
+    """Our network file alone at its `diam_labels` (no SizeModel, no post-processing, cellpose's flow threshold 0.4 for
+    every type, as the peer's `eval`): `cpose.predict`."""
     from cellseg_nb import cpose
     from cellseg_nb.predictors import ModelPredictor
     b = cpose.load_model(path, mkldnn=False)
     d = float(b.cp.diam_labels)
-    return ModelPredictor('unet', lambda img: cpose.predict(b, [img], diameter=d)[0], str(path))
+    return ModelPredictor('unet', lambda img: cpose.predict(b, [img], diameter=d, flow_threshold=cpose.FLOW_THRESHOLD)[0], str(path))
 
 
 # ---------------------------------------------------------------- tasks

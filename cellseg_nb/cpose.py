@@ -16,11 +16,12 @@ from .config import CellposeConfig
 _CP = CellposeConfig()     # the training defaults live in `config.CellposeConfig`
 
 # %% auto 0
-__all__ = ['OVERLAP_RULES', 'BUILTIN_MODEL_NAMES', 'LR_SCHEDULES', 'DIAMETER_MODES', 'DIAMETER_RANGE', 'label_image',
-           'cell_diameters', 'image_diameter', 'cell_type_diameters', 'TrainingSet', 'training_set', 'check_model_path',
-           'pretrained_start', 'training_progress', 'lr_schedule', 'autocast_dtype', 'fit_unet', 'train_cellpose',
-           'CellposeBundle', 'load_model', 'clamp_diameter', 'to_instances', 'predict', 'type_styles', 'type_centroids',
-           'train_size_model', 'compare_diameters', 'diameter_summary']
+__all__ = ['OVERLAP_RULES', 'BUILTIN_MODEL_NAMES', 'LR_SCHEDULES', 'DIAMETER_MODES', 'DIAMETER_RANGE', 'FLOW_THRESHOLDS',
+           'FLOW_THRESHOLD', 'label_image', 'cell_diameters', 'image_diameter', 'cell_type_diameters', 'TrainingSet',
+           'training_set', 'check_model_path', 'pretrained_start', 'training_progress', 'lr_schedule', 'autocast_dtype',
+           'fit_unet', 'train_cellpose', 'CellposeBundle', 'load_model', 'clamp_diameter', 'type_threshold',
+           'to_instances', 'predict', 'type_styles', 'type_centroids', 'train_size_model', 'compare_diameters',
+           'diameter_summary']
 
 # %% ../nbs/12_cpose.ipynb 6
 OVERLAP_RULES = ('smaller', 'larger', 'order', 'drop')
@@ -467,8 +468,33 @@ def _nearest_type(style, centroids: dict):
     s = np.asarray(style, np.float64).ravel(); s = s / (np.linalg.norm(s) + 1e-12)
     return names[int(np.argmax(np.stack([centroids[k] for k in names]) @ s))]
 
+FLOW_THRESHOLDS = {'shsy5y': 0.6, 'astro': 0.8, 'cort': 0.4}   # per cell type, measured on real competition images
+FLOW_THRESHOLD = 0.4                                             # cellpose's own: other types and unknown ones
+
+def type_threshold(value, cell_type, default: float) -> float:
+    "`value` (a number, or `{cell type: number}` falling back to `default`) for `cell_type` -> float."
+    if isinstance(value, dict): return float(value.get(cell_type, default))
+    return float(value)
+
+def _eval_typed(bundle, img, diameter, kw: dict, ev: dict, cell_type=None) -> tuple:
+    """cellpose's `eval` of one image at `diameter`, its masks computed with the thresholds of the image's cell type
+    (`cell_type`, or the nearest type centroid of this pass's style; `ev`'s `flow_threshold` and
+    `cellprob_threshold` may be `{cell type: value}`). The network pass runs once (`compute_masks=False`); the masks
+    come from cellpose's own `dynamics.resize_and_compute_masks` with the arguments `eval` would give it, so with
+    plain numbers the result is `eval`'s exactly. Returns `(masks, flows, styles)` as `eval` does."""
+    from cellpose import dynamics
+    cp = bundle.cp
+    _, flows, styles = cp.eval(img, diameter=diameter, compute_masks=False, **kw)
+    ct = cell_type if cell_type is not None else _nearest_type(styles, bundle.type_centroids)
+    rescale = cp.diam_mean / diameter if diameter is not None and diameter > 0 else cp.diam_mean / cp.diam_labels
+    masks = dynamics.resize_and_compute_masks(
+        flows[1], flows[2], niter=(1 / rescale * 200), cellprob_threshold=type_threshold(ev['cellprob_threshold'], ct, 0.0),
+        flow_threshold=type_threshold(ev['flow_threshold'], ct, FLOW_THRESHOLD), interp=True, resize=None,
+        min_size=ev['min_size'], max_size_fraction=0.4, device=cp.device)
+    return masks, flows, styles
+
 def _size_model_eval(bundle, img, kw: dict, ev: dict, diameter_range, where: str, tolerance: float = 0.1,
-                     max_refine: float = 1.5):
+                     max_refine: float = 1.5, cell_type=None):
     """Segment `img` at the SizeModel's diameter -> `(diameter used, cellpose eval output)`. cellpose's
     `SizeModel.eval` makes a style pass at the network's own scale (-> the style estimate), then a full mask pass at
     that estimate whose cells' median diameter is the final estimate, and a prediction then needs a third pass at
@@ -484,7 +510,7 @@ def _size_model_eval(bundle, img, kw: dict, ev: dict, diameter_range, where: str
     style = cp.eval(img, resample=False, compute_masks=False, **kw)[-1]
     ds = float(size._size_estimation(np.array(style)))
     ds = clamp_diameter(float(size.diam_mean) if not ds > 0 else ds, diameter_range, where, fallback=float(cp.diam_mean))
-    out = cp.eval(img, diameter=ds, **ev, **kw)
+    out = _eval_typed(bundle, img, ds, kw, ev, cell_type)
     with warnings.catch_warnings():                   # no cell: cellpose's median of an empty list
         warnings.filterwarnings('ignore', 'Mean of empty slice', RuntimeWarning)
         warnings.filterwarnings('ignore', 'invalid value encountered in (scalar )?divide', RuntimeWarning)
@@ -492,7 +518,7 @@ def _size_model_eval(bundle, img, kw: dict, ev: dict, diameter_range, where: str
     d = float(size.diam_mean) if not d > 0 else float(np.clip(d, ds / max_refine, ds * max_refine))
     d = clamp_diameter(d, diameter_range, where, fallback=float(cp.diam_mean))
     if abs(d - ds) <= tolerance * ds: return ds, out, ds, d
-    return d, cp.eval(img, diameter=d, **ev, **kw), ds, d
+    return d, _eval_typed(bundle, img, d, kw, ev, cell_type), ds, d
 
 def to_instances(masks: np.ndarray, cellprob: np.ndarray, label: int = 0, meta: dict | None = None) -> Instances:
     """Cellpose output of one image -> `Instances`: `masks` label image (H, W) (0 background), `cellprob` logits
@@ -507,7 +533,7 @@ def to_instances(masks: np.ndarray, cellprob: np.ndarray, label: int = 0, meta: 
     scores = (sums[ids] / inst.areas).astype(np.float32)
     return inst.with_(scores=scores, labels=np.full(n, label, np.int64), meta=dict(meta or {}))
 
-def predict(model, images, diameter=None, cell_types=None, flow_threshold: float = 0.4, cellprob_threshold: float = 0.0,
+def predict(model, images, diameter=None, cell_types=None, flow_threshold=FLOW_THRESHOLDS, cellprob_threshold=0.0,
             min_size: int = 15, batch_size: int = 8, bsize: int = 224, augment: bool = False, postprocess=False,
             progress: bool = False, diameter_range=DIAMETER_RANGE, size_tolerance: float = 0.1,
             size_refine: float = 1.5) -> list:
@@ -515,7 +541,9 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
     each uint8 (H, W), (H, W, 3) with equal channels, 16-bit or float in [0, 1]: `cellseg_nb.data.as_image_list`).
     `model`: a `CellposeBundle` or a model file path. `diameter`: None, a number, a list (one per image),
     `"size_model"` or `"cell_type"` (see above). `cell_types`: None, one name for all images, or one per image.
-    `flow_threshold`, `cellprob_threshold`, `min_size`, `batch_size`, `bsize`, `augment`: as cellpose's `eval`.
+    `flow_threshold`, `cellprob_threshold`: as cellpose's `eval`, or `{cell type: value}` applied by the image's
+    cell type (given, or from its style; other types: 0.4 and 0.0); default `FLOW_THRESHOLDS`.
+    `min_size`, `batch_size`, `bsize`, `augment`: as cellpose's `eval`.
     `postprocess`: False (raw), True or a config for `cellseg_nb.postprocess.postprocess` (as Mask R-CNN's predict).
     `diameter_range`: every diameter used is clipped into it (`clamp_diameter`, a warning naming the image).
     `size_tolerance`: with `"size_model"`, the pass at the style estimate is kept when the diameter of its own
@@ -542,7 +570,7 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
         img, ct = imgs[i], cell_types[i]
         if size_mode:
             d, (masks, flows, styles), _, _ = _size_model_eval(bundle, img, kw, ev, diameter_range, f"image {i}", size_tolerance,
-                                                           size_refine)
+                                                           size_refine, ct)
         elif diameter == 'cell_type':
             if ct is None:
                 if not bundle.type_centroids: raise ValueError(f"image {i}: diameter='cell_type' needs cell_types or a model with type centroids (train_size_model)")
@@ -553,7 +581,7 @@ def predict(model, images, diameter=None, cell_types=None, flow_threshold: float
         else: d = None if diameter is None else float(diameter)
         if not size_mode:
             if d is not None: d = clamp_diameter(d, diameter_range, f"image {i}", fallback=float(cp.diam_mean))
-            masks, flows, styles = cp.eval(img, diameter=d, **ev, **kw)
+            masks, flows, styles = _eval_typed(bundle, img, d, kw, ev, ct)
         if ct is None: ct = _nearest_type(styles, bundle.type_centroids)
         label = class_id(ct) if ct in CELL_TYPES else 0
         out.append(to_instances(masks, flows[2], label, dict(cell_type=ct, diameter=d, model='cellpose')))

@@ -292,13 +292,38 @@ def test_size_model_prediction_reuses_its_pass(sets, trained):
     at_ds = b.cp.eval(img, diameter=ds, **kw)[0]
     d0 = float(utils.diameters(at_ds)[0])
     d = float(np.clip(np.clip(d0, ds / 1.5, ds * 1.5) if d0 > 0 else b.size.diam_mean, 8, 100))   # no cell: its own fallback
-    keep, = predict(b, [img], diameter='size_model', size_tolerance=10.0)
-    again, = predict(b, [img], diameter='size_model', size_tolerance=0.0)
+    keep, = predict(b, [img], diameter='size_model', size_tolerance=10.0, flow_threshold=0.4)     # eval's threshold
+    again, = predict(b, [img], diameter='size_model', size_tolerance=0.0, flow_threshold=0.4)
     assert keep.meta['diameter'] == pytest.approx(ds) and again.meta['diameter'] == pytest.approx(d)
     assert np.array_equal(keep.to_label_image(), Instances.from_label_image(at_ds).to_label_image())
     at_d = b.cp.eval(img, diameter=d, **kw)[0]
     assert np.array_equal(again.to_label_image(), Instances.from_label_image(at_d).to_label_image())
     print(f"\nstyle estimate {ds:.2f} px, its cells' diameter {d:.2f} px ({len(keep)} / {len(again)} cells)")
+
+
+@pytest.mark.parametrize('given', [True, False])
+def test_per_type_thresholds_equal_cellpose_eval(sets, trained, given):
+    """Flow and cell-probability thresholds per cell type: each image's masks are cellpose's own `eval` at its type's
+    values (the type given, or the one its style gives); the defaults are `FLOW_THRESHOLDS`."""
+    from cellseg_nb.cpose import FLOW_THRESHOLDS
+    ts, val = sets
+    b = load_model(trained['path'])
+    kw = dict(channels=[0, 0], normalize=dict(normalize=True))
+    ids = val.ids[:3]
+    imgs, types = [val.image(i) for i in ids], [val.cell_type(i) for i in ids]
+    assert set(types) == set(TYPES)
+    ft, cpt = {'shsy5y': 0.9, 'astro': 0.1, 'cort': 0.6}, {'shsy5y': -1.0, 'astro': 1.0}
+    differs = 0
+    for kwargs, flow_of, prob_of in ((dict(flow_threshold=ft, cellprob_threshold=cpt), ft.get, lambda t: cpt.get(t, 0.0)),
+                                     ({}, FLOW_THRESHOLDS.get, lambda t: 0.0)):
+        preds = predict(b, imgs, diameter=20.0, cell_types=types if given else None, **kwargs)
+        for img, ct, p in zip(imgs, types, preds):
+            assert p.meta['cell_type'] == ct
+            ref = b.cp.eval(img, diameter=20.0, flow_threshold=flow_of(ct), cellprob_threshold=prob_of(ct), **kw)[0]
+            assert np.array_equal(p.to_label_image(), Instances.from_label_image(ref).to_label_image()), (ct, kwargs)
+            plain = b.cp.eval(img, diameter=20.0, **kw)[0]                     # cellpose's 0.4 / 0.0 for every type
+            differs += not np.array_equal(ref, plain)
+    assert differs >= 2                                                        # the thresholds did change masks
 
 
 def test_lr_schedules():
