@@ -61,7 +61,7 @@ cell type, train CPU-s, predict CPU-s per image, cells predicted and true) and `
 
 `--check` (in CI, run alone by `bench/check_all.py`; about 5 minutes wall and 9 CPU-minutes on 2 cores, 2 jobs): 2 / 1
 / 2 images per type (train / tune / test), 10 epochs of 64 crops for both Cellpose trainings (80 optimizer steps: the
-peer's first 10 epochs are cellpose's warm-up, ours the budget schedule's; measured at 0.067 against 0.027) and 40
+peer's first 10 epochs are cellpose's warm-up, ours the budget schedule's; measured at 0.061 against 0.027) and 40
 Mask R-CNN iterations, everything in a temporary folder (nothing committed is written). Exits 1 when ours (shipped)
 is below the peer on the mean, or not above the Otsu baseline (a network that has not learned). Every figure is CPU
 time (user + sys), not wall time: the machine may be shared.
