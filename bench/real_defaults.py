@@ -199,7 +199,8 @@ def read_results(folder=REPO / 'results') -> tuple:
 
 
 def tables_markdown(chosen: pd.DataFrame, test: pd.DataFrame, cal: pd.DataFrame, thr=None, rule=None) -> str:
-    "The guide's block (Markdown): the settings that changed, the test-split check, the calibration, the Cellpose sweep."
+    """The guide's block (Markdown): the settings that changed, the test-split check, the calibration, the Cellpose
+    threshold sweep and the tune rule (the last two when given)."""
     from table import csv_markdown
     ch = chosen[chosen.changed]
     out = ('Settings the real tune split changed (best value by the two models\' mean; `MIN_GAIN` rule):\n\n'
@@ -210,7 +211,6 @@ def tables_markdown(chosen: pd.DataFrame, test: pd.DataFrame, cal: pd.DataFrame,
            + "\n\nScore calibration of the raw candidates (tune split): why score thresholds stay per model:\n\n"
            + csv_markdown(cal, list(cal.columns)))
     if thr is not None:
-        if 'split' not in thr: thr = thr.rename(columns={'tune_mAP': 'mAP'}).assign(split='tune')   # an older file: tune only
         wide = thr.pivot_table(index=['cellprob_threshold', 'flow_threshold'], columns=['split', 'cell_type'], values='mAP', sort=False)
         wide.columns = [f'{sp} {ct}' for sp, ct in wide.columns]
         wide = wide.reset_index()
@@ -230,7 +230,7 @@ def main(argv=None):
     ap.add_argument('--write', action='store_true', help='write results/real_defaults*.csv')
     ap.add_argument('--readme', action='store_true', help="rewrite the guide's real-defaults-table block")
     ap.add_argument('--cellpose', action='store_true', help="also sweep Cellpose's cell-probability and flow thresholds "
-                    "(re-predicts the tune split: about 15 CPU-minutes)")
+                    "(re-predicts the tune and test splits once per setting: about 35 CPU-minutes)")
     a = ap.parse_args(argv)
     from cellseg_nb.postprocess import PostprocessConfigs
     runs = sorted(Path(a.cache).glob('run_*'), key=lambda p: p.stat().st_mtime)

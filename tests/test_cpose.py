@@ -326,6 +326,27 @@ def test_per_type_thresholds_equal_cellpose_eval(sets, trained, given):
     assert differs >= 2                                                        # the thresholds did change masks
 
 
+def test_per_type_thresholds_on_real_images(trained):
+    """The same equality on real competition images (520 x 704, one per type, their true type given): masks at the
+    default `FLOW_THRESHOLDS` are cellpose's own `eval` at that type's flow threshold. Skips, naming the path, where
+    ../shared is absent."""
+    from cellseg_nb.cpose import FLOW_THRESHOLDS
+    real = Path(__file__).resolve().parents[2] / 'shared' / 'realdata' / 'sartorius_train405'
+    if not (real / 'train.csv').is_file(): pytest.skip(f"real competition images missing: {real}")
+    ds = SartoriusData(real)
+    b = load_model(trained['path'])
+    kw = dict(channels=[0, 0], normalize=dict(normalize=True))
+    n_cells = 0
+    for ct in ('shsy5y', 'astro', 'cort'):
+        i = ds.meta.index[ds.meta.cell_type == ct][0]
+        img = ds.image(i)
+        p, = predict(b, [img], diameter=20.0, cell_types=[ct])
+        ref = b.cp.eval(img, diameter=20.0, flow_threshold=FLOW_THRESHOLDS[ct], **kw)[0]
+        assert p.shape == img.shape[:2] and np.array_equal(p.to_label_image(), Instances.from_label_image(ref).to_label_image()), (i, ct)
+        n_cells += len(p)
+    assert n_cells > 0                                                         # not an empty comparison
+
+
 def test_lr_schedules():
     """'cellpose' is train_seg's list as its docstring-free code defines it: linear from 0 over 10 epochs, constant,
     then ten halvings over the last 50 (more than 100 epochs) or 100 epochs (more than 300); 'budget' warms up over
